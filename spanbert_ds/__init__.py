@@ -1,0 +1,3 @@
+"""SpanBERT pretraining on DeepSpeed."""
+
+__version__ = "0.1.0"
