@@ -1,0 +1,169 @@
+"""The model's shape in one dataclass, its named presets, and JSON load/save.
+
+One source of truth for the model: the training run saves this JSON beside its
+checkpoints and the exporter turns it into a Hugging Face BertConfig.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from spanbert_ds.errors import UserError
+
+ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
+CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 30522  # real tokens; the embedding has padded_vocab_size rows
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072  # FFN width
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # segment embeddings; 0 = none (RoBERTa)
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    pre_layernorm: bool = False  # BERT and SpanBERT are post-LN; pre-LN trains more stably when deep
+    attention_backend: str = "auto"  # one of ATTENTION_BACKEND_NAMES
+    activation_checkpointing: str = "none"  # recompute each layer in backward: "none", "torch", "deepspeed"
+    sbo_position_size: int = 200  # rows of the SBO head's relative-position embedding (SpanBERT's code: 200)
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise UserError(
+                f"model config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}; "
+                "pick sizes where hidden_size / num_heads is a whole number (64 is usual)"
+            )
+        if self.attention_backend not in ATTENTION_BACKEND_NAMES:
+            raise UserError(
+                f"model config: attention_backend {self.attention_backend!r} is unknown; "
+                f"use one of {', '.join(ATTENTION_BACKEND_NAMES)}"
+            )
+        if self.activation_checkpointing not in CHECKPOINTING_NAMES:
+            raise UserError(
+                f"model config: activation_checkpointing {self.activation_checkpointing!r} is unknown; "
+                f"use one of {', '.join(CHECKPOINTING_NAMES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "sbo_position_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise UserError(f"model config: type_vocab_size must be 0 (no segments) or more, got {self.type_vocab_size}")
+
+    @property
+    def padded_vocab_size(self):
+        """vocab_size rounded up to a multiple of 64, so the decoder GEMM fills tensor cores."""
+        return (self.vocab_size + 63) // 64 * 64
+
+    @property
+    def head_size(self):
+        return self.hidden_size // self.num_heads
+
+    def check_vocab(self, data_vocab_size, where="the shards"):
+        """A clear error when the data's vocabulary is not the one the model was built for."""
+        if data_vocab_size != self.vocab_size:
+            raise UserError(
+                f"{where}' vocabulary has {data_vocab_size} tokens but the model was built for {self.vocab_size}; "
+                f"pass --model with vocab_size {data_vocab_size} (e.g. --model tiny,vocab_size={data_vocab_size})"
+            )
+
+    # --- JSON ---------------------------------------------------------------------------
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, path=None):
+        """The config as a JSON string; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, values, where="model config"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown keys {unknown}; the known keys are {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path):
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not valid JSON ({error}); write the model config as a JSON object") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: a model config must be a JSON object of keys and values")
+        return cls.from_dict(values, where=str(path))
+
+    @classmethod
+    def from_name_or_path(cls, spec, **overrides):
+        """A preset name or a JSON file, optionally followed by `,key=value` overrides.
+
+        `tiny`, `spanbert-base`, `configs/my.json`, `tiny,vocab_size=8000,attention_backend=eager`.
+        Keyword `overrides` win over both.
+        """
+        base, *pairs = [part.strip() for part in str(spec).split(",")]
+        if base in PRESETS:
+            config = PRESETS[base]
+        elif os.path.isfile(base):
+            config = cls.from_json(base)
+        else:
+            raise UserError(
+                f"--model {base!r}: neither a preset nor a JSON file; use one of {', '.join(PRESETS)} "
+                "or the path of a model config JSON"
+            )
+        values = {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep:
+                raise UserError(f"--model {spec!r}: {pair!r} is not key=value (e.g. tiny,vocab_size=8000)")
+            values[key.strip()] = _parse_value(config, key.strip(), text.strip(), spec)
+        values.update(overrides)
+        return config.replace(**values)
+
+    def replace(self, **changes):
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise UserError(f"model config: unknown keys {unknown}; the known keys are {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_value(config, key, text, spec):
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if key not in fields:
+        raise UserError(f"--model {spec!r}: unknown key {key!r}; the known keys are {sorted(fields)}")
+    kind = type(getattr(config, key))
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        return kind(text)
+    except ValueError:
+        raise UserError(f"--model {spec!r}: {key}={text!r} is not a {kind.__name__}") from None
+
+
+_BASE = ModelConfig()
+_LARGE = ModelConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
+PRESETS = {
+    # tiny and small keep BERT's uncased vocabulary so speed numbers include a real-size decoder.
+    "tiny": ModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    "small": ModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "bert-base": _BASE,
+    "bert-large": _LARGE,
+    # SpanBERT was released with BERT's cased vocabulary.
+    "spanbert-base": dataclasses.replace(_BASE, vocab_size=28996),
+    "spanbert-large": dataclasses.replace(_LARGE, vocab_size=28996),
+}

@@ -1,0 +1,106 @@
+"""The BERT encoder, top to bottom: embeddings, then num_layers transformer layers.
+
+Post-LayerNorm as in BERT and SpanBERT (x = LN(x + sublayer(x))); `pre_layernorm`
+switches to x = x + sublayer(LN(x)) with a final LayerNorm, which trains more stably
+for deep models. Differences from Hugging Face's BertModel: Q, K and V come from one
+(H, 3H) projection (one GEMM instead of three; interop/hf.py splits it on export),
+attention is a pluggable backend (model/attention.py), and there is no pooler (the NSP
+head owns it).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from spanbert_ds.model.attention import get_attention
+from spanbert_ds.model.embeddings import Embeddings
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout_p = config.attention_dropout
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attend = get_attention(config.attention_backend)
+
+    def forward(self, x, key_padding_mask):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        v = v.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        y = self.attend(q, k, v, key_padding_mask, self.dropout_p if self.training else 0.0, None)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GeLU, as BERT
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.pre_layernorm = config.pre_layernorm
+        self.attn = SelfAttention(config)
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x, key_padding_mask):
+        if self.pre_layernorm:
+            x = x + self.dropout(self.attn(self.ln1(x), key_padding_mask))
+            return x + self.dropout(self.ffn(self.ln2(x)))
+        x = self.ln1(x + self.dropout(self.attn(x, key_padding_mask)))
+        return self.ln2(x + self.dropout(self.ffn(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, identity LayerNorms.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        if module is self.embeddings:
+            # Rows past vocab_size only pad the table to a multiple of 64: no id reaches them.
+            module.word.weight.data[self.config.vocab_size:].zero_()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H)
+        key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+        x = self.embeddings(input_ids, token_type_ids)
+        recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
+        for layer in self.layers:
+            if recompute == "torch":
+                x = torch.utils.checkpoint.checkpoint(layer, x, key_padding_mask, use_reentrant=False)
+            elif recompute == "deepspeed":
+                import deepspeed  # only runs that ask for it pay the import
+
+                x = deepspeed.checkpointing.checkpoint(layer, x, key_padding_mask)
+            else:
+                x = layer(x, key_padding_mask)
+        return self.final_ln(x) if self.final_ln is not None else x

@@ -1,0 +1,204 @@
+"""Pretraining objectives: the encoder plus its heads plus how their losses combine.
+
+One registry, OBJECTIVES, a plain dict from name to class. Each is built as
+`OBJECTIVES[name](model_config)`, says with class attributes which data it trains on
+(`masking`: "span" | "token" | "wholeword"; `packing`: "full" | "doc" | "pair"), and maps a
+batch (the masker's output, see the contract) to losses:
+
+    out = objective(batch)   # {"loss": scalar with grad, "mlm_loss": detached, ...}
+    out["loss"].backward()
+
+The training loop calls nothing else, so a new objective (ELECTRA, DeBERTa) is a new
+class here and one line in OBJECTIVES.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.model.encoder import Encoder
+from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead, gather_rows
+
+MLM_KEYS = ("mlm_positions", "mlm_labels")
+SBO_KEYS = ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")
+
+
+def mean_cross_entropy(logits, labels):
+    """Mean cross-entropy over the rows; 0 (not NaN) when there are none. Computed in fp32."""
+    return F.cross_entropy(logits.float(), labels, reduction="sum") / max(labels.shape[0], 1)
+
+
+class Objective(nn.Module):
+    """What every objective shares: the encoder, the MLM head, and the batch checks."""
+
+    name = None
+    masking = None
+    packing = None
+    needs = ("input_ids", "attention_mask") + MLM_KEYS  # batch keys forward reads
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
+        self._values_checked = False
+
+    def encode(self, batch):
+        token_type_ids = batch.get("token_type_ids") if self.config.type_vocab_size else None
+        return self.encoder(batch["input_ids"], batch["attention_mask"], token_type_ids)  # (B, T, H)
+
+    def mlm_loss(self, hidden, batch):
+        logits = self.mlm_head(gather_rows(hidden, batch["mlm_positions"]))  # (N, vocab): masked rows only
+        return mean_cross_entropy(logits, batch["mlm_labels"])
+
+    # --- batch checks -----------------------------------------------------------------
+
+    def check_batch(self, batch):
+        """Shapes and dtypes on every call (free); value ranges on the first batch (one host sync)."""
+        where = f"the {self.name} objective"
+        if not isinstance(batch, dict):
+            raise UserError(f"{where} takes a dict of tensors (the masker's output), got {type(batch).__name__}")
+        for key in self.needs:
+            if key not in batch:
+                hint = (f"; it needs masking '{self.masking}' and packing '{self.packing}'"
+                        if key.startswith(("sbo_", "nsp_")) else "")
+                raise UserError(f"{where}: the batch has no '{key}'{hint}")
+            if not torch.is_tensor(batch[key]):
+                raise UserError(f"{where}: batch['{key}'] is a {type(batch[key]).__name__}, not a torch tensor")
+        ids = batch["input_ids"]
+        if ids.dim() != 2:
+            raise UserError(f"{where}: input_ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
+        B, T = ids.shape
+        if T > self.config.max_position_embeddings:
+            raise UserError(
+                f"{where}: sequences of {T} tokens but the model has {self.config.max_position_embeddings} "
+                "positions; lower --max-seq-len or pass --model with a larger max_position_embeddings"
+            )
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in batch and tuple(batch[key].shape) != (B, T):
+                raise UserError(f"{where}: batch['{key}'] has shape {tuple(batch[key].shape)}, expected {(B, T)}")
+        for key in self.needs[2:]:
+            tensor = batch[key]
+            if tensor.dtype != torch.int64:
+                raise UserError(f"{where}: batch['{key}'] must be int64, got {tensor.dtype}")
+            if tensor.dim() != 1:
+                raise UserError(f"{where}: batch['{key}'] must be 1-D, got shape {tuple(tensor.shape)}")
+        self._check_lengths(batch, where, B)
+        if not self._values_checked:
+            self._check_values(batch, where, B * T)
+            self._values_checked = True
+
+    def _check_lengths(self, batch, where, B):
+        groups = [MLM_KEYS] + [SBO_KEYS] * ("sbo_labels" in self.needs)
+        for group in groups:
+            lengths = {key: batch[key].shape[0] for key in group}
+            if len(set(lengths.values())) != 1:
+                raise UserError(f"{where}: these batch arrays must have one length, got {lengths}")
+        if "nsp_labels" in self.needs and batch["nsp_labels"].shape[0] != B:
+            raise UserError(f"{where}: nsp_labels has {batch['nsp_labels'].shape[0]} entries for {B} samples")
+
+    def _check_values(self, batch, where, n_flat):
+        V = self.config.vocab_size
+
+        def span(key):
+            t = batch[key]
+            return (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+
+        for key in ("input_ids", "mlm_labels") + (("sbo_labels",) if "sbo_labels" in self.needs else ()):
+            low, high = span(key)
+            if high >= V or low < 0:
+                raise UserError(
+                    f"{where}: batch['{key}'] holds token id {high if high >= V else low}, but the model was built "
+                    f"for vocab_size {V}; the shards' vocabulary is not the model's: pass --model with the "
+                    "shards' vocab_size (meta.json), e.g. --model tiny,vocab_size=N"
+                )
+        flat_keys = [k for k in ("mlm_positions", "sbo_positions", "sbo_left", "sbo_right") if k in self.needs]
+        for key in flat_keys:
+            low, high = span(key)
+            if low < 0 or high >= n_flat:
+                raise UserError(f"{where}: batch['{key}'] holds {high if high >= n_flat else low}, outside the "
+                                f"flat batch*seq_len range 0..{n_flat - 1}")
+        if "sbo_rel_pos" in self.needs:
+            low, high = span("sbo_rel_pos")
+            if low < 0 or high >= self.config.sbo_position_size:
+                raise UserError(f"{where}: sbo_rel_pos reaches {high}, but the SBO head has "
+                                f"{self.config.sbo_position_size} positions; lower max_span_targets or raise "
+                                "the model's sbo_position_size")
+        if self.config.type_vocab_size and "token_type_ids" in batch:
+            low, high = span("token_type_ids")
+            if low < 0 or high >= self.config.type_vocab_size:
+                raise UserError(f"{where}: token_type_ids reach {high}, but the model has "
+                                f"type_vocab_size {self.config.type_vocab_size}")
+        if "nsp_labels" in self.needs:
+            low, high = span("nsp_labels")
+            if low < 0 or high > 1:
+                raise UserError(f"{where}: nsp_labels must be 0 (true next) or 1 (random), found {high}")
+
+
+class SpanBERT(Objective):
+    """MLM + span boundary objective; loss = mean MLM CE over masked tokens + mean SBO CE over targets."""
+
+    name = "spanbert"
+    masking = "span"
+    packing = "full"  # SpanBERT trains on single full-length segments, without NSP
+    needs = Objective.needs + SBO_KEYS
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sbo_head = SBOHead(config, self.encoder.embeddings.word)
+
+    def forward(self, batch):
+        self.check_batch(batch)
+        hidden = self.encode(batch)
+        mlm_loss = self.mlm_loss(hidden, batch)
+        # Only real targets reach the head: the masker lists them flat, padding never appears.
+        sbo_logits = self.sbo_head(gather_rows(hidden, batch["sbo_left"]), gather_rows(hidden, batch["sbo_right"]),
+                                   batch["sbo_rel_pos"])  # (M, vocab)
+        sbo_loss = mean_cross_entropy(sbo_logits, batch["sbo_labels"])
+        loss = mlm_loss + sbo_loss
+        return {"loss": loss, "mlm_loss": mlm_loss.detach(), "sbo_loss": sbo_loss.detach()}
+
+
+class BERT(Objective):
+    """MLM + next sentence prediction on segment pairs."""
+
+    name = "bert"
+    masking = "token"
+    packing = "pair"
+    needs = Objective.needs + ("nsp_labels",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.nsp_head = NSPHead(config)
+
+    def forward(self, batch):
+        self.check_batch(batch)
+        hidden = self.encode(batch)
+        mlm_loss = self.mlm_loss(hidden, batch)
+        nsp_loss = F.cross_entropy(self.nsp_head(hidden[:, 0]).float(), batch["nsp_labels"])  # [CLS] is position 0
+        loss = mlm_loss + nsp_loss
+        return {"loss": loss, "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach()}
+
+
+class RoBERTa(Objective):
+    """MLM only, dynamic masking, full-length blocks, no segment embeddings."""
+
+    name = "roberta"
+    masking = "token"
+    packing = "full"
+
+    def __init__(self, config):
+        super().__init__(config.replace(type_vocab_size=0))
+
+    def forward(self, batch):
+        self.check_batch(batch)
+        mlm_loss = self.mlm_loss(self.encode(batch), batch)
+        return {"loss": mlm_loss, "mlm_loss": mlm_loss.detach()}
+
+
+OBJECTIVES = {
+    "spanbert": SpanBERT,
+    "bert": BERT,
+    "roberta": RoBERTa,
+}
