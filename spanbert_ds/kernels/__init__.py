@@ -1,3 +1,196 @@
-"""Fused kernels with their plain PyTorch references (the kernels worker extends this dispatch)."""
+"""Fused kernels (Triton) with their plain PyTorch references, behind two dispatchers.
 
-from spanbert_ds.kernels.reference import bias_gelu_layernorm  # noqa: F401
+- `bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)`: the Triton kernel when x is on CUDA and Triton
+  imports, else the reference (it is a pure speed-up, so falling back is fine).
+- `fused_attention(q, k, v, key_padding_mask, dropout_p, scale)`: the Triton flash-attention kernel, or a
+  UserError saying why it cannot run. Someone who asked for "fused" gets it or an error, never a
+  silent fallback. `fused_attention_varlen` is the same on packed (total_tokens, H, D) sequences.
+
+Triton is imported only when a kernel is first used, so the CPU path never pays for it. On a machine
+without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is set before triton is
+imported (the tests do this). SPANBERT_DS_KERNELS=reference|triton|auto (default auto) forces the choice of
+`bias_gelu_layernorm`; "triton" on CPU needs the interpreter.
+"""
+
+import functools
+import logging
+import math
+import os
+
+import torch
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.kernels import reference
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+log = logging.getLogger(__name__)
+
+
+def interpreting():
+    """True when Triton runs kernels on the CPU through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_error():
+    """None when triton imports, else why not (cached: an import is tried once)."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # an ImportError, or a broken install failing in its own way
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _runs_here(t):
+    """Can a Triton kernel run on tensor t's device?"""
+    return _triton_error() is None and (t.is_cuda or (interpreting() and t.device.type == "cpu"))
+
+
+def fused_available():
+    """Can the fused kernels run on this machine (a CUDA GPU, or the interpreter) with Triton installed?"""
+    return _triton_error() is None and (torch.cuda.is_available() or interpreting())
+
+
+# --------------------------------------------------------------------------------------------------
+# bias + GeLU + LayerNorm
+
+def _gelu_layernorm_uses_triton(x):
+    mode = os.environ.get("SPANBERT_DS_KERNELS", "auto")
+    if mode not in ("auto", "triton", "reference"):
+        raise UserError(f"SPANBERT_DS_KERNELS={mode!r} is not a choice; set it to auto, triton or reference")
+    if mode == "reference":
+        return False
+    if mode == "triton" and not _runs_here(x):
+        raise UserError(f"SPANBERT_DS_KERNELS=triton but the Triton kernel cannot run on {x.device} "
+                        f"({_why_not(x)}); unset SPANBERT_DS_KERNELS to use the reference")
+    if mode == "auto" and not (x.is_cuda and _triton_error() is None):
+        return False
+    from spanbert_ds.kernels import gelu_layernorm
+
+    return x.dtype in _FLOATS and x.shape[-1] <= gelu_layernorm.MAX_HIDDEN
+
+
+def bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps=1e-12):
+    """LayerNorm(GeLU_erf(x + bias)) over the last dim: fused on CUDA, the PyTorch reference elsewhere."""
+    if x.is_cuda or os.environ.get("SPANBERT_DS_KERNELS", "auto") != "auto":
+        if _gelu_layernorm_uses_triton(x):
+            from spanbert_ds.kernels import gelu_layernorm
+
+            return gelu_layernorm.bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)
+    return reference.bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)
+
+
+# --------------------------------------------------------------------------------------------------
+# attention
+
+def _why_not(t):
+    if _triton_error() is not None:
+        return f"Triton does not import ({_triton_error()}); install it with pip install 'spanbert_ds[kernels]'"
+    if t.device.type == "cpu":
+        return "the tensors are on the CPU and Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 for tests)"
+    return f"Triton kernels do not run on device {t.device}"
+
+
+def _check_attention_inputs(q, k, v, what):
+    if not _runs_here(q):
+        raise UserError(f"attention_backend 'fused' cannot run: {_why_not(q)}. "
+                        "Use attention_backend 'sdpa' (or 'auto', which picks what works) on this machine")
+    if q.dtype not in _FLOATS or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise UserError(f"fused attention takes float16, bfloat16 or float32 q, k, v of one dtype, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}; set the precision in the ds_config (bf16/fp16) "
+                        "or use attention_backend 'sdpa'")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise UserError(f"fused attention is self-attention: q, k, v must have one shape {what}, got "
+                        f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}; use attention_backend 'sdpa'")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise UserError(f"fused attention supports head dims up to {MAX_HEAD_DIM}, the model has {q.shape[-1]} "
+                        "(hidden_size / num_attention_heads); use attention_backend 'sdpa'")
+
+
+def fused_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + mask) v with dropout, by the Triton flash kernel.
+
+    q, k, v: (B, H, T, D); key_padding_mask: bool (B, T), True for real tokens (None: no padding);
+    scale: None for 1/sqrt(D). Raises UserError when the kernel cannot run here.
+    """
+    _check_attention_inputs(q, k, v, "(B, H, T, D)")
+    from spanbert_ds.kernels import attention
+
+    return attention.flash_attention(q, k, v, key_padding_mask, dropout_p, scale)
+
+
+def fused_attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None):
+    """The same on packed sequences: q, k, v (total_tokens, H, D), cu_seqlens int (B+1) cumulative lengths
+    from 0, max_seqlen the longest (pass it to avoid a device sync). Padding costs nothing here."""
+    _check_attention_inputs(q, k, v, "(total_tokens, H, D)")
+    from spanbert_ds.kernels import attention
+
+    return attention.flash_attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# self-check for the `auto` attention backend
+
+def _close(a, b, tol):
+    return a.shape == b.shape and bool(torch.isfinite(a).all()) and (a.float() - b.float()).abs().max() <= tol
+
+
+_SELF_CHECKS = {}  # device -> bool
+
+
+def _self_check_on(device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    # fp32 inputs: GPU dots run in TF32 (~1e-3 relative); a broken kernel is off by O(1)
+    tol = 2e-2
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device).requires_grad_()
+
+    from spanbert_ds.kernels import attention, gelu_layernorm
+
+    x, b, w, beta = randn(3, 5, 96), randn(96), randn(96), randn(96)
+    y = gelu_layernorm.bias_gelu_layernorm(x, b, w, beta, 1e-5)
+    y_ref = reference.bias_gelu_layernorm(x, b, w, beta, 1e-5)
+    dy = torch.randn(y.shape, generator=g).to(device)
+    grads = torch.autograd.grad(y, (x, b, w, beta), dy)
+    grads_ref = torch.autograd.grad(y_ref, (x, b, w, beta), dy)
+    ok = _close(y, y_ref, tol) and all(_close(a, r, tol * 10) for a, r in zip(grads, grads_ref))
+
+    q, k, v = randn(2, 2, 40, 32), randn(2, 2, 40, 32), randn(2, 2, 40, 32)
+    mask = torch.ones(2, 40, dtype=torch.bool, device=device)
+    mask[0, 23:] = False
+    scale = 1.0 / math.sqrt(32)
+    o = attention.flash_attention(q, k, v, mask, 0.0, scale)
+    o_ref = reference.attention(q, k, v, mask, 0.0, scale)
+    do = torch.randn(o.shape, generator=g).to(device)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    grads_ref = torch.autograd.grad(o_ref, (q, k, v), do)
+    return ok and _close(o, o_ref, tol) and all(_close(a, r, tol) for a, r in zip(grads, grads_ref))
+
+
+def self_check(device=None):
+    """Run both kernels once on tiny shapes against the reference; True when they run and match.
+
+    Cheap (a few kernel launches, compiled once) and cached per device. The `auto` attention backend
+    uses it to decide whether the fused kernels can be trusted on this machine.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if _triton_error() is not None or not (device.type == "cuda" or (interpreting() and device.type == "cpu")):
+        return False
+    if device not in _SELF_CHECKS:
+        try:
+            # grads are needed even when the caller runs under no_grad (evaluation), and full precision
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                ok = _self_check_on(device)
+            if not ok:
+                log.warning("fused kernels gave wrong numbers in their self-check on %s; not using them", device)
+        except Exception as e:  # a compile or launch failure means: do not use the kernels here
+            log.warning("fused kernels failed their self-check on %s: %s: %s", device, type(e).__name__, e)
+            ok = False
+        _SELF_CHECKS[device] = ok
+    return _SELF_CHECKS[device]

@@ -1,0 +1,169 @@
+"""Fused y = LayerNorm(GeLU(x + bias)) in Triton: the tail of every Linear -> GeLU -> LayerNorm block
+(the SBO head's two layers and the MLM transform).
+
+Unfused, PyTorch reads and writes the [rows, hidden] activation three times (bias add, GeLU, LayerNorm)
+and keeps two of them for the backward. Here the forward reads x once and writes y once, saving only
+mean and rstd per row; the backward reads x and dy once and writes dx once, recomputing x + bias and the
+GeLU from x because that is cheaper than storing them. The parameter gradients are summed per program
+(a persistent loop over row blocks) and the few partial rows are reduced by torch at the end.
+
+With h = x + b, g = GeLU(h) = h * Phi(h), g_hat = (g - mean) * rstd, y = g_hat * w + beta:
+    dbeta = sum_rows dy                      dw = sum_rows dy * g_hat
+    dg    = rstd * (w*dy - mean(w*dy) - g_hat * mean(w*dy * g_hat))
+    dh    = dg * (Phi(h) + h * phi(h))       dx = dh,  dbias = sum_rows dh
+Everything is computed in fp32 whatever the input dtype.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_HIDDEN = 16384  # one row must fit in a program's registers
+
+_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2 pi)
+
+
+def _fwd_configs():
+    if _INTERPRET:  # one small config: the interpreter runs programs one after the other
+        return [triton.Config({"ROWS": 4}, num_warps=1)]
+    return [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4, 8) for w in (4, 8)]
+
+
+def _bwd_configs():
+    if _INTERPRET:
+        return [triton.Config({"ROWS": 4}, num_warps=1)]
+    return [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4) for w in (4, 8)]
+
+
+@triton.autotune(configs=_fwd_configs(), key=["N", "BLOCK_N"])
+@triton.jit
+def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, N, eps,
+                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    # one program normalises ROWS rows; x is read once, y written once
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    beta = tl.load(BETA + cols, mask=col_ok, other=0.0).to(tl.float32)
+
+    h = x + b[None, :]
+    g = 0.5 * h * (1.0 + tl.math.erf(h * _SQRT1_2))  # exact (erf) GeLU, as BERT
+    mean = tl.sum(g, axis=1) / N  # padded columns have h = 0, so g = 0
+    centered = tl.where(col_ok[None, :], g - mean[:, None], 0.0)
+    var = tl.sum(centered * centered, axis=1) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    y = centered * rstd[:, None] * w[None, :] + beta[None, :]
+
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["N", "BLOCK_N"])
+@triton.jit
+def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N,
+                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    # persistent: program p handles row blocks p, p + n_programs, ... and keeps its share of
+    # dbias, dw, dbeta in registers; PARTIAL[3, n_programs, N] is reduced by the caller
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    acc_dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_dbeta = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    n_blocks = tl.cdiv(n_rows, ROWS)
+    for block in range(pid, n_blocks, n_programs):
+        rows = block * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+
+        h = x + b[None, :]
+        cdf = 0.5 * (1.0 + tl.math.erf(h * _SQRT1_2))  # Phi(h)
+        g = h * cdf
+        g_hat = tl.where(mask, (g - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = w[None, :] * dy  # zero on padded rows and columns
+        c1 = tl.sum(wdy * g_hat, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dg = (wdy - g_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        dgelu = cdf + h * tl.exp(-0.5 * h * h) * _INV_SQRT_2PI  # Phi(h) + h phi(h)
+        dh = tl.where(mask, dg * dgelu, 0.0)
+
+        tl.store(DX + offs, dh.to(DX.dtype.element_ty), mask=mask)
+        acc_dbias += tl.sum(dh, axis=0)
+        acc_dw += tl.sum(dy * g_hat, axis=0)
+        acc_dbeta += tl.sum(dy, axis=0)
+
+    out = PARTIAL + pid * N + cols
+    tl.store(out, acc_dbias, mask=col_ok)
+    tl.store(out + n_programs * N, acc_dw, mask=col_ok)
+    tl.store(out + 2 * n_programs * N, acc_dbeta, mask=col_ok)
+
+
+def _n_programs(device, n_rows):
+    """Enough persistent programs to fill the GPU, few under the interpreter."""
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_properties(device).multi_processor_count * 8
+    else:
+        cap = 4
+    return max(1, min(cap, n_rows))
+
+
+class BiasGeluLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, ln_weight, ln_bias, eps):
+        shape = x.shape
+        n = shape[-1]
+        x2 = x.reshape(-1, n).contiguous()  # (rows, N)
+        rows = x2.shape[0]
+        bias, ln_weight, ln_bias = bias.contiguous(), ln_weight.contiguous(), ln_bias.contiguous()
+        y = torch.empty_like(x2)
+        mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+        rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+        block_n = triton.next_power_of_2(n)
+        if rows > 0:
+            grid = lambda meta: (triton.cdiv(rows, meta["ROWS"]),)  # noqa: E731
+            _bias_gelu_ln_fwd[grid](x2, bias, ln_weight, ln_bias, y, mean, rstd, rows, n, eps,
+                                    BLOCK_N=block_n)
+        ctx.save_for_backward(x2, bias, ln_weight, mean, rstd)
+        ctx.shape = shape
+        ctx.ln_bias_dtype = ln_bias.dtype
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, bias, ln_weight, mean, rstd = ctx.saved_tensors
+        rows, n = x2.shape
+        dy2 = dy.reshape(-1, n).contiguous()
+        dx = torch.empty_like(x2)
+        n_programs = _n_programs(x2.device, rows)
+        partial = torch.zeros(3, n_programs, n, dtype=torch.float32, device=x2.device)
+        if rows > 0:
+            _bias_gelu_ln_bwd[(n_programs,)](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, n,
+                                             BLOCK_N=triton.next_power_of_2(n))
+        dbias, dw, dbeta = partial.sum(dim=1)
+        return (dx.view(ctx.shape), dbias.to(bias.dtype), dw.to(ln_weight.dtype),
+                dbeta.to(ctx.ln_bias_dtype), None)
+
+
+def bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps=1e-12):
+    """LayerNorm(GeLU_erf(x + bias)) over the last dimension of x (any leading shape), fused in Triton."""
+    return BiasGeluLayerNorm.apply(x, bias, ln_weight, ln_bias, eps)
