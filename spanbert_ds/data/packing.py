@@ -1,0 +1,241 @@
+"""Cut a shard folder's token stream into fixed-length training samples.
+
+Modes (names from the RoBERTa paper):
+- "full" (FULL-SENTENCES, RoBERTa's and SpanBERT's): contiguous blocks of at most max_seq_len - 2
+  positions over all documents concatenated, with a [SEP] between two documents (it takes one
+  position). Positions are counted in that "virtual" stream: document d's token j sits at
+  doc_offsets[d] + d + j, and the separator after document d at doc_offsets[d + 1] + d.
+- "doc" (DOC-SENTENCES): the same, but a block never crosses a document, so the last block of a
+  document may be short (padded).
+- "pair" (SEGMENT-PAIR, BERT with NSP): [CLS] A [SEP] B [SEP] within max_seq_len. Each document's
+  sentences are grouped into chunks of about max_seq_len - 3 tokens; a chunk is split into A and B
+  at a random sentence boundary (or, for a one-sentence chunk, near its middle). With probability
+  1/2 B is the true continuation of A (label 0; A is truncated at its front and B at its end so
+  they stay adjacent), else it starts at a random sentence of another document (label 1).
+
+Block cuts are moved back (by at most `word_start_window` positions) to the nearest word start,
+so blocks begin with whole words where possible; a block is therefore 0..window-1 positions
+shorter than the nominal length. All sample boundaries are computed once, at construction, into
+int64 arrays, so `len()` and `batch()` are O(1) per sample and `batch()` gathers every token of a
+batch with one fancy index into the memmap.
+
+Randomness (pair mode only) is a counter-based hash of (seed, sample index), so a sample never
+depends on which other samples exist or on batch composition.
+"""
+
+import numpy as np
+
+from spanbert_ds.errors import UserError
+
+MODES = ("full", "doc", "pair")
+_CHUNK = 1 << 20  # positions of word-start flags examined at once while cutting blocks
+
+
+class PackedSamples:
+    """Fixed-length samples over a `Shards`; `batch(indices)` returns padded numpy arrays."""
+
+    def __init__(self, shards, mode, max_seq_len, seed=0, word_start_window=8):
+        if mode not in MODES:
+            raise UserError(f"packing mode {mode!r} is not one of {', '.join(MODES)}")
+        if max_seq_len < 8:
+            raise UserError(f"max_seq_len {max_seq_len} is too short; use at least 8 (typically 128 or 512)")
+        self.shards, self.mode, self.max_seq_len, self.seed = shards, mode, int(max_seq_len), int(seed)
+        self.window = int(word_start_window)
+        m = shards.meta
+        self.cls_id, self.sep_id, self.pad_id = m["cls_id"], m["sep_id"], m["pad_id"]
+        self._special = np.zeros(max(m["vocab_size"], max(m["special_ids"]) + 1), dtype=bool)
+        self._special[m["special_ids"]] = True
+        self._doc_offsets = np.asarray(shards.doc_offsets, dtype=np.int64)
+        self.nsp_labels = None
+        if mode == "full":
+            n_docs = len(self._doc_offsets) - 1
+            self._vdoc_start = self._doc_offsets[:-1] + np.arange(n_docs)  # virtual start of each document
+            self._doc_len = np.diff(self._doc_offsets)
+            length = int(self._doc_offsets[-1]) + n_docs - 1
+            self.samples = _cut_blocks(length, max_seq_len - 2, np.array([length]), self._virtual_word_starts,
+                                       self.window)
+        elif mode == "doc":
+            ws = shards.word_starts
+            self.samples = _cut_blocks(int(self._doc_offsets[-1]), max_seq_len - 2, self._doc_offsets[1:],
+                                       lambda a, b: np.asarray(ws[a:b], dtype=bool), self.window)
+        else:
+            self.samples, self.nsp_labels = self._pairs()
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _virtual_to_real(self, v):
+        """Virtual positions (full mode) -> (real token index, is the inter-document [SEP])."""
+        d = np.searchsorted(self._vdoc_start, v, side="right") - 1
+        offset = v - self._vdoc_start[d]
+        is_sep = offset >= self._doc_len[d]
+        return np.where(is_sep, 0, self._doc_offsets[d] + offset), is_sep
+
+    def _virtual_word_starts(self, a, b):
+        real, is_sep = self._virtual_to_real(np.arange(a, b))
+        return (np.asarray(self.shards.word_starts[real]) > 0) & ~is_sep
+
+    def _pairs(self):
+        shards, target, window = self.shards, self.max_seq_len - 3, self.window
+        n_docs = len(shards)
+        if n_docs < 2:
+            raise UserError(f"packing mode 'pair' needs at least 2 documents for its random next segments; "
+                            f"{shards.path} has {n_docs} (separate documents by blank lines, or use mode 'full')")
+        sent = np.asarray(shards.sent_offsets, dtype=np.int64)
+        doc_sent = shards.doc_sentence_index()
+        doc_of_sent = np.searchsorted(doc_sent, np.arange(len(sent) - 1), side="right") - 1
+        # Chunk = the sentences of one document that start in the same window of `target` tokens.
+        key = (sent[:-1] - self._doc_offsets[doc_of_sent]) // target
+        new = np.ones(len(key), dtype=bool)
+        new[1:] = (key[1:] != key[:-1]) | (doc_of_sent[1:] != doc_of_sent[:-1])
+        first = np.flatnonzero(new)
+        last = np.append(first[1:], len(key))  # exclusive sentence index
+        doc = doc_of_sent[first]
+        c0, c1 = sent[first], sent[last]
+        n = len(first)
+
+        index = np.arange(n, dtype=np.uint64)
+        u_split, u_label, u_doc, u_sent = (_uniform(self.seed, index, k) for k in range(4))
+        # A ends at a random inner sentence boundary, or near the middle of a one-sentence chunk.
+        n_sent = last - first
+        at_sentence = sent[first + 1 + (u_split * np.maximum(n_sent - 1, 1)).astype(np.int64)]
+        middle = _next_word_start(shards.word_starts, c0 + (c1 - c0) // 2, c1, window)
+        a1 = np.where(n_sent >= 2, at_sentence, middle)
+        splittable = (c1 - c0) >= 2
+        a1 = np.where(splittable, np.clip(a1, c0 + 1, c1 - 1), c1)
+        labels = ((u_label < 0.5) | ~splittable).astype(np.int64)  # 1 = random next
+
+        # Random B: from a random sentence of another document, as long as A leaves room for.
+        other = (doc + 1 + (u_doc * (n_docs - 1)).astype(np.int64)) % n_docs
+        r_sent = doc_sent[other] + (u_sent * (doc_sent[other + 1] - doc_sent[other])).astype(np.int64)
+        rb0 = sent[r_sent]
+        rb1 = np.minimum(self._doc_offsets[other + 1], rb0 + np.maximum(target - (a1 - c0), 1))
+        b0 = np.where(labels == 1, rb0, a1)
+        b1 = np.where(labels == 1, rb1, c1)
+
+        # Fit A + B into `target`: shorten the longer one first (as BERT does). A loses its front,
+        # B its end, so a true pair stays adjacent; A's new front moves to a word start if one is near.
+        la, lb = a1 - c0, b1 - b0
+        short = np.minimum(la, lb)
+        keep_short = np.minimum(short, target // 2)
+        keep_long = np.minimum(np.maximum(la, lb), target - keep_short)
+        la_fit = np.where(la <= lb, keep_short, keep_long)
+        lb_fit = np.where(la <= lb, keep_long, keep_short)
+        a0 = a1 - la_fit
+        cut = la_fit < la
+        a0[cut] = _next_word_start(shards.word_starts, a0[cut], a1[cut], window)
+        b1 = b0 + lb_fit
+        return np.stack([a0, a1, b0, b1], axis=1), labels
+
+    def batch(self, indices):
+        """Padded numpy arrays for the samples `indices` (the contract's dict; see module docstring)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        T = self.max_seq_len
+        s = self.samples[idx]
+        a0, la = s[:, 0], s[:, 1] - s[:, 0]
+        pos = np.arange(T)[None, :]
+        in_a = (pos >= 1) & (pos <= la[:, None])
+        sep_at = [la + 1]
+        if self.mode == "pair":
+            b0, lb = s[:, 2], s[:, 3] - s[:, 2]
+            in_b = (pos >= (la + 2)[:, None]) & (pos < (la + 2 + lb)[:, None])
+            sep_at.append(la + 2 + lb)
+            length = la + lb + 3
+            src = np.where(in_a, a0[:, None] + pos - 1, b0[:, None] + pos - (la + 2)[:, None])
+        else:
+            in_b = np.zeros_like(in_a)
+            length = la + 2
+            src = a0[:, None] + pos - 1
+        is_tok = in_a | in_b
+        flat = src[is_tok]
+        inner_sep = np.zeros(len(flat), dtype=bool)
+        if self.mode == "full":
+            flat, inner_sep = self._virtual_to_real(flat)
+        # One gather per array for the whole batch; the memmap is read only where needed.
+        tokens = np.asarray(self.shards.tokens[flat]).astype(np.int64)
+        starts = np.asarray(self.shards.word_starts[flat]) > 0
+        tokens[inner_sep] = self.sep_id
+        starts[inner_sep] = False
+
+        rows = np.arange(len(idx))
+        input_ids = np.full((len(idx), T), self.pad_id, dtype=np.int64)
+        input_ids[:, 0] = self.cls_id
+        input_ids[is_tok] = tokens
+        token_type_ids = np.zeros((len(idx), T), dtype=np.int64)
+        for k, at in enumerate(sep_at):
+            input_ids[rows, at] = self.sep_id
+            token_type_ids[rows, at] = k
+        token_type_ids[in_b] = 1
+        special_mask = self._special[input_ids]
+        word_starts = np.zeros((len(idx), T), dtype=bool)
+        word_starts[is_tok] = starts
+        word_starts &= ~special_mask
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": (pos < length[:, None]).astype(np.int64),
+            "token_type_ids": token_type_ids,
+            "word_starts": word_starts,
+            "special_mask": special_mask,
+        }
+        if self.mode == "pair":
+            out["nsp_labels"] = self.nsp_labels[idx]
+        return out
+
+
+def _cut_blocks(length, limit, hard_ends, allowed, window):
+    """Cut positions [0, length) into blocks of at most `limit` positions.
+
+    A block ends at the next of `hard_ends` (sorted; the last is `length`) when that is within
+    reach; otherwise its nominal end is moved back to the nearest position where `allowed(a, b)`
+    (a bool array over [a, b)) is True, if one is within `window` positions. One Python step per
+    block (not per token): each cut depends on the previous one.
+    Returns int64 [n_blocks, 2] of (start, end).
+    """
+    starts, ends = [], []
+    hard_ends = np.asarray(hard_ends, dtype=np.int64)
+    h = 0
+    chunk_start = chunk_end = 0
+    last_allowed = None  # last_allowed[p - chunk_start] = last allowed position <= p, or -1
+    b = 0
+    while b < length:
+        while hard_ends[h] <= b:
+            h += 1
+        e = b + limit
+        hard = int(hard_ends[h])
+        if e >= hard:
+            e = hard
+        else:
+            if e >= chunk_end:
+                chunk_start, chunk_end = b, min(length, b + max(_CHUNK, 2 * limit))
+                flags = allowed(chunk_start, chunk_end)
+                last_allowed = np.maximum.accumulate(np.where(flags, np.arange(chunk_start, chunk_end), -1))
+            p = int(last_allowed[e - chunk_start])
+            if p > b and e - p < window:
+                e = p
+        starts.append(b)
+        ends.append(e)
+        b = e
+    return np.stack([np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)], axis=1)
+
+
+def _next_word_start(word_starts, pos, limit, window):
+    """For each position, the first word start in [pos, min(pos + window, limit)), else pos itself."""
+    pos = np.asarray(pos, dtype=np.int64)
+    if len(pos) == 0:
+        return pos
+    look = pos[:, None] + np.arange(window)[None, :]
+    ok = look < np.asarray(limit)[..., None]
+    flags = (np.asarray(word_starts[np.minimum(look, len(word_starts) - 1)]) > 0) & ok
+    found = flags.any(axis=1)
+    return np.where(found, pos + flags.argmax(axis=1), pos)
+
+
+def _uniform(seed, index, stream):
+    """Uniform [0, 1) floats, a pure function of (seed, index, stream): splitmix64 of a mixed key."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+             + index * np.uint64(0xD1B54A32D192ED03) + np.uint64(stream) * np.uint64(0x8CB92BA72F3D8DD7))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53

@@ -1,0 +1,164 @@
+"""The shard folder: a tokenized corpus on disk, read with numpy.memmap.
+
+    OUT/meta.json        format_version, tokenizer kind/sha256/casing, vocab_size, special ids, counts
+    OUT/tokenizer.json   the tokenizer that produced the ids
+    OUT/tokens.bin       all documents' token ids concatenated, no special tokens
+                         (uint16 when vocab_size <= 65536, else uint32; meta["token_dtype"])
+    OUT/word_starts.bin  uint8 per token: 1 where the token begins a word
+    OUT/index.idx        int64, little-endian:
+                           [n_documents, n_sentences,
+                            doc_offsets  (n_documents + 1 values, doc_offsets[0] = 0),
+                            sent_offsets (n_sentences + 1 values, sent_offsets[0] = 0)]
+                         token offsets: document i is tokens[doc_offsets[i]:doc_offsets[i+1]];
+                         every document boundary is also a sentence boundary.
+
+`ShardWriter` appends chunks and only keeps running counts in memory (the offsets go to side
+files that are joined into index.idx at the end), so writing streams. `Shards` opens a folder
+read-only; pickling it sends only the path, so each DataLoader worker maps the files itself.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from spanbert_ds.errors import UserError
+
+FORMAT_VERSION = 1
+FILES = ("meta.json", "tokenizer.json", "tokens.bin", "word_starts.bin", "index.idx")
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+class ShardWriter:
+    """Append tokenized documents to a (temporary) shard folder; `close(meta)` finishes it."""
+
+    def __init__(self, folder, vocab_size):
+        self.folder = Path(folder)
+        self.dtype = token_dtype(vocab_size)
+        self.tokens = open(self.folder / "tokens.bin", "wb")
+        self.word_starts = open(self.folder / "word_starts.bin", "wb")
+        self.doc_offsets = open(self.folder / "doc_offsets.tmp", "wb")
+        self.sent_offsets = open(self.folder / "sent_offsets.tmp", "wb")
+        for f in (self.doc_offsets, self.sent_offsets):
+            f.write(np.zeros(1, np.int64).tobytes())
+        self.n_tokens = self.n_documents = self.n_sentences = 0
+
+    def append(self, ids, word_starts, sent_lengths, doc_lengths):
+        """ids/word_starts: [n] for a run of whole documents; sent/doc_lengths: their token counts (> 0)."""
+        self.tokens.write(np.asarray(ids, self.dtype).tobytes())
+        self.word_starts.write(np.asarray(word_starts, np.uint8).tobytes())
+        self.sent_offsets.write((self.n_tokens + np.cumsum(sent_lengths, dtype=np.int64)).tobytes())
+        self.doc_offsets.write((self.n_tokens + np.cumsum(doc_lengths, dtype=np.int64)).tobytes())
+        self.n_tokens += int(len(ids))
+        self.n_sentences += len(sent_lengths)
+        self.n_documents += len(doc_lengths)
+
+    def close(self, meta):
+        for f in (self.tokens, self.word_starts, self.doc_offsets, self.sent_offsets):
+            f.close()
+        with open(self.folder / "index.idx", "wb") as out:
+            out.write(np.array([self.n_documents, self.n_sentences], np.int64).tobytes())
+            for name in ("doc_offsets.tmp", "sent_offsets.tmp"):
+                with open(self.folder / name, "rb") as f:
+                    shutil.copyfileobj(f, out)
+                os.remove(self.folder / name)
+        meta = {"format_version": FORMAT_VERSION, **meta, "token_dtype": np.dtype(self.dtype).name,
+                "n_tokens": self.n_tokens, "n_documents": self.n_documents, "n_sentences": self.n_sentences}
+        (self.folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+    def abort(self):
+        for f in (self.tokens, self.word_starts, self.doc_offsets, self.sent_offsets):
+            f.close()
+
+
+class Shards:
+    """A shard folder opened read-only: `.tokens`, `.word_starts`, `.doc_offsets`, `.sent_offsets`, `.meta`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        for name in FILES:
+            if not (self.path / name).is_file():
+                raise UserError(f"shard folder {self.path} has no {name}; "
+                                f"re-create it with `spanbert-ds prepare CORPUS {self.path} --overwrite`")
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+        except ValueError as e:
+            raise UserError(f"{self.path / 'meta.json'} is not valid JSON ({e}); re-create the folder "
+                            f"with `spanbert-ds prepare ... --overwrite`") from None
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(f"{self.path} has shard format_version {version!r}, this code reads "
+                            f"{FORMAT_VERSION}; re-create it with `spanbert-ds prepare ... --overwrite`")
+        m = self.meta
+        dtype = np.dtype(m["token_dtype"])
+        n, n_docs, n_sents = m["n_tokens"], m["n_documents"], m["n_sentences"]
+        self._check_size("tokens.bin", n * dtype.itemsize)
+        self._check_size("word_starts.bin", n)
+        self._check_size("index.idx", 8 * (2 + n_docs + 1 + n_sents + 1))
+        # np.memmap refuses empty files; an empty corpus never gets this far (prepare rejects it).
+        self.tokens = np.memmap(self.path / "tokens.bin", dtype=dtype, mode="r", shape=(n,))
+        self.word_starts = np.memmap(self.path / "word_starts.bin", dtype=np.uint8, mode="r", shape=(n,))
+        index = np.memmap(self.path / "index.idx", dtype="<i8", mode="r")
+        if index[0] != n_docs or index[1] != n_sents:
+            raise UserError(f"{self.path / 'index.idx'} holds {index[0]} documents / {index[1]} sentences but "
+                            f"meta.json says {n_docs} / {n_sents}; re-create the folder with `prepare --overwrite`")
+        self.doc_offsets = index[2:3 + n_docs]
+        self.sent_offsets = index[3 + n_docs:]
+
+    def _check_size(self, name, expected):
+        actual = (self.path / name).stat().st_size
+        if actual != expected:
+            raise UserError(f"{self.path / name} is {actual} bytes, meta.json implies {expected} (truncated or "
+                            f"from another run); re-create the folder with `spanbert-ds prepare ... --overwrite`")
+
+    def __len__(self):
+        return self.meta["n_documents"]
+
+    def document(self, i):
+        """Token ids of document i (a read-only view into the memmap)."""
+        return self.tokens[self.doc_offsets[i]:self.doc_offsets[i + 1]]
+
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+        return Tokenizer.from_file(str(self.path / "tokenizer.json"))
+
+    def doc_sentence_index(self):
+        """int64 [n_documents + 1]: document i holds sentences doc_sentence_index[i]:doc_sentence_index[i+1]."""
+        return np.searchsorted(self.sent_offsets, self.doc_offsets).astype(np.int64)
+
+    # Pickle the path only: a memmap pickles as a full in-memory copy of its data.
+    def __getstate__(self):
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __repr__(self):
+        m = self.meta
+        return (f"Shards({str(self.path)!r}: {m['n_documents']} documents, {m['n_sentences']} sentences, "
+                f"{m['n_tokens']} tokens, {m['tokenizer_kind']} vocab {m['vocab_size']})")
+
+    vocab_size = property(lambda self: self.meta["vocab_size"])
+    cls_id = property(lambda self: self.meta["cls_id"])
+    sep_id = property(lambda self: self.meta["sep_id"])
+    mask_id = property(lambda self: self.meta["mask_id"])
+    pad_id = property(lambda self: self.meta["pad_id"])
+    unk_id = property(lambda self: self.meta["unk_id"])
+    special_ids = property(lambda self: list(self.meta["special_ids"]))
+    lowercase = property(lambda self: self.meta["lowercase"])
+    n_tokens = property(lambda self: self.meta["n_tokens"])
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

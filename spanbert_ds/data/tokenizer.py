@@ -1,0 +1,193 @@
+"""Train or load a `tokenizers` tokenizer, and describe it for the shard folder.
+
+Two kinds, named after what the model code needs to know:
+- "wordpiece" (BERT / SpanBERT): [PAD]=0, [UNK], [CLS], [SEP], [MASK]; a token continues a word
+  when it starts with `##`.
+- "bpe" (RoBERTa, byte-level): <s>=0, <pad>, </s>, <unk>, <mask>; a token begins a word when it
+  starts with the leading-space marker `Ġ` (or SentencePiece's `▁`). The first token of a line has
+  no marker, so the shard writer marks it as a word start itself.
+
+Loaded tokenizers always have truncation and padding switched off: a tokenizer.json saved for
+inference (MiniLM's truncates at 128) would otherwise cut every sentence silently.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from spanbert_ds.errors import UserError
+
+WORDPIECE_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+BPE_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
+SPECIALS = {"wordpiece": WORDPIECE_SPECIALS, "bpe": BPE_SPECIALS}
+
+
+def train_tokenizer(kind, sentences, vocab_size, lowercase=False, allow_smaller_vocab=False, min_frequency=2):
+    """Train a tokenizer of `kind` ("wordpiece" | "bpe") on an iterator of sentence strings (streamed)."""
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=lowercase, lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        specials = list(WORDPIECE_SPECIALS.values())
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials, show_progress=False)
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        if lowercase:
+            tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        specials = list(BPE_SPECIALS.values())
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    tok.train_from_iterator(sentences, trainer=trainer)
+    reached = tok.get_vocab_size(with_added_tokens=True)
+    if reached < vocab_size and not allow_smaller_vocab:
+        raise UserError(f"the corpus supports a vocabulary of only {reached} tokens but --vocab-size is "
+                        f"{vocab_size}; pass --vocab-size {reached} or less, use a larger corpus, "
+                        f"or pass --allow-smaller-vocab to accept {reached}")
+    _add_post_processor(tok, kind)
+    return tok
+
+
+def load_tokenizer(path):
+    """Load a tokenizer.json, a BERT vocab.txt, or a folder holding either."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("tokenizer.json", "vocab.txt"):
+            if (path / name).is_file():
+                return load_tokenizer(path / name)
+        raise UserError(f"--tokenizer folder {path} has neither tokenizer.json nor vocab.txt; "
+                        f"point --tokenizer at one of them, or use `wordpiece`/`bpe` to train one")
+    if not path.is_file():
+        raise UserError(f"--tokenizer {path} does not exist; pass a tokenizer.json, a vocab.txt, "
+                        f"or `wordpiece`/`bpe` to train one")
+    if path.suffix == ".txt":
+        tok = _load_vocab_txt(path)
+    else:
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own exception types for bad JSON
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"--tokenizer {path} is not a valid tokenizers tokenizer.json ({reason}); pass a file "
+                            f"saved by tokenizers' Tokenizer.save, a BERT vocab.txt, or `wordpiece`/`bpe`") from None
+    tok.no_truncation()
+    tok.no_padding()
+    describe(tok, source=path)  # validates kind and special tokens now, with the file name in the message
+    return tok
+
+
+def _load_vocab_txt(path):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"--tokenizer {path} is not a UTF-8 vocab.txt (one token per line)") from None
+    vocab = {}
+    for token in lines:
+        if token and token not in vocab:  # HF's loader keeps the first id of a duplicate
+            vocab[token] = len(vocab)
+    if "[UNK]" not in vocab:
+        raise UserError(f"--tokenizer {path} does not look like a BERT vocab.txt (no [UNK] line); "
+                        f"pass a one-token-per-line WordPiece vocabulary")
+    lowercase = _vocab_txt_lowercase(path, vocab)
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=lowercase, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([AddedToken(t, special=True) for t in WORDPIECE_SPECIALS.values() if t in vocab])
+    _add_post_processor(tok, "wordpiece")
+    return tok
+
+
+def _vocab_txt_lowercase(path, vocab):
+    """A vocab.txt does not say its casing: ask tokenizer_config.json beside it, else look at the tokens."""
+    config = path.with_name("tokenizer_config.json")
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text()).get("do_lower_case")
+            if isinstance(value, bool):
+                return value
+        except (ValueError, OSError):
+            pass
+    words = [t for t in vocab if t.isalpha()]
+    upper = sum(t != t.lower() for t in words)
+    return upper < 0.01 * max(len(words), 1)
+
+
+def _add_post_processor(tok, kind):
+    """So that tokenizer.json, exported with the model, adds [CLS]/[SEP] like the training data has."""
+    s = SPECIALS[kind]
+    cls, sep = s["cls"], s["sep"]
+    cls_id, sep_id = tok.token_to_id(cls), tok.token_to_id(sep)
+    if cls_id is None or sep_id is None:
+        return
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, cls_id), (sep, sep_id)])
+
+
+def kind_of(tok):
+    model = json.loads(tok.to_str())["model"]["type"]
+    return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model)
+
+
+def is_lowercase(tok):
+    """True when the normalizer lowercases (BertNormalizer(lowercase=True) or a Lowercase step)."""
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "Lowercase" or (node.get("type") == "BertNormalizer" and node.get("lowercase")):
+                return True
+            return any(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+    return walk(json.loads(tok.to_str()).get("normalizer"))
+
+
+def describe(tok, source="the tokenizer"):
+    """The tokenizer's part of meta.json: kind, casing, vocab size, special ids."""
+    kind = kind_of(tok)
+    if kind is None:
+        raise UserError(f"{source}: only WordPiece and BPE tokenizers are supported; "
+                        f"pass a BERT-style or RoBERTa-style tokenizer, or `wordpiece`/`bpe` to train one")
+    ids = {}
+    for role, token in SPECIALS[kind].items():
+        ids[f"{role}_id"] = tok.token_to_id(token)
+        if ids[f"{role}_id"] is None:
+            raise UserError(f"{source}: the {kind} tokenizer has no {token} token; add it to the vocabulary "
+                            f"or train one with `--tokenizer {kind}`")
+    added = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
+    return {
+        "tokenizer_kind": kind,
+        "lowercase": is_lowercase(tok),
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        **ids,
+        "special_ids": sorted(set(added) | set(ids.values())),
+    }
+
+
+def word_start_table(tok):
+    """Bool [vocab_size]: does this token id begin a word? (False for special tokens.)"""
+    kind = kind_of(tok)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    table = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=bool)
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    if kind == "wordpiece":
+        starts = np.fromiter((not t.startswith("##") for t in vocab), dtype=bool, count=len(vocab))
+    else:
+        starts = np.fromiter((t.startswith(("Ġ", "▁")) for t in vocab), dtype=bool, count=len(vocab))
+    table[ids] = starts
+    table[describe(tok)["special_ids"]] = False
+    return table
+
+
+def sha256(tok):
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
