@@ -1,0 +1,119 @@
+"""Command line and DeepSpeed config of a pretraining run, validated before any rank starts work.
+
+One source of truth for each setting: the engine (batch sizes, precision, ZeRO,
+optimizer, schedule) lives in the ds_config; the model in --model; the run in the
+flags below.
+"""
+
+import argparse
+import json
+import os
+
+from spanbert_ds.errors import UserError
+
+# Optimizers DeepSpeed can partition under ZeRO; LAMB and the 1-bit ones need ZeRO off.
+ZERO_INCOMPATIBLE_OPTIMIZERS = {"lamb", "onebitlamb", "onebitadam", "zerooneadam"}
+
+
+def add_arguments(parser):
+    import deepspeed
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--model", default="spanbert-base", help="a preset (tiny, small, bert-base, bert-large, spanbert-base, spanbert-large) or a model JSON file (default: %(default)s)")
+    run.add_argument("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM) (default: %(default)s)")
+    run.add_argument("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
+    run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints (default: %(default)s)")
+    run.add_argument("--steps", type=int, default=10000, help="optimizer steps in the whole run (default: %(default)s)")
+    run.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample including [CLS]/[SEP] (default: %(default)s)")
+    run.add_argument("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout (default: %(default)s)")
+    run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps, and always at the end (default: %(default)s)")
+    run.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (default: %(default)s)")
+    run.add_argument("--log-every", type=int, default=10, help="log every N steps (default: %(default)s)")
+    run.add_argument("--resume", default="auto", help="auto: continue from the latest complete checkpoint in --output if any; none: start afresh; or a checkpoint folder (default: %(default)s)")
+    run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder")
+    run.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank that mask batches (default: %(default)s)")
+    run.add_argument("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="override the model's attention backend")
+    run.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many consecutive non-finite losses (default: %(default)s)")
+    run.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    deepspeed.add_config_arguments(parser)
+    return parser
+
+
+def check_run_args(args):
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    if args.objective not in OBJECTIVES:
+        raise UserError(f"unknown objective {args.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if not args.deepspeed_config:
+        raise UserError("no DeepSpeed config: pass --deepspeed_config ds_configs/NAME.json")
+    for name in ("steps", "max_seq_len", "save_every", "keep_checkpoints", "log_every", "max_bad_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_seq_len < 8:
+        raise UserError(f"--max-seq-len {args.max_seq_len} is too short; use at least 8")
+    if args.num_workers < 0:
+        raise UserError("--num-workers must be 0 or more")
+    if not os.path.isdir(args.data):
+        raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS {args.data}`")
+
+
+def load_ds_config(path, world_size, total_steps):
+    """Read, check and complete a ds_config for `world_size` ranks. Returns a dict for deepspeed.initialize."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"DeepSpeed config {path} does not exist; see ds_configs/ for examples") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+
+    _resolve_batch_sizes(config, path, world_size)
+
+    fp16 = config.get("fp16", {}).get("enabled", False)
+    bf16 = config.get("bf16", {}).get("enabled", False)
+    if fp16 and bf16:
+        raise UserError(f"{path}: fp16 and bf16 are both enabled; enable one of them")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"{path}: zero_optimization.stage is {stage}; use 0, 1, 2 or 3")
+    optimizer = config.get("optimizer", {}).get("type", "")
+    if stage > 0 and optimizer.lower() in ZERO_INCOMPATIBLE_OPTIMIZERS:
+        raise UserError(f"{path}: DeepSpeed does not support optimizer {optimizer} under ZeRO stage {stage}; use AdamW, or set zero_optimization.stage to 0")
+    if not optimizer:
+        raise UserError(f"{path}: no optimizer block; add e.g. {{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
+
+    scheduler = config.get("scheduler", {})
+    if scheduler.get("type") == "WarmupDecayLR":
+        # The run's length is --steps; the schedule follows it.
+        scheduler.setdefault("params", {})["total_num_steps"] = total_steps
+        warmup = scheduler["params"].get("warmup_num_steps", 0)
+        if warmup >= total_steps:
+            scheduler["params"]["warmup_num_steps"] = max(1, total_steps // 10)
+    return config
+
+
+def _resolve_batch_sizes(config, path, world_size):
+    """Fill in the one missing batch size as DeepSpeed would, and check that the three agree."""
+    total = config.get("train_batch_size")
+    micro = config.get("train_micro_batch_size_per_gpu")
+    accumulation = config.get("gradient_accumulation_steps")
+    given = sum(value is not None for value in (total, micro, accumulation))
+    if given == 0 or (given == 1 and total is None):
+        raise UserError(f"{path}: set train_batch_size (and train_micro_batch_size_per_gpu or gradient_accumulation_steps)")
+    if total is None:
+        total = micro * (accumulation or 1) * world_size
+    elif micro is None:
+        accumulation = accumulation or 1
+        if total % (accumulation * world_size):
+            raise UserError(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps {accumulation} x {world_size} ranks")
+        micro = total // (accumulation * world_size)
+    elif accumulation is None:
+        if total % (micro * world_size):
+            raise UserError(f"{path}: train_batch_size {total} is not divisible by train_micro_batch_size_per_gpu {micro} x {world_size} ranks; change one of them")
+        accumulation = total // (micro * world_size)
+    if micro * accumulation * world_size != total:
+        raise UserError(
+            f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x gradient_accumulation_steps "
+            f"{accumulation} x {world_size} ranks; fix one of them (or drop gradient_accumulation_steps and let it be derived)"
+        )
+    config.update(train_batch_size=total, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation)

@@ -1,0 +1,55 @@
+"""Bad configurations are refused before any rank starts work: one line, exit code 2."""
+
+import json
+
+import pytest
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.train.args import load_ds_config
+
+
+def write(tmp_path, config):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+GOOD = {"train_batch_size": 32, "train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}
+
+
+def test_accumulation_is_derived_from_the_batch_sizes_and_world_size(tmp_path):
+    config = load_ds_config(write(tmp_path, GOOD), world_size=2, total_steps=100)
+    assert config["gradient_accumulation_steps"] == 2
+    config = load_ds_config(write(tmp_path, {**GOOD, "train_micro_batch_size_per_gpu": None, "gradient_accumulation_steps": 4}), world_size=2, total_steps=100)
+    assert config["train_micro_batch_size_per_gpu"] == 4
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"gradient_accumulation_steps": 3}, "train_batch_size 32 != train_micro_batch_size_per_gpu 8 x gradient_accumulation_steps 3 x 2 ranks"),
+        ({"train_micro_batch_size_per_gpu": 5}, "not divisible"),
+        ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "fp16 and bf16 are both enabled"),
+        ({"optimizer": {"type": "Lamb", "params": {"lr": 1e-3}}, "zero_optimization": {"stage": 2}}, "does not support optimizer Lamb under ZeRO stage 2"),
+        ({"zero_optimization": {"stage": 4}}, "stage is 4"),
+        ({"optimizer": None}, "no optimizer block"),
+    ],
+)
+def test_bad_configs_are_refused_with_a_message_that_says_what_to_fix(tmp_path, change, message):
+    config = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_ds_config(write(tmp_path, config), world_size=2, total_steps=100)
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_ds_config(str(tmp_path / "nope.json"), 1, 10)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train_batch_size": 8,\n oops}')
+    with pytest.raises(UserError, match="not valid JSON \\(line 2"):
+        load_ds_config(str(bad), 1, 10)
+
+
+def test_schedule_length_follows_steps(tmp_path):
+    config = {**GOOD, "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 10}}}
+    assert load_ds_config(write(tmp_path, config), 1, 500)["scheduler"]["params"]["total_num_steps"] == 500
