@@ -1,0 +1,96 @@
+"""Batches for one rank: which samples, masked how, in what order.
+
+Global step s of epoch e uses samples order(e)[s*G : (s+1)*G] of a permutation
+seeded by (seed, e), with G the global batch (train_batch_size). Micro-step k of
+the step goes to rank r as the slice starting at (k * world + r) * micro: every
+rank gets an equal, disjoint share, and a step contains the same samples whatever
+the world size, so runs on 1 and 2 ranks see the same global batches. Steps that
+would need more samples than an epoch has left are not run (no rank runs short).
+
+Masks are a function of (seed, epoch, sample index) only, so a resumed run sees
+exactly the batches it would have seen.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spanbert_ds.errors import UserError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    n_samples: int
+    global_batch: int
+    micro_batch: int
+    world_size: int
+    rank: int
+    seed: int
+
+    def __post_init__(self):
+        if self.global_batch % (self.micro_batch * self.world_size):
+            raise UserError(
+                f"train_batch_size {self.global_batch} is not a multiple of micro batch {self.micro_batch} "
+                f"x world size {self.world_size}; fix train_batch_size or train_micro_batch_size_per_gpu"
+            )
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the data has {self.n_samples} samples, fewer than one global batch of {self.global_batch}; "
+                "use a larger corpus, a shorter --max-seq-len or a smaller train_batch_size"
+            )
+
+    @property
+    def accumulation(self):
+        return self.global_batch // (self.micro_batch * self.world_size)
+
+    @property
+    def steps_per_epoch(self):
+        return self.n_samples // self.global_batch
+
+    def order(self, epoch):
+        return np.random.default_rng([self.seed, epoch, 0x5A5A]).permutation(self.n_samples)
+
+    def locate(self, micro_index):
+        """(epoch, start) of this rank's micro-batch number `micro_index` of the run in order(epoch)."""
+        step, k = divmod(micro_index, self.accumulation)
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        return epoch, step_in_epoch * self.global_batch + (k * self.world_size + self.rank) * self.micro_batch
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Item i is this rank's masked micro-batch number `first + i`, as torch tensors."""
+
+    def __init__(self, samples, masker, plan, first, count):
+        self.samples, self.masker, self.plan = samples, masker, plan
+        self.first, self.count = first, count
+        self._orders = {}
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        epoch, indices = self._micro_step(self.first + i)
+        batch = self.masker(self.samples.batch(indices), indices, epoch, self.plan.seed)
+        return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+
+    def _micro_step(self, micro_index):
+        epoch, start = self.plan.locate(micro_index)
+        # The permutation of an epoch is the one costly part: keep the current one per worker.
+        if epoch not in self._orders:
+            self._orders = {epoch: self.plan.order(epoch)}
+        return epoch, self._orders[epoch][start : start + self.plan.micro_batch]
+
+
+def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers):
+    """A DataLoader yielding this rank's micro-batches first_micro .. first_micro + n_micro - 1 in order."""
+    dataset = MicroBatches(samples, masker, plan, first_micro, n_micro)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
