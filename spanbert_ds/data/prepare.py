@@ -103,10 +103,11 @@ def _train(corpus, kind, vocab_size, lowercase, allow_smaller_vocab):
             next(count)
             yield s
 
-    tok = tokenizers_.train_tokenizer(kind, sentences(), vocab_size, lowercase=lowercase,
-                                      allow_smaller_vocab=allow_smaller_vocab, min_frequency=2)
+    tok = tokenizers_.train_tokenizer(kind, sentences(), vocab_size, lowercase=lowercase, min_frequency=2)
     if next(count) == 0:
         raise UserError(f"input {corpus.source} contains no text; give a corpus with at least one non-empty line")
+    if not allow_smaller_vocab:
+        tokenizers_.check_vocab_size(tok, vocab_size)
     return tok
 
 

@@ -25,7 +25,7 @@ BPE_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "ma
 SPECIALS = {"wordpiece": WORDPIECE_SPECIALS, "bpe": BPE_SPECIALS}
 
 
-def train_tokenizer(kind, sentences, vocab_size, lowercase=False, allow_smaller_vocab=False, min_frequency=2):
+def train_tokenizer(kind, sentences, vocab_size, lowercase=False, min_frequency=2):
     """Train a tokenizer of `kind` ("wordpiece" | "bpe") on an iterator of sentence strings (streamed)."""
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
@@ -48,13 +48,17 @@ def train_tokenizer(kind, sentences, vocab_size, lowercase=False, allow_smaller_
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}")
     tok.train_from_iterator(sentences, trainer=trainer)
+    _add_post_processor(tok, kind)
+    return tok
+
+
+def check_vocab_size(tok, vocab_size):
+    """Training stops early when the corpus has no more pairs to merge: say so instead of going on."""
     reached = tok.get_vocab_size(with_added_tokens=True)
-    if reached < vocab_size and not allow_smaller_vocab:
+    if reached < vocab_size:
         raise UserError(f"the corpus supports a vocabulary of only {reached} tokens but --vocab-size is "
                         f"{vocab_size}; pass --vocab-size {reached} or less, use a larger corpus, "
                         f"or pass --allow-smaller-vocab to accept {reached}")
-    _add_post_processor(tok, kind)
-    return tok
 
 
 def load_tokenizer(path):
