@@ -1,0 +1,273 @@
+"""Fused kernels against their peers, forward + backward, measured in the same run on the same device.
+
+    python benchmarks/kernels.py            # on a CUDA GPU, bf16, BERT-base and BERT-large shapes (~2-3 min)
+    python benchmarks/kernels.py --smoke    # tiny shapes on CPU under Triton's interpreter: proves the script
+
+bias + GeLU + LayerNorm (the SBO head's and MLM transform's tail), rows x hidden, against PyTorch eager
+(x + b, F.gelu, F.layer_norm) and torch.compile of it. Effective bandwidth counts the bytes a fused
+kernel must move: forward reads x and writes y, backward reads x and dy and writes dx (5 x rows x hidden
+elements; the parameters and per-row statistics are negligible).
+
+Attention, (B, H, T, D) with no padding mask (SDPA's flash backend takes none), against eager PyTorch
+(explicit T x T scores, the reference), torch.compile of it and SDPA's FlashAttention-2 backend.
+FLOPs: 4 B H T^2 D forward, 2.5 x that backward (FlashAttention's convention).
+
+Prints one table: time, throughput, each peer's time divided by ours (> 1: ours is faster) and the largest
+difference of each forward output from eager's, then whether the goals are met.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+# Spec-sheet HBM bandwidth in bytes/s, by a substring of torch.cuda.get_device_name (first match wins).
+PEAK_BANDWIDTH = [
+    ("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("H800", 3.35e12),
+    ("GH200", 4.0e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12), ("A10G", 0.6e12), ("A10", 0.6e12),
+    ("V100", 0.9e12), ("T4", 0.32e12),
+]
+GOAL_BANDWIDTH = 0.85  # of peak, for bias-GeLU-LN
+GOAL_ATTENTION = 0.95  # of SDPA-flash speed, forward + backward
+MODELS = {"bert-base": (768, 12), "bert-large": (1024, 16)}  # hidden, heads (head dim 64)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny shapes on CPU under TRITON_INTERPRET=1, no torch.compile: checks the script runs")
+    p.add_argument("--tokens", type=int, default=65536, help="tokens per batch (rows for bias-GeLU-LN)")
+    p.add_argument("--seq", type=int, nargs="+", default=[128, 512], help="attention sequence lengths")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--dropout", type=float, default=0.0, help="attention dropout for every implementation")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers (saves compile time)")
+    p.add_argument("--only", choices=["ln", "attention"], help="run one kernel only")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args()
+if ARGS.smoke:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+
+from spanbert_ds.kernels import attention, gelu_layernorm, reference  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class Unavailable(Exception):
+    """A peer that cannot run here (prints n/a)."""
+
+
+def timer(device):
+    """fn -> milliseconds. On CUDA triton's do_bench (warm-up, L2 flushed between runs, median);
+    on CPU a plain clock over two runs after one warm-up (the smoke run checks, it does not measure)."""
+    if device.type == "cuda":
+        def cuda_ms(fn, grads):
+            return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
+        return cuda_ms
+
+    def cpu_ms(fn, grads):
+        fn()
+        start = time.perf_counter()
+        for _ in range(2):
+            for t in grads:
+                t.grad = None
+            fn()
+        return (time.perf_counter() - start) / 2 * 1e3
+    return cpu_ms
+
+
+def measure(impl, inputs, make_grad, time_ms, reference_out):
+    """impl(*inputs) -> (fwd ms, fwd+bwd ms, max |out - reference_out|) or raises Unavailable.
+
+    The forward is timed as in training (autograd on, activations saved), so a compiled peer
+    runs the same graph in both timings and is compiled once."""
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    try:
+        out = impl(*inputs)  # also compiles / autotunes, outside the timing
+        grad = make_grad(out)
+        out.backward(grad)
+        err = None if reference_out is None else float((out.detach().float() - reference_out.float()).abs().max())
+        del out
+        fwd = time_ms(lambda: impl(*inputs), [])
+        fwd_bwd = time_ms(lambda: impl(*inputs).backward(grad), leaves)
+    except Unavailable:
+        raise
+    except Exception as e:  # a peer that does not compile or run on this device/version: n/a, not a crash
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise Unavailable(f"{type(e).__name__}: {msg}") from e
+    return fwd, fwd_bwd, err
+
+
+def compiled(fn):
+    """torch.compile of fn, or a function raising Unavailable when compile is off."""
+    if ARGS.smoke or ARGS.no_compile:
+        def off(*_):
+            raise Unavailable("off (--smoke)" if ARGS.smoke else "off (--no-compile)")
+        return off
+    return torch.compile(fn, dynamic=False)
+
+
+def run_cases(device, dtype):
+    time_ms = timer(device)
+    rows = []  # (kernel, shape, impl, fwd ms, fwd+bwd ms, throughput str, throughput value, vs-ours, err)
+    notes = []
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape, grad=True):
+        return torch.randn(*shape, generator=gen).to(device, dtype).requires_grad_(grad)
+
+    def add_case(kernel, shape, impls, work, unit, make_grad):
+        ours_t = None
+        ref_out = None  # eager's output: every implementation's forward is compared with it
+        if not (kernel == "attention" and ARGS.dropout > 0):
+            with torch.no_grad():
+                ref_out = next(impl(*inputs) for name, impl, inputs in impls if name == "eager")
+        for name, impl, inputs in impls:
+            try:
+                fwd, fwd_bwd, err = measure(impl, inputs, make_grad, time_ms, ref_out)
+            except Unavailable as e:
+                rows.append((kernel, shape, name, None, None, "n/a", None, None, None))
+                notes.append(f"{kernel} {shape} {name}: n/a ({e})")
+                continue
+            if name.startswith("ours"):
+                ours_t = fwd_bwd
+            rate = work / (fwd_bwd * 1e-3)
+            ratio = fwd_bwd / ours_t if ours_t else None
+            rows.append((kernel, shape, name, fwd, fwd_bwd, unit(rate), rate, ratio, err))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    if ARGS.only in (None, "ln"):
+        shapes = [(64, 48), (33, 64)] if ARGS.smoke else [(ARGS.tokens, h) for h, _ in MODELS.values()]
+        peak = peak_bandwidth(device)
+        for n_rows, hidden in shapes:
+            x = randn(n_rows, hidden)
+            params = [randn(hidden), (1 + 0.1 * torch.randn(hidden, generator=gen)).to(device, dtype).requires_grad_(),
+                      randn(hidden)]
+            bytes_moved = 5 * n_rows * hidden * x.element_size()
+
+            def gbps(rate, peak=peak):
+                return f"{rate / 1e9:7.4g} GB/s" + (f" {rate / peak:4.0%}" if peak else "")
+
+            inputs = (x, *params, 1e-12)
+            add_case("bias_gelu_ln", f"{n_rows}x{hidden}", [
+                ("ours (triton)", gelu_layernorm.bias_gelu_layernorm, inputs),
+                ("eager", reference.bias_gelu_layernorm, inputs),
+                ("torch.compile", compiled(reference.bias_gelu_layernorm), inputs),
+            ], bytes_moved, gbps, lambda out: torch.randn_like(out))
+            del x, params, inputs
+
+    if ARGS.only in (None, "attention"):
+        if ARGS.smoke:
+            shapes = [("tiny", 2, 2, 40, 32)]
+        else:
+            shapes = [(m, max(1, ARGS.tokens // t), heads, t, hidden // heads)
+                      for m, (hidden, heads) in MODELS.items() for t in ARGS.seq]
+        p = ARGS.dropout
+        for model, b, h, t, d in shapes:
+            q, k, v = randn(b, h, t, d), randn(b, h, t, d), randn(b, h, t, d)
+            flops = 3.5 * 4 * b * h * t * t * d  # forward + 2.5 x forward for backward
+
+            def sdpa_flash(q, k, v):
+                if device.type != "cuda":  # the smoke run still exercises the code path
+                    return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+
+            def ours(q, k, v):
+                return attention.flash_attention(q, k, v, None, p)
+
+            def eager(q, k, v):
+                return reference.attention(q, k, v, None, p)
+
+            add_case("attention", f"{model} B{b} H{h} T{t} D{d}", [
+                ("ours (triton)", ours, (q, k, v)),
+                ("eager", eager, (q, k, v)),
+                ("torch.compile", compiled(eager), (q, k, v)),
+                ("sdpa-flash" if device.type == "cuda" else "sdpa (cpu)", sdpa_flash, (q, k, v)),
+            ], flops, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
+            del q, k, v
+    return rows, notes
+
+
+def peak_bandwidth(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
+
+
+def print_table(rows, notes, device, dtype):
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter: no speed meaning)"
+    peak = peak_bandwidth(device)
+    print(f"device: {name}" + (f" (spec memory bandwidth {peak / 1e12:.2f} TB/s)" if peak else ""))
+    print(f"torch {torch.__version__}, triton {triton.__version__}, dtype {str(dtype).replace('torch.', '')}, "
+          f"attention dropout {ARGS.dropout}, forward + backward unless marked fwd")
+    header = ("kernel", "shape", "impl", "fwd ms", "fwd+bwd ms", "throughput", "peer/ours", "max|err| fwd")
+    lines = []
+    for kernel, shape, impl, fwd, fwd_bwd, thr, _, ratio, err in rows:
+        lines.append((kernel, shape, impl, "n/a" if fwd is None else f"{fwd:.3f}",
+                      "n/a" if fwd_bwd is None else f"{fwd_bwd:.3f}", thr,
+                      "-" if ratio is None or impl.startswith("ours") else f"{ratio:.2f}x",
+                      "-" if err is None else f"{err:.1e}"))
+    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
+    for r in [header] + lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for note in notes:
+        print("note:", note)
+    if device.type == "cuda":
+        print_goals(rows, peak)
+
+
+def print_goals(rows, peak):
+    by_case = {}
+    for kernel, shape, impl, _, fwd_bwd, _, rate, _, _ in rows:
+        by_case.setdefault((kernel, shape), {})[impl] = (fwd_bwd, rate)
+    for (kernel, shape), impls in by_case.items():
+        ours = impls.get("ours (triton)", (None, None))
+        if ours[0] is None:
+            print(f"goal {kernel} {shape}: ours did not run")
+            continue
+        if kernel == "bias_gelu_ln":
+            frac = f"{ours[1] / peak:.0%} of peak bandwidth (goal {GOAL_BANDWIDTH:.0%})" if peak else "peak unknown"
+            comp = impls.get("torch.compile", (None, None))[0]
+            vs = "torch.compile n/a" if comp is None else f"{comp / ours[0]:.2f}x torch.compile's speed (goal > 1)"
+            print(f"goal {kernel} {shape}: {frac}, {vs}")
+        else:
+            flash = impls.get("sdpa-flash", (None, None))[0]
+            vs = "sdpa-flash n/a" if flash is None else f"{flash / ours[0]:.2f}x SDPA-flash's speed"
+            print(f"goal {kernel} {shape}: {vs} (goal >= {GOAL_ATTENTION})")
+
+
+def main():
+    if ARGS.smoke:
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        sys.exit("benchmarks/kernels.py measures CUDA kernels and this machine has no GPU; "
+                 "run it with --smoke to check it on CPU under the Triton interpreter")
+    dtype = torch.float32 if ARGS.smoke else DTYPES[ARGS.dtype]
+    if not 0.0 <= ARGS.dropout < 1.0:
+        sys.exit(f"--dropout {ARGS.dropout}: must be in [0, 1)")
+    start = time.perf_counter()
+    rows, notes = run_cases(device, dtype)
+    print_table(rows, notes, device, dtype)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if ARGS.smoke:  # the smoke run is a test: the kernels must run and agree with eager
+        bad = [r for r in rows if r[2].startswith("ours") and (r[4] is None or r[8] is None or r[8] > 1e-4)]
+        if bad or math.isnan(sum(r[8] or 0.0 for r in rows)):
+            sys.exit(f"smoke run failed: {bad}")
+
+
+if __name__ == "__main__":
+    main()
