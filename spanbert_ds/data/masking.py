@@ -229,12 +229,13 @@ def _maskable(batch):
     return real & ~special
 
 
-def _unit_starts(batch, maskable):
+def word_unit_starts(batch, maskable=None):
     """[B,T] bool: the first token of each word, the unit that whole-word and span masking use.
 
     A token after a special token (or at t=0) starts a unit even if it is a continuation
     piece (a block may begin inside a word), so no word ever reaches across a special.
     """
+    maskable = _maskable(batch) if maskable is None else maskable
     starts = np.asarray(batch["word_starts"], dtype=bool) & maskable
     after_break = np.ones_like(maskable)
     after_break[:, 1:] = ~maskable[:, :-1]
@@ -265,7 +266,7 @@ class WholeWordMasker(_Masker):
         keys = sample_keys(sample_indices, epoch, seed)
         maskable = _maskable(batch)
         B, T = maskable.shape
-        starts = np.flatnonzero(_unit_starts(batch, maskable))
+        starts = np.flatnonzero(word_unit_starts(batch, maskable))
         rows, cols = np.divmod(starts, T)
         bits = _bits(keys[rows], _TOKEN, cols)
         low = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * (1.0 / 2**32)
@@ -308,7 +309,7 @@ class SpanMasker(_Masker):
         flat_maskable = maskable.reshape(-1)
 
         # --- Units (words) and segments (maximal runs of words between special tokens). ---
-        unit_start_mask = _unit_starts(batch, maskable).reshape(-1)
+        unit_start_mask = word_unit_starts(batch, maskable).reshape(-1)
         unit_start = np.flatnonzero(unit_start_mask)  # [U] flat index of each word's first token
         # A word ends at the next word start or the next non-maskable token.
         boundary = np.append(np.flatnonzero(unit_start_mask | ~flat_maskable), B * T)

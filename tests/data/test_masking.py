@@ -1,72 +1,51 @@
-"""Tests of spanbert_ds/data/masking.py: statistics on real text, invariants, determinism.
+"""Tests of spanbert_ds/data/masking.py and mask_stats.py: statistics on real text, invariants,
+determinism.
 
-The text is CPython's own documentation (`pydoc_data.topics`), tokenized with a cased
-WordPiece trained on it, one paragraph per document, packed FULL-SENTENCES style with an
-inner [SEP] between documents, so rows hold several segments and some rows are padded.
+The text is the built-in corpus (CPython's documentation and docstrings, the shared
+`python_docs_shards` fixture: a cased WordPiece of 8000 tokens), packed by `PackedSamples` in
+all three modes, so rows hold inner [SEP]s between documents or segments, and some are padded.
 """
 
 import numpy as np
-import pydoc_data.topics
 import pytest
 from scipy import stats
 
-from spanbert_ds.data.masking import MaskingConfig, SpanMasker, TokenMasker, WholeWordMasker
+from spanbert_ds.cli import main as cli_main
+from spanbert_ds.data.masking import MaskingConfig, SpanMasker, TokenMasker, WholeWordMasker, word_unit_starts
+from spanbert_ds.data.packing import PackedSamples
 from spanbert_ds.errors import UserError
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MODES = ("full", "doc", "pair")
 
 
 class RealText:
-    """Token stream of real text and a packer-shaped batch builder over it."""
+    """Packed samples of the built-in corpus, and the ids the maskers need."""
 
-    def __init__(self):
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    def __init__(self, shards):
+        self.shards = shards
+        m = shards.meta
+        self.vocab_size = m["vocab_size"]
+        self.pad, self.unk, self.cls, self.sep, self.mask = (m[k] for k in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id"))
+        self.special_ids = m["special_ids"]
+        self.tokens = np.asarray(shards.tokens, dtype=np.int64)
+        self.word_starts = np.asarray(shards.word_starts) > 0
+        self._packed = {}
 
-        docs = [p.strip() for text in pydoc_data.topics.topics.values() for p in text.split("\n\n") if p.strip()]
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(docs, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=SPECIALS))
-        self.vocab_size = tok.get_vocab_size()
-        self.pad, self.unk, self.cls, self.sep, self.mask = (tok.token_to_id(s) for s in SPECIALS)
-        self.special_ids = [self.pad, self.unk, self.cls, self.sep, self.mask]
-        encodings = tok.encode_batch(docs, add_special_tokens=False)
-        # One stream: documents separated by [SEP], word starts from WordPiece's "##".
-        self.tokens = np.concatenate([np.append(e.ids, self.sep) for e in encodings]).astype(np.int64)
-        self.word_starts = np.concatenate(
-            [np.append([not t.startswith("##") for t in e.tokens], False) for e in encodings]
-        )
+    def packed(self, T, mode="full"):
+        if (T, mode) not in self._packed:
+            self._packed[T, mode] = PackedSamples(self.shards, mode, T, seed=0)
+        return self._packed[T, mode]
 
-    def batch(self, indices, T, pad_every=5):
-        """Rows [CLS] block [SEP] pad...; every `pad_every`-th sample is cut short (padding)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        B, n = indices.size, T - 2
-        start = (indices * 97 * n // 100) % (self.tokens.size - n)
-        take = start[:, None] + np.arange(n)[None, :]
-        length = np.where(indices % pad_every == 0, 10 + indices % (n - 10), n)
-        inside = np.arange(n)[None, :] < length[:, None]
-        ids = np.full((B, T), self.pad, dtype=np.int64)
-        ids[:, 0] = self.cls
-        ids[:, 1:-1] = np.where(inside, self.tokens[take], self.pad)
-        ids[np.arange(B), 1 + length] = self.sep
-        word_starts = np.zeros((B, T), dtype=bool)
-        word_starts[:, 1:-1] = inside & self.word_starts[take]
-        special = np.isin(ids, self.special_ids) & (ids != self.unk)
-        return {
-            "input_ids": ids,
-            "attention_mask": (ids != self.pad).astype(np.int64),
-            "token_type_ids": np.zeros((B, T), dtype=np.int64),
-            "word_starts": word_starts & ~special,
-            "special_mask": special | (ids == self.pad),
-        }
+    def batch(self, indices, T, mode="full"):
+        return self.packed(T, mode).batch(np.asarray(indices, dtype=np.int64))
 
     def masker(self, kind, config=None):
-        return kind(config or MaskingConfig(), self.vocab_size, self.mask, [self.pad, self.cls, self.sep, self.mask, self.unk])
+        return kind.from_meta(config or MaskingConfig(), self.shards.meta)
 
 
 @pytest.fixture(scope="module")
-def text():
-    return RealText()
+def text(python_docs_shards):
+    return RealText(python_docs_shards)
 
 
 def spans_of(out, batch):
@@ -80,11 +59,7 @@ def spans_of(out, batch):
 
 
 def unit_starts(batch):
-    """Word starts as the masker sees them (a token after a special starts a word)."""
-    maskable = batch["attention_mask"].astype(bool) & ~batch["special_mask"]
-    after = np.ones_like(maskable)
-    after[:, 1:] = ~maskable[:, :-1]
-    return (batch["word_starts"] | after) & maskable
+    return word_unit_starts(batch)
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +67,12 @@ def span_runs(text):
     """Many masked batches at T=128 and T=512 and the spans recovered from them."""
     masker = text.masker(SpanMasker)
     runs = []
-    for T, rows, epochs in ((128, 1024, 10), (512, 256, 10)):
-        for epoch in range(epochs):
-            idx = np.arange(rows) + epoch * 7919
-            batch = text.batch(idx, T)
+    for T, rows in ((128, 1024), (512, 256)):
+        for epoch in range(12):
+            mode = MODES[epoch % 3]
+            n = len(text.packed(T, mode))
+            idx = np.sort((np.arange(rows) * 3 + epoch * 397) % n)
+            batch = text.batch(idx, T, mode)
             out = masker(batch, idx, epoch, seed=1234)
             runs.append((batch, out, dict(masker.last_stats)))
     return runs
@@ -193,7 +170,8 @@ def test_spans_never_cross_an_inner_sep(span_runs, text):
         ids = batch["input_ids"].reshape(-1)
         cum = np.r_[0, np.cumsum(ids == text.sep)]
         assert np.all(cum[e + 1] == cum[s])
-    assert sum((b["input_ids"][:, 1:-2] == text.sep).sum() for b, _, _ in span_runs) > 1000  # many inner [SEP]
+    inner = sum(((b["input_ids"][:, :-1] == text.sep) & (b["attention_mask"][:, 1:] == 1)).sum() for b, _, _ in span_runs)
+    assert inner > 1000  # many rows hold two segments or two documents
 
 
 def check_sbo(batch, out, max_targets):
@@ -285,7 +263,7 @@ def test_same_seed_epoch_index_gives_the_same_mask_in_any_batch(text, kind):
 def test_a_new_epoch_or_seed_gives_a_new_mask(text, kind):
     masker = text.masker(kind)
     idx = np.arange(1, 17)
-    batch = text.batch(idx, 128, pad_every=10**9)
+    batch = text.batch(idx, 128)
     base = masker(batch, idx, 0, 7)
     again = masker(batch, idx, 0, 7)
     np.testing.assert_array_equal(base["input_ids"], again["input_ids"])
@@ -311,8 +289,8 @@ def test_token_masker_rates(text):
     masker = text.masker(TokenMasker)
     orig, new, maskable = [], [], 0
     for epoch in range(4):
-        idx = np.arange(512) + 10_000 * epoch
-        batch = text.batch(idx, 128)
+        idx = np.arange(512) + 800 * epoch
+        batch = text.batch(idx, 128, MODES[epoch % 3])
         out = masker(batch, idx, epoch, 0)
         pos = out["mlm_positions"]
         assert not batch["special_mask"].reshape(-1)[pos].any()
@@ -331,8 +309,8 @@ def test_whole_word_masker_masks_whole_words_at_15_percent(text):
     words = total = 0
     masked = maskable = 0
     for epoch in range(4):
-        idx = np.arange(512) + 10_000 * epoch
-        batch = text.batch(idx, 128)
+        idx = np.arange(512) + 800 * epoch
+        batch = text.batch(idx, 128, MODES[epoch % 3])
         out = masker(batch, idx, epoch, 0)
         m = np.zeros(batch["input_ids"].size, dtype=bool)
         m[out["mlm_positions"]] = True
@@ -416,3 +394,30 @@ def test_bad_ids_raise_user_error():
         SpanMasker(MaskingConfig(), 100, 100, [0, 1])
     with pytest.raises(UserError, match="special ids"):
         SpanMasker(MaskingConfig(), 100, 5, [0, 200])
+
+
+def test_mask_stats_command_prints_the_masking_statistics(python_docs_shards, capsys):
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--max-seq-len", "512", "--batches", "8",
+                   "--batch-size", "16"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    fraction = float(out.split("masked fraction")[1].split("%")[0])
+    assert abs(fraction - 15.0) < 0.5
+    assert "exact 3.797" in out and "per span" in out and "SBO targets per sequence" in out
+    mean = float(out.split("span length in words")[1].split("mean")[1].split(",")[0])
+    assert abs(mean - 3.797) < 0.25
+
+
+@pytest.mark.parametrize("kind", ["token", "wholeword"])
+def test_mask_stats_command_for_token_maskers(python_docs_shards, capsys, kind):
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masking", kind, "--mode", "pair",
+                   "--max-seq-len", "128", "--batches", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "80/10/10 per token" in out and "span length" not in out
+
+
+@pytest.mark.parametrize("argv", [["--mask-ratio", "1.5"], ["--batches", "0"], ["--max-span-words", "0"]])
+def test_mask_stats_command_rejects_bad_arguments_in_one_line(python_docs_shards, capsys, argv):
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "error:" in err
