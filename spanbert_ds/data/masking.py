@@ -14,10 +14,16 @@ Three maskers share one interface, `masker(batch, sample_indices, epoch, seed) -
 How SpanMasker differs from SpanBERT's released code (fairseq `masking.py`), on purpose:
 its last span is cut short when the budget runs out, overlapping or touching spans are
 merged (so the lengths it masks are not the distribution it draws from), and it draws spans
-until the budget is crossed (which favours a long last span). Here the number of spans m of
-a sequence is decided first and independently of the lengths, the m lengths are drawn
-i.i.d. from the exact distribution, and the spans are then placed at random without
-overlapping or touching: every span keeps two unmasked boundary tokens of its own.
+until the budget is crossed (which favours a long last span). Here, per sequence:
+1. m = randomised rounding of mask_ratio x words / mean span length, independent of lengths;
+2. m lengths in words drawn i.i.d. from the exact truncated geometric;
+3. each span picks a segment (a run of words between special tokens, e.g. the two sides of
+   an inner [SEP]) with room for it, then the spans of a segment are placed at random
+   positions on word starts, with at least two free words between two spans, so spans never
+   overlap or touch and every span keeps two unmasked boundary tokens of its own.
+A span that finds no room after a few retries is dropped (counted in `last_stats`: about 3 in
+100,000 at T=128/512 on real text), so the masked lengths follow the distribution exactly up
+to that. Measured on the built-in corpus: 15.00% of tokens masked, mean 3.80 words (exact 3.797).
 
 Randomness: every draw is a counter-based hash (splitmix64) of (seed, epoch, sample index,
 stream, counter), computed with numpy over the whole batch. So the same (seed, epoch, index)
@@ -50,12 +56,14 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
-def sample_keys(sample_indices, epoch, seed):
+def sample_keys(sample_indices, epoch, seed, batch_size=None):
     """One 64-bit key per sample from (seed, epoch, index): all its draws derive from it."""
-    index = np.asarray(sample_indices, dtype=np.int64).astype(np.uint64)
+    index = np.asarray(sample_indices, dtype=np.int64).reshape(-1).astype(np.uint64)
+    if batch_size is not None and index.size != batch_size:
+        raise ValueError(f"{index.size} sample indices for a batch of {batch_size} rows")
     with np.errstate(over="ignore"):
-        head = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
-        head = _mix(head ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF))
+        head = _mix(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
+        head = _mix(head ^ np.uint64(int(epoch) & 0xFFFFFFFFFFFFFFFF))
         return _mix(head ^ _mix(index + _GOLDEN))
 
 
@@ -246,8 +254,8 @@ class TokenMasker(_Masker):
     """BERT: every non-special token is chosen independently with probability mask_ratio."""
 
     def __call__(self, batch, sample_indices, epoch, seed):
-        keys = sample_keys(sample_indices, epoch, seed)
         maskable = _maskable(batch)
+        keys = sample_keys(sample_indices, epoch, seed, maskable.shape[0])
         B, T = maskable.shape
         bits = _bits(keys[:, None], _TOKEN, np.arange(T, dtype=np.uint64)[None, :])
         # Low 32 bits choose the token, high 32 bits its action: one hash per token.
@@ -263,8 +271,8 @@ class WholeWordMasker(_Masker):
     together, with one 80/10/10 decision per word (random replacements differ per piece)."""
 
     def __call__(self, batch, sample_indices, epoch, seed):
-        keys = sample_keys(sample_indices, epoch, seed)
         maskable = _maskable(batch)
+        keys = sample_keys(sample_indices, epoch, seed, maskable.shape[0])
         B, T = maskable.shape
         starts = np.flatnonzero(word_unit_starts(batch, maskable))
         rows, cols = np.divmod(starts, T)
@@ -303,8 +311,8 @@ class SpanMasker(_Masker):
 
     def __call__(self, batch, sample_indices, epoch, seed):
         c = self.config
-        keys = sample_keys(sample_indices, epoch, seed)
         maskable = _maskable(batch)
+        keys = sample_keys(sample_indices, epoch, seed, maskable.shape[0])
         B, T = maskable.shape
         flat_maskable = maskable.reshape(-1)
 
@@ -323,8 +331,6 @@ class SpanMasker(_Masker):
         G = seg_first.size
         seg_n_words = np.diff(np.append(seg_first, unit_start.size))
         seg_row = unit_row[seg_first]
-        seg_start_tok = unit_start[seg_first]
-        seg_end_tok = unit_end[np.append(seg_first[1:], unit_start.size) - 1]  # exclusive
         # A segment's right edge token can serve as boundary for one span only: if another
         # segment follows in the same row (an inner [SEP]), keep one free word before it.
         seg_next_same_row = np.zeros(G, dtype=bool)
@@ -350,9 +356,9 @@ class SpanMasker(_Masker):
         u_len = _uniform(span_key, _LENGTH, span_j)
         length = np.searchsorted(self.length_cdf, u_len, side="right") + c.min_span_words
 
-        # --- Each span picks a segment of its row with room for it, weighted by the number of
-        # places it would have there: the length decides where a span can go, never the other
-        # way round. Spans of lengths L_i fit in a segment of n words when
+        # --- Each span picks a segment of its row with room for it, weighted by the room left
+        # (the number of places it has there when alone): the length decides where a span
+        # can go, never the other way round. Spans of lengths L_i fit in a segment of n words when
         # sum(L_i + 2) <= n + 2 - end_gap (two free words between spans). Spans whose chosen
         # segment was filled by others first try again, for a few rounds. ---
         seg_cap = seg_n_words + 2 - seg_end_gap
@@ -372,7 +378,7 @@ class SpanMasker(_Masker):
             cand = np.where(valid, cand, 0)
             room = seg_cap[cand] - seg_used[cand] - need[:, None] + 1
             cum = np.cumsum(np.where(valid, np.maximum(room, 0), 0), axis=1)
-            u = _uniform(span_key[todo], _SEGMENT, span_j[todo] * 8 + attempt) * cum[:, -1]
+            u = _uniform(span_key[todo], _SEGMENT, span_j[todo] + (attempt << 32)) * cum[:, -1]
             pick = np.minimum((cum <= u[:, None]).sum(axis=1), width - 1)
             pick = cand[np.arange(todo.size), pick]
             has_room = cum[:, -1] > 0  # no room anywhere in its row: dropped
