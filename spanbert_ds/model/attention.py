@@ -3,11 +3,8 @@
 Every backend computes softmax(q k^T * scale) v with the same signature:
     fn(q, k, v, key_padding_mask, dropout_p, scale) -> (B, H, T, D)
 q, k, v: (B, H, T, D); key_padding_mask: bool (B, T), True for real tokens.
-They give the same numbers (tests/model/test_attention.py); pick by speed.
+They give the same numbers (tests/model/test_attention_backends.py); pick by speed.
 """
-
-import functools
-import importlib.util
 
 import torch.nn.functional as F
 
@@ -34,23 +31,14 @@ def sdpa_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
 
 def fused_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
     """Our Triton flash-attention kernel (spanbert_ds.kernels)."""
-    fn = getattr(kernels, "fused_attention", None)
-    if fn is None:
-        raise UserError(
-            "attention_backend 'fused' needs the Triton kernels (spanbert_ds.kernels.fused_attention), "
-            "which this installation does not have; use attention_backend 'sdpa' or 'auto'"
-        )
-    return fn(q, k, v, key_padding_mask, dropout_p, scale)
-
-
-@functools.lru_cache(maxsize=None)
-def _fused_available():
-    return hasattr(kernels, "fused_attention") and importlib.util.find_spec("triton") is not None
+    # UserError when it cannot run here (no CUDA, no Triton): asking for "fused" never silently falls back.
+    return kernels.fused_attention(q, k, v, key_padding_mask, dropout_p, scale)
 
 
 def auto_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
-    """The fused kernel on CUDA when it is installed, else SDPA."""
-    fn = fused_attention if q.is_cuda and _fused_available() else sdpa_attention
+    """The fused kernel on CUDA when Triton runs there and the kernels pass their self-check, else SDPA."""
+    use_fused = q.is_cuda and kernels.fused_available() and kernels.self_check(q.device)  # cached per device
+    fn = fused_attention if use_fused else sdpa_attention
     return fn(q, k, v, key_padding_mask, dropout_p, scale)
 
 

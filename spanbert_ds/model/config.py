@@ -152,7 +152,7 @@ def _parse_value(config, key, text, spec):
             return text.lower() in ("true", "1")
         return kind(text)
     except ValueError:
-        raise UserError(f"--model {spec!r}: {key}={text!r} is not a {kind.__name__}") from None
+        raise UserError(f"--model {spec!r}: {key}={text!r} is not a valid {kind.__name__}") from None
 
 
 _BASE = ModelConfig()

@@ -35,6 +35,15 @@ class DenseGeluLayerNorm(nn.Module):
         return kernels.bias_gelu_layernorm(F.linear(x, self.weight), self.bias, self.ln_weight, self.ln_bias, self.eps)
 
 
+def decode(h, weight, bias, vocab_size):
+    """Logits over the real vocabulary: (rows, H) -> (rows, vocab_size).
+
+    The rows past vocab_size only pad the table; slicing the weight (a contiguous view)
+    rather than the logits keeps them out of the softmax without copying (rows, vocab) tensors.
+    """
+    return F.linear(h, weight[:vocab_size], bias[:vocab_size])
+
+
 class MLMHead(nn.Module):
     """Masked LM: transform (dense -> GeLU -> LayerNorm) -> decoder tied to the word embeddings + own bias."""
 
@@ -48,8 +57,7 @@ class MLMHead(nn.Module):
 
     def forward(self, x):
         # x: (N, H) hidden states of the masked tokens -> logits (N, vocab_size)
-        logits = F.linear(self.transform(x), self.decoder_weight, self.bias)  # (N, padded_vocab)
-        return logits[:, : self.vocab_size]  # padding rows are not tokens: keep them out of the softmax
+        return decode(self.transform(x), self.decoder_weight, self.bias, self.vocab_size)
 
 
 class SBOHead(nn.Module):
@@ -77,8 +85,7 @@ class SBOHead(nn.Module):
         # left, right: (M, H) boundary states x_{s-1}, x_{e+1}; rel_pos: (M,) in 1..max span targets
         h = torch.cat([left, right, self.position(rel_pos)], dim=-1)  # (M, 3H)
         h = self.layer2(self.layer1(h))  # (M, H)
-        logits = F.linear(h, self.decoder_weight, self.bias)  # (M, padded_vocab)
-        return logits[:, : self.vocab_size]
+        return decode(h, self.decoder_weight, self.bias, self.vocab_size)
 
 
 class NSPHead(nn.Module):

@@ -1,0 +1,180 @@
+"""One pretraining step (forward + backward + AdamW) of our objectives against Hugging Face's BertForPreTraining.
+
+    python benchmarks/train_step.py [--presets tiny small] [--rounds 7] [--device cpu]
+
+Same model config, same batch, same machine, same optimizer, fp32. The models take
+turns step by step (ours spanbert, ours bert, HF, ...) and the table reports each one's
+median, so load from other processes on the machine hits all of them alike.
+
+The batch is what the data pipeline gives: full 128-token blocks, 15% of the tokens
+masked (in spans of Geometric(0.2) words, at most 10, for SpanBERT; single tokens for
+BERT), SBO targets for every span token. The HF model gets the same masked positions
+as `labels` (-100 elsewhere) and, like BERT, an NSP label.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from spanbert_ds.model.config import PRESETS
+from spanbert_ds.model.objectives import OBJECTIVES
+
+PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103  # BERT uncased ids
+FIRST_WORD_ID = 999  # ids below are [unused]/specials in BERT's vocabulary
+
+
+def make_batch(vocab_size, B, T, seed=0):
+    """Masked batches for both objectives over the same token blocks: (span batch, token batch, HF inputs)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(FIRST_WORD_ID, vocab_size, (B, T))
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    token_type_ids = np.zeros((B, T), dtype=np.int64)
+    token_type_ids[:, T // 2 :] = 1  # BERT's pair: two halves
+
+    # Span masking: gaps then spans, so that ~15% of the tokens are masked (one loop step per span).
+    mean_span = 3.8
+    targets = []  # (flat target, flat left, flat right, rel pos)
+    for b in range(B):
+        t = 1
+        while True:
+            start = t + int(rng.geometric(0.15 / (mean_span * 0.85)))
+            length = min(int(rng.geometric(0.2)), 10)
+            end = start + length - 1
+            if end >= T - 2:
+                break
+            rel = np.arange(length)
+            targets.append(np.stack([b * T + start + rel, np.full(length, b * T + start - 1),
+                                     np.full(length, b * T + end + 1), rel + 1], axis=1))
+            t = end + 2
+    targets = np.concatenate(targets)
+    flat = ids.reshape(-1)
+    span = {
+        "mlm_positions": targets[:, 0], "mlm_labels": flat[targets[:, 0]],
+        "sbo_positions": targets[:, 0], "sbo_left": targets[:, 1], "sbo_right": targets[:, 2],
+        "sbo_rel_pos": targets[:, 3], "sbo_labels": flat[targets[:, 0]],
+    }
+    masked_ids = flat.copy()
+    masked_ids[targets[:, 0]] = MASK
+    span.update(input_ids=masked_ids.reshape(B, T), attention_mask=np.ones((B, T), dtype=np.int64),
+                token_type_ids=np.zeros((B, T), dtype=np.int64))
+
+    # Token masking for BERT: 15% of the non-special tokens.
+    inner = np.zeros((B, T), dtype=bool)
+    inner[:, 1:-1] = True
+    inner[:, T // 2 - 1] = False  # the middle [SEP]
+    chosen = np.flatnonzero(inner.reshape(-1) & (rng.random(B * T) < 0.15))
+    masked_ids = flat.copy()
+    masked_ids[chosen] = MASK
+    pair_ids = masked_ids.reshape(B, T)
+    pair_ids[:, T // 2 - 1] = SEP
+    token = {
+        "input_ids": pair_ids, "attention_mask": np.ones((B, T), dtype=np.int64), "token_type_ids": token_type_ids,
+        "mlm_positions": chosen, "mlm_labels": flat[chosen], "nsp_labels": rng.integers(0, 2, B),
+    }
+    for key in ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels"):
+        token[key] = np.zeros(0, dtype=np.int64)
+    labels = np.full(B * T, -100, dtype=np.int64)
+    labels[chosen] = flat[chosen]
+    hf = {
+        "input_ids": token["input_ids"], "attention_mask": token["attention_mask"],
+        "token_type_ids": token_type_ids, "labels": labels.reshape(B, T), "next_sentence_label": token["nsp_labels"],
+    }
+    to_torch = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in d.items()}  # noqa: E731
+    return to_torch(span), to_torch(token), to_torch(hf)
+
+
+def hf_model(config):
+    import transformers
+
+    hf_config = transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
+        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
+        layer_norm_eps=config.layer_norm_eps,
+    )
+    return transformers.BertForPreTraining(hf_config)
+
+
+def contenders(preset, batch_size, seq_len, device):
+    config = PRESETS[preset]
+    span, token, hf_inputs = make_batch(config.vocab_size, batch_size, seq_len)
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    span, token, hf_inputs = move(span), move(token), move(hf_inputs)
+    ours_span = OBJECTIVES["spanbert"](config).to(device)
+    ours_bert = OBJECTIVES["bert"](config).to(device)
+    hf = hf_model(config).to(device)
+    return [
+        ("transformers BertForPreTraining", hf, lambda: hf(**hf_inputs).loss),
+        (f"ours spanbert ({config.attention_backend})", ours_span, lambda: ours_span(span)["loss"]),
+        (f"ours bert ({config.attention_backend})", ours_bert, lambda: ours_bert(token)["loss"]),
+    ], len(span["mlm_positions"]), len(token["mlm_positions"])
+
+
+def timed_step(model, optimizer, loss_fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    loss = loss_fn()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=list(PRESETS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7, help="timed steps per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    rows = []
+    for preset in args.presets:
+        models, n_span, n_token = contenders(preset, args.batch_size, args.seq_len, device)
+        optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4) for _, model, _ in models]
+        times = [[] for _ in models]
+        for round_ in range(args.warmup + args.rounds):
+            order = range(len(models)) if round_ % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                _, model, loss_fn = models[i]
+                seconds = timed_step(model, optimizers[i], loss_fn, device)
+                if round_ >= args.warmup:
+                    times[i].append(seconds)
+        tokens = args.batch_size * args.seq_len
+        base = statistics.median(times[0])
+        for (name, _, _), t in zip(models, times):
+            median = statistics.median(t)
+            rows.append((preset, name, median * 1e3, tokens / median, base / median))
+        print(f"[{preset}] masked tokens per batch: span {n_span}, token {n_token}; "
+              f"step times (ms): " + "; ".join(f"{m[0]}: " + " ".join(f"{x * 1e3:.0f}" for x in t)
+                                                 for m, t in zip(models, times)), file=sys.stderr)
+
+    where = (f"{platform.machine()} {platform.system()}, {args.threads} threads, "
+             if device.type == "cpu" else f"{torch.cuda.get_device_name(device)}, ")
+    import transformers
+
+    print(f"train step (fwd+bwd+AdamW), fp32, batch {args.batch_size} x seq {args.seq_len}, median of "
+          f"{args.rounds} alternating steps; {where}torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"{'preset':<8} {'model':<34} {'step ms':>9} {'tokens/s':>10} {'vs HF':>7}")
+    for preset, name, ms, tps, ratio in rows:
+        print(f"{preset:<8} {name:<34} {ms:>9.1f} {tps:>10.0f} {ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
