@@ -30,6 +30,7 @@ def add_arguments(parser):
     run.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (default: %(default)s)")
     run.add_argument("--log-every", type=int, default=10, help="log every N steps (default: %(default)s)")
     run.add_argument("--resume", default="auto", help="auto: continue from the latest complete checkpoint in --output if any; none: start afresh; or a checkpoint folder (default: %(default)s)")
+    run.add_argument("--masking", default="", help="masking parameters as key=value,... e.g. mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
     run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder")
     run.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank that mask batches (default: %(default)s)")
     run.add_argument("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="override the model's attention backend")

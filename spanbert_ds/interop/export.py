@@ -1,0 +1,81 @@
+"""`spanbert-ds export RUN OUT`: a pretraining run's checkpoint as a Hugging Face model folder.
+
+ZeRO shards are consolidated with DeepSpeed's zero_to_fp32; the folder itself is
+written by interop/hf.py, the one place that knows Hugging Face's names.
+"""
+
+import os
+import shutil
+
+import torch
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.interop.hf import TIED
+from spanbert_ds.train import checkpoint
+
+
+def add_arguments(parser):
+    parser.add_argument("run", help="a run folder written by train.py (holds run_config.json and checkpoints/)")
+    parser.add_argument("out", help="the Hugging Face model folder to write")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint tag such as step1000 (default: the latest complete one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args):
+    import json
+
+    from spanbert_ds.interop.hf import export_hf
+
+    objective, tag = load_run(args.run, args.checkpoint)
+    if os.path.exists(args.out):
+        if not args.overwrite:
+            raise UserError(f"{args.out} already exists; pass --overwrite to replace it")
+        shutil.rmtree(args.out)
+    tmp = f"{args.out.rstrip('/')}.tmp{os.getpid()}"
+    try:
+        export_hf(objective, objective.config, os.path.join(args.run, "tokenizer"), tmp)
+        os.replace(tmp, args.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(args.run, "run_config.json")) as f:
+        objective_name = json.load(f)["objective"]
+    print(f"exported {objective_name} model of {os.path.join(args.run, 'checkpoints', tag)} to {args.out} (load it with transformers.BertForPreTraining.from_pretrained)")
+
+
+def load_run(run_dir, tag=None):
+    """(objective with the checkpoint's fp32 weights, tag) of a run folder."""
+    import json
+
+    from spanbert_ds.model.config import ModelConfig
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    config_path = os.path.join(run_dir, "run_config.json")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{run_dir} is not a run folder (no run_config.json); pass the --output folder of a training run")
+    with open(config_path) as f:
+        run_config = json.load(f)
+    ckpt_root = os.path.join(run_dir, "checkpoints")
+    if tag is None:
+        found = checkpoint.complete_checkpoints(ckpt_root)
+        if not found:
+            raise UserError(f"{run_dir} has no complete checkpoint yet; train for at least --save-every steps first")
+        tag = checkpoint.tag_of(found[-1]["step"])
+    tag_dir = os.path.join(ckpt_root, tag)
+    info = checkpoint.read_marker(tag_dir)
+    checkpoint.check_loadable(tag_dir)
+
+    config = ModelConfig.from_json(os.path.join(run_dir, "model_config.json"))
+    objective = OBJECTIVES[run_config["objective"]](config)
+    if info["zero_stage"] > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(ckpt_root, tag=tag)
+    else:
+        state = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)["module"]
+    missing, unexpected = objective.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    # Tied decoders may be stored once, as the word embedding; anything else missing is a mismatch.
+    missing = [name for name in missing if name not in TIED]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {tag_dir} does not match the run's model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return objective, tag
+

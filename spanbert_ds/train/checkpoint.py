@@ -1,0 +1,131 @@
+"""Checkpoints: DeepSpeed's engine.save_checkpoint plus what makes them safe to resume from.
+
+A checkpoint is CKPT/step<N>/ as DeepSpeed writes it, and counts only once
+`complete.json` is in it: rank 0 writes that marker after every rank has
+finished writing, so a run killed half-way through a save never resumes from a
+half-written checkpoint. Resuming on another number of ranks under ZeRO goes
+through DeepSpeed's universal checkpoint conversion.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from spanbert_ds.errors import UserError
+
+MARKER = "complete.json"
+UNIVERSAL_SUFFIX = "_universal"
+
+
+def tag_of(step):
+    return f"step{step}"
+
+
+def save(engine, root, step, client_state, keep, info):
+    """Save on every rank, mark complete on rank 0, then prune to the last `keep` checkpoints."""
+    tag = tag_of(step)
+    # DeepSpeed needs this key to convert ZeRO 1/2 checkpoints to the universal format later.
+    client_state = {**client_state, "universal_checkpoint_info": {}}
+    engine.save_checkpoint(root, tag=tag, client_state=client_state)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_json_atomic(os.path.join(root, tag, MARKER), {"step": step, **info})
+        for old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(os.path.join(root, tag_of(old["step"])), ignore_errors=True)
+            shutil.rmtree(os.path.join(root, tag_of(old["step"]) + UNIVERSAL_SUFFIX), ignore_errors=True)
+    dist.barrier()
+
+
+def complete_checkpoints(root):
+    """The marker dicts of every complete checkpoint under `root`, oldest first."""
+    found = []
+    for marker in glob.glob(os.path.join(root, "step*", MARKER)):
+        try:
+            with open(marker) as f:
+                found.append(json.load(f))
+        except (OSError, json.JSONDecodeError):
+            continue  # a marker cut short by a crash: that checkpoint does not count
+    return sorted(found, key=lambda info: info["step"])
+
+
+def read_marker(tag_dir):
+    try:
+        with open(os.path.join(tag_dir, MARKER)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{tag_dir} is not a complete checkpoint (no {MARKER}): it was cut short or is not ours; resume from another one") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{tag_dir}/{MARKER} is damaged; resume from another checkpoint") from None
+
+
+def check_loadable(tag_dir):
+    """Open every file of a checkpoint with torch.load(weights_only=True) before DeepSpeed unpickles it.
+
+    DeepSpeed itself loads with weights_only=False; checking first means a
+    tampered file (arbitrary pickled code) or a truncated one stops the run with
+    a clear message instead of running code or failing deep inside DeepSpeed.
+    """
+    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")))
+    if not files:
+        raise UserError(f"checkpoint {tag_dir} holds no .pt files; resume from another checkpoint or start afresh with --resume none")
+    for path in files:
+        try:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any failure here means the file cannot be trusted
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise UserError(f"checkpoint file {path} cannot be loaded safely ({reason}); it is truncated or not a checkpoint of ours: delete {tag_dir} to resume from an earlier one") from None
+
+
+def to_universal(root, tag):
+    """Convert CKPT/tag to CKPT/tag_universal (once) with DeepSpeed's converter. Rank 0 only."""
+    source, target = os.path.join(root, tag), os.path.join(root, tag + UNIVERSAL_SUFFIX)
+    if os.path.exists(os.path.join(target, MARKER)):
+        return tag + UNIVERSAL_SUFFIX
+    shutil.rmtree(target, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source, "--output_folder", target, "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise UserError(f"could not convert checkpoint {source} for a different number of ranks: {tail[0]}")
+    shutil.copy(os.path.join(source, MARKER), os.path.join(target, MARKER))
+    return tag + UNIVERSAL_SUFFIX
+
+
+def _write_json_atomic(path, value):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _deepspeed_safe_globals():
+    """The plain classes DeepSpeed pickles into its checkpoints besides tensors."""
+    allowed = []
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
+        allowed += [LossScaler, DynamicLossScaler]
+    except ImportError:
+        pass
+    try:
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+
+        allowed.append(ZeroStageEnum)
+    except ImportError:
+        pass
+    try:
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed.append(fragment_address)
+    except ImportError:
+        pass
+    return allowed

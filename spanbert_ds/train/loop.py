@@ -1,0 +1,317 @@
+"""Pretraining: `deepspeed train.py --deepspeed_config ds_configs/X.json --data SHARDS ...`.
+
+The loop itself is the short one of DeepSpeed's examples (forward, backward,
+step); everything else is set up around it: validation before any rank starts
+work, the data plan of this rank, resume, logging, checkpoints and signals.
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.train import checkpoint
+from spanbert_ds.train.args import add_arguments as _add_arguments
+from spanbert_ds.train.args import check_run_args, load_ds_config
+from spanbert_ds.train.distributed import fill_rank_environment
+from spanbert_ds.train.monitor import Monitor
+from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest
+
+PARTS = ("loss", "mlm_loss", "sbo_loss", "nsp_loss")
+
+
+def add_arguments(parser):
+    _add_arguments(parser)
+
+
+def run(args):
+    rank, world_size, _ = fill_rank_environment()
+    try:
+        setup = prepare(args, world_size, rank)
+    except UserError:
+        if rank != 0:  # rank 0 reports it; the others leave quietly with the same code
+            raise SystemExit(UserError.exit_code)
+        raise
+    return train(args, setup, rank, world_size)
+
+
+class Setup:
+    """What a run is made of, built and checked on every rank before the process group exists."""
+
+
+def prepare(args, world_size, rank):
+    from spanbert_ds.data.loader import BatchPlan
+    from spanbert_ds.data.masking import MASKERS
+    from spanbert_ds.data.packing import PackedSamples
+    from spanbert_ds.data.shards import Shards
+    from spanbert_ds.model.config import ModelConfig
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    check_run_args(args)
+    s = Setup()
+    s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps)
+    s.shards = Shards(args.data)
+    s.model_config = model_config_for(args.model, s.shards)
+    if args.attention:
+        s.model_config.attention_backend = args.attention
+    s.objective_class = OBJECTIVES[args.objective]
+    s.samples = PackedSamples(s.shards, s.objective_class.packing, args.max_seq_len, args.seed)
+    s.masking_config = masking_config(args.masking)
+    s.masker = MASKERS[s.objective_class.masking](s.masking_config, s.shards.vocab_size, s.shards.mask_id, s.shards.special_ids)
+    s.plan = BatchPlan(
+        n_samples=len(s.samples),
+        global_batch=s.ds_config["train_batch_size"],
+        micro_batch=s.ds_config["train_micro_batch_size_per_gpu"],
+        world_size=world_size,
+        rank=rank,
+        seed=args.seed,
+    )
+    s.ckpt_root = os.path.join(args.output, "checkpoints")
+    s.resume_tag, s.resume_info = find_resume_point(args, s.ckpt_root)
+    if s.resume_info:
+        if s.resume_info.get("train_batch_size") != s.plan.global_batch:
+            raise UserError(
+                f"checkpoint {s.resume_tag} was trained with train_batch_size {s.resume_info.get('train_batch_size')}, "
+                f"the config asks for {s.plan.global_batch}: keep the global batch when resuming (change the micro batch instead)"
+            )
+        if s.resume_info["step"] >= args.steps:
+            raise UserError(f"the run in {args.output} already reached step {s.resume_info['step']} of --steps {args.steps}; raise --steps to train longer")
+    return s
+
+
+def model_config_for(spec, shards):
+    """A preset takes the shards' vocabulary size; a JSON config must already match it."""
+    from spanbert_ds.model.config import PRESETS, ModelConfig
+
+    config = ModelConfig.from_name_or_path(spec)
+    if str(spec).split(",")[0].strip() in PRESETS:
+        return config.replace(vocab_size=shards.vocab_size, pad_token_id=shards.pad_id)
+    config.check_vocab(shards.vocab_size, where=f"the shards in {shards.path}")
+    return config
+
+
+def masking_config(spec):
+    """`--masking key=value,...` over the defaults of the papers."""
+    import dataclasses
+
+    from spanbert_ds.data.masking import MaskingConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(MaskingConfig)}
+    values = {}
+    for pair in filter(None, (p.strip() for p in (spec or "").split(","))):
+        key, sep, text = pair.partition("=")
+        if not sep or key.strip() not in fields:
+            raise UserError(f"--masking {spec!r}: {pair!r} is not key=value with a key among {', '.join(fields)}")
+        try:
+            values[key.strip()] = (int if fields[key.strip()] in (int, "int") else float)(text)
+        except ValueError:
+            raise UserError(f"--masking: {key.strip()}={text!r} is not a number") from None
+    return MaskingConfig(**values)
+
+
+def find_resume_point(args, ckpt_root):
+    if args.resume == "none":
+        return None, None
+    if args.resume == "auto":
+        found = checkpoint.complete_checkpoints(ckpt_root)
+        return (checkpoint.tag_of(found[-1]["step"]), found[-1]) if found else (None, None)
+    tag_dir = os.path.normpath(args.resume)
+    if not os.path.isdir(tag_dir):
+        raise UserError(f"--resume {args.resume}: no such checkpoint folder; use auto, none, or a folder like {ckpt_root}/step1000")
+    info = checkpoint.read_marker(tag_dir)
+    if os.path.abspath(os.path.dirname(tag_dir)) != os.path.abspath(ckpt_root):
+        raise UserError(f"--resume {args.resume} is not under this run's checkpoints ({ckpt_root}); pass the run folder it belongs to as --output")
+    return os.path.basename(tag_dir), info
+
+
+def train(args, s, rank, world_size):
+    import deepspeed
+
+    from spanbert_ds.data.loader import micro_batch_loader
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+    if rank == 0:
+        write_run_folder(args, s, world_size)
+
+    torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
+    objective = s.objective_class(s.model_config)
+    if args.init_from:
+        from spanbert_ds.interop.hf import load_hf_into
+
+        report = load_hf_into(objective, args.init_from)
+        if rank == 0:
+            print(f"initialised from {args.init_from}: {report}", file=sys.stderr)
+
+    load_tag = prepare_resume(s, world_size, rank)
+    engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=parameter_groups(objective, s.ds_config), config=s.ds_config)
+    start_step = 0
+    if load_tag:
+        load_path, client_state = engine.load_checkpoint(s.ckpt_root, tag=load_tag)
+        if load_path is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {os.path.join(s.ckpt_root, load_tag)}; delete it to resume from an earlier one")
+        start_step = client_state["step"]
+
+    accumulation = s.plan.accumulation
+    loader = micro_batch_loader(s.samples, s.masker, s.plan, start_step * accumulation, (args.steps - start_step) * accumulation, args.num_workers)
+    monitor = Monitor(args.output, rank == 0, start_step, args.steps, flops_per_token(objective, args.max_seq_len))
+    if start_step and rank == 0:
+        monitor.message(f"resumed from {load_tag} at step {start_step}")
+    stop = StopRequest()
+    device = engine.device
+    sums = torch.zeros(len(PARTS) + 3, dtype=torch.float64, device=device)  # parts, tokens, samples, stop flag
+    bad_steps, exit_code, step = 0, 0, start_step
+
+    for micro_index, batch in enumerate(loader, start=start_step * accumulation):
+        # Dropout is seeded per micro-step and rank, so a resumed run draws the same masks.
+        torch.manual_seed(hash((args.seed, micro_index, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+        batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+        out = engine(batch)
+        engine.backward(out["loss"])
+        engine.step()
+        sums[: len(PARTS)] += torch.stack([out[p].detach().double() if p in out else sums.new_zeros(()) for p in PARTS])
+        sums[len(PARTS)] += batch["attention_mask"].sum()
+        sums[len(PARTS) + 1] += batch["input_ids"].shape[0]
+        if (micro_index + 1) % accumulation:
+            continue
+
+        step = (micro_index + 1) // accumulation
+        sums[-1] = 1.0 if stop.signal else 0.0
+        dist.all_reduce(sums)
+        parts = (sums[: len(PARTS)] / (accumulation * world_size)).tolist()
+        tokens, samples, stop_requested = sums[len(PARTS)].item(), sums[len(PARTS) + 1].item(), sums[-1].item() > 0
+        sums.zero_()
+        monitor.count(tokens, samples)
+
+        finite = all(map(_finite, parts))
+        bad_steps = 0 if finite else bad_steps + 1
+        if step % args.log_every == 0 or step == args.steps or not finite or stop_requested:
+            scalars = {p: v for p, v in zip(PARTS, parts) if p in out}
+            scalars.update(optimizer_scalars(engine))
+            monitor.log(step, scalars)
+        if bad_steps >= args.max_bad_steps:
+            monitor.message(
+                f"stopping: the loss was not finite for {bad_steps} steps in a row (last at step {step}); "
+                "the last good checkpoint is kept as the latest. Lower the learning rate or use bf16/fp32, then resume."
+            )
+            exit_code = EXIT_DIVERGED
+            break
+        if bad_steps == 0 and (step % args.save_every == 0 or step == args.steps or stop_requested):
+            save(engine, s, args, step, world_size)
+        if stop_requested:
+            monitor.message(f"stop requested ({stop.signal or 'by another rank'}): saved {checkpoint.tag_of(step)}; resume with --resume auto")
+            exit_code = EXIT_PREEMPTED
+            break
+
+    monitor.close()
+    if rank == 0 and exit_code == 0:
+        print(f"done: {step} steps. TensorBoard: tensorboard --logdir {os.path.join(args.output, 'tensorboard')}  "
+              f"checkpoints: {s.ckpt_root}  export: spanbert-ds export {args.output} OUT", file=sys.stderr)
+    dist.barrier()
+    return exit_code
+
+
+def prepare_resume(s, world_size, rank):
+    """Check the checkpoint to resume from (rank 0) and convert it when the number of ranks changed."""
+    if not s.resume_tag:
+        return None
+    error, tag = None, s.resume_tag
+    if rank == 0:
+        try:
+            checkpoint.check_loadable(os.path.join(s.ckpt_root, tag))
+            if s.resume_info["world_size"] != world_size and s.resume_info["zero_stage"] > 0:
+                tag = checkpoint.to_universal(s.ckpt_root, tag)
+        except UserError as e:
+            error = str(e)
+    shared = [error, tag]
+    dist.broadcast_object_list(shared, src=0)
+    error, tag = shared
+    if error:
+        if rank == 0:
+            raise UserError(error)
+        raise SystemExit(UserError.exit_code)
+    if tag.endswith(checkpoint.UNIVERSAL_SUFFIX):
+        s.ds_config["checkpoint"] = {"load_universal": True}
+    return tag
+
+
+def save(engine, s, args, step, world_size):
+    client_state = {"step": step, "samples_seen": step * s.plan.global_batch, "seed": args.seed, "torch_rng": torch.get_rng_state()}
+    info = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(), "train_batch_size": s.plan.global_batch}
+    checkpoint.save(engine, s.ckpt_root, step, client_state, args.keep_checkpoints, info)
+
+
+def parameter_groups(objective, ds_config):
+    """No weight decay on biases and LayerNorm weights (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, param in objective.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    weight_decay = ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer_scalars(engine):
+    scalars = {"lr": engine.get_lr()[0]}
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        scalars["grad_norm"] = float(grad_norm)
+    if engine.fp16_enabled():
+        scalars["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 0.0)))
+    return scalars
+
+
+def flops_per_token(objective, seq_len):
+    """Training FLOPs per token: 6 per parameter plus attention's 12 * layers * hidden * seq (PaLM's estimate)."""
+    config = objective.config
+    n_params = sum(p.numel() for p in objective.parameters())
+    return 6 * n_params + 12 * config.num_layers * config.hidden_size * seq_len
+
+
+def write_run_folder(args, s, world_size):
+    # The run folder is self-contained: export needs the tokenizer and its meta, not the shards.
+    tokenizer_dir = os.path.join(args.output, "tokenizer")
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    for name in ("tokenizer.json", "meta.json"):
+        shutil.copy(os.path.join(args.data, name), os.path.join(tokenizer_dir, name))
+    s.model_config.to_json(os.path.join(args.output, "model_config.json"))
+    resolved = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("deepspeed_config",)},
+        "deepspeed_config_file": args.deepspeed_config,
+        "ds_config": s.ds_config,
+        "objective": args.objective,
+        "packing": s.objective_class.packing,
+        "masking": s.objective_class.masking,
+        "masking_config": s.masking_config.to_dict(),
+        "world_size": world_size,
+        "gradient_accumulation_steps": s.plan.accumulation,
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+    }
+    with open(os.path.join(args.output, "run_config.json"), "w") as f:
+        json.dump(resolved, f, indent=2, default=str)
+
+
+def _finite(value):
+    return value == value and abs(value) != float("inf")
+
+
+def _git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions():
+    import deepspeed
+    import numpy
+    import tokenizers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__, "tokenizers": tokenizers.__version__, "numpy": numpy.__version__}

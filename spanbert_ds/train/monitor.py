@@ -1,0 +1,92 @@
+"""Everything a person watches during pretraining, written by rank 0 only:
+TensorBoard scalars, metrics.jsonl (one JSON object per logged step) and a progress bar."""
+
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+# Dense bf16 peak of the GPUs we know, for model FLOPs utilisation. Unknown devices get no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12, "V100": 125e12}
+
+
+def device_peak_flops():
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+def peak_rss_gb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class Monitor:
+    def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token):
+        self.enabled = enabled
+        self.flops_per_token = flops_per_token
+        self.peak = device_peak_flops()
+        self.last_time, self.last_step = time.perf_counter(), first_step
+        self.tokens = self.samples = 0
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.bar = tqdm(total=total_steps, initial=first_step, desc="pretraining", unit="step", dynamic_ncols=True)
+
+    def count(self, tokens, samples):
+        """Add one global step's real (non-padding) tokens and samples to the throughput window."""
+        self.tokens += tokens
+        self.samples += samples
+
+    def log(self, step, scalars):
+        """Write `scalars` (the objective's parts, lr, grad norm, ...) plus throughput and memory for `step`."""
+        now = time.perf_counter()
+        seconds, steps = now - self.last_time, step - self.last_step
+        metrics = dict(scalars)
+        if steps > 0 and seconds > 0:
+            metrics["tokens_per_s"] = self.tokens / seconds
+            metrics["samples_per_s"] = self.samples / seconds
+            metrics["steps_per_s"] = steps / seconds
+            if self.peak:
+                world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+                metrics["mfu"] = metrics["tokens_per_s"] * self.flops_per_token / (self.peak * world)
+        metrics["rss_peak_gb"] = peak_rss_gb()
+        if torch.cuda.is_available():
+            metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        self.last_time, self.last_step, self.tokens, self.samples = now, step, 0, 0
+        if not self.enabled:
+            return metrics
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{_group(name)}/{name}", value, step)
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        shown = {k: metrics[k] for k in ("loss", "mlm_loss", "sbo_loss", "nsp_loss", "lr", "tokens_per_s") if k in metrics}
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+        self.bar.update(step - self.bar.n)
+        return metrics
+
+    def message(self, text):
+        if self.enabled:
+            self.bar.write(text)
+
+    def close(self):
+        if self.enabled:
+            self.bar.close()
+            self.writer.close()
+            self.jsonl.close()
+
+
+def _group(name):
+    if name.endswith("loss"):
+        return "loss"
+    if name in ("tokens_per_s", "samples_per_s", "steps_per_s", "mfu"):
+        return "throughput"
+    if "gb" in name:
+        return "memory"
+    return "optim"

@@ -1,0 +1,23 @@
+"""Stop cleanly when the scheduler asks: SIGTERM or SIGUSR1 (what SLURM sends before a
+time limit) -> save a checkpoint at the next step boundary -> exit with EXIT_PREEMPTED.
+"""
+
+import signal
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the SLURM script requeues the job on this code
+EXIT_DIVERGED = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Remembers a stop signal. The loop shares the flag across ranks with its per-step all-reduce,
+    because a signal may reach some ranks and not others, and all must stop at the same step."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+

@@ -1,0 +1,163 @@
+"""Pretraining across processes on CPU: ZeRO stages agree with one rank, kill -9 resume is
+exact, resume works on another number of ranks, signals checkpoint, export opens in transformers.
+
+Runs are shared between assertions (each launch costs seconds): a 1-rank reference and one
+2-rank run per ZeRO stage, all with the same global batch of 8 (micro 4).
+"""
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+from tests.distributed.launch import kill_tree, launch, losses, start, wait_for
+
+STEPS = 6
+MICRO = 4
+
+
+def ds_config(tmp_dir, stage, micro=MICRO, **extra):
+    config = {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.01}, "torch_adam": True},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 5e-3, "warmup_num_steps": 2}},
+        "zero_optimization": {"stage": stage},
+        **extra,
+    }
+    path = os.path.join(tmp_dir, f"zero{stage}_micro{micro}.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def train_args(shards, out, config, steps=STEPS, **flags):
+    args = ["--deepspeed_config", config, "--model", "tiny", "--objective", "spanbert", "--data", shards, "--output", out,
+            "--steps", str(steps), "--max-seq-len", "64", "--log-every", "1", "--save-every", "2", "--keep-checkpoints", "3",
+            "--num-workers", "1", "--attention", "eager"]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def check(done):
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def loss_list(run_dir, steps=range(1, STEPS + 1)):
+    rows = losses(run_dir)
+    return [rows[s]["loss"] for s in steps]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, python_docs_shards):
+    return tmp_path_factory.mktemp("pretrain"), str(python_docs_shards.path)
+
+
+@pytest.fixture(scope="module")
+def reference(work):
+    """One rank, ZeRO-2, micro 4 x accumulation 2: the global batch of the 2-rank runs."""
+    tmp, shards = work
+    out = str(tmp / "ref")
+    check(launch(train_args(shards, out, ds_config(tmp, 2)), ranks=1, launcher="python"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(work):
+    tmp, shards = work
+    runs = {}
+    for stage in (0, 1, 2, 3):
+        out = str(tmp / f"zero{stage}")
+        check(launch(train_args(shards, out, ds_config(tmp, stage)), ranks=2, launcher="deepspeed"))
+        runs[stage] = out
+    return runs
+
+
+def test_loss_falls_and_zero_stages_on_two_ranks_match_one_rank(reference, two_rank_runs):
+    ref = loss_list(reference)
+    assert ref[-1] < ref[0] - 0.3, ref
+    for stage, out in two_rank_runs.items():
+        assert loss_list(out) == pytest.approx(ref, rel=1e-5, abs=1e-5), f"ZeRO-{stage}"
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two_rank_runs, stage):
+    tmp, shards = work
+    out = str(tmp / f"killed{stage}")
+    args = train_args(shards, out, ds_config(tmp, stage))
+    process = start(args, ranks=2, launcher="deepspeed")
+    # Kill once step 3 is logged: the step-2 checkpoint is complete, step 3 is past it.
+    assert wait_for(lambda: 3 in losses(out), process), "the run never reached step 3"
+    kill_tree(process)
+    check(launch(args, ranks=2, launcher="deepspeed"))
+    assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
+
+
+def test_resume_on_fewer_and_more_ranks(work, reference, two_rank_runs):
+    tmp, shards = work
+    # 2 ranks -> 1: from the 2-rank ZeRO-2 run's step-4 checkpoint, through the universal format.
+    down = str(tmp / "down")
+    shutil.copytree(two_rank_runs[2], down)
+    shutil.rmtree(os.path.join(down, "checkpoints", "step6"))
+    check(launch(train_args(shards, down, ds_config(tmp, 2)), ranks=1, launcher="python"))
+    assert loss_list(down, [5, 6]) == pytest.approx(loss_list(two_rank_runs[2], [5, 6]), rel=1e-5)
+    # 1 rank -> 2: from the 1-rank run's step-4 checkpoint.
+    up = str(tmp / "up")
+    shutil.copytree(reference, up)
+    shutil.rmtree(os.path.join(up, "checkpoints", "step6"))
+    check(launch(train_args(shards, up, ds_config(tmp, 2)), ranks=2, launcher="deepspeed"))
+    assert loss_list(up, [5, 6]) == pytest.approx(loss_list(reference, [5, 6]), rel=1e-5)
+
+
+def test_sigusr1_saves_a_checkpoint_at_the_next_step_and_exits_75(work, reference):
+    tmp, shards = work
+    out = str(tmp / "signalled")
+    args = train_args(shards, out, ds_config(tmp, 2, micro=8), save_every=100)
+    process = start(args, ranks=1, launcher="python")
+    assert wait_for(lambda: 1 in losses(out), process)
+    os.kill(process.pid, signal.SIGUSR1)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output[-3000:]
+    stopped_at = max(losses(out))
+    assert stopped_at < STEPS
+    marker = json.load(open(os.path.join(out, "checkpoints", f"step{stopped_at}", "complete.json")))
+    assert marker["step"] == stopped_at
+    check(launch(args, ranks=1, launcher="python"))
+    assert max(losses(out)) == STEPS
+
+
+def test_tensorboard_has_every_watched_scalar(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(reference, "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("loss/loss", "loss/mlm_loss", "loss/sbo_loss", "optim/lr", "optim/grad_norm", "throughput/tokens_per_s", "throughput/samples_per_s", "memory/rss_peak_gb"):
+        assert name in tags, sorted(tags)
+    assert [e.step for e in events.Scalars("loss/loss")] == list(range(1, STEPS + 1))
+    run_config = json.load(open(os.path.join(reference, "run_config.json")))
+    assert run_config["ds_config"]["gradient_accumulation_steps"] == 2 and run_config["versions"]["deepspeed"]
+
+
+def test_export_of_a_zero3_run_opens_in_transformers(work, two_rank_runs):
+    import torch
+    from transformers import BertForPreTraining
+
+    from spanbert_ds.cli import main
+    from spanbert_ds.interop.export import load_run
+
+    tmp, _ = work
+    hf_dir = str(tmp / "hf3")
+    assert main(["export", two_rank_runs[3], hf_dir]) == 0
+    hf = BertForPreTraining.from_pretrained(hf_dir).eval()
+    ours, _ = load_run(two_rank_runs[3])
+    ours.eval()
+    ids = torch.randint(5, 1000, (2, 16))
+    with torch.no_grad():
+        theirs = hf.bert(input_ids=ids).last_hidden_state
+        mine = ours.encoder(ids, attention_mask=torch.ones_like(ids))
+    assert torch.allclose(theirs, mine, atol=1e-5)
