@@ -1,0 +1,392 @@
+"""The Hugging Face BERT format, both ways; the only file that knows Hugging Face's names.
+
+Export (`export_hf`) writes a folder that `transformers` opens unchanged:
+  config.json            BertConfig, architectures ["BertForPreTraining"]
+  model.safetensors      BertForPreTraining names: bert.*, cls.predictions.* and, where an NSP
+                         head was trained, bert.pooler.* and cls.seq_relationship.*
+  sbo_head.safetensors   our SBO head (our names), when the objective has one
+  tokenizer.json, vocab.txt (WordPiece), tokenizer_config.json (with the right do_lower_case),
+  special_tokens_map.json
+Import (`load_hf_into`, behind `--init-from HF_DIR`) loads an HF BERT folder (BertModel or
+BertForPreTraining names) into an objective's encoder and heads, and reports what it had
+to initialise.
+
+Our layout differs from HF's in three ways, all handled here: Q, K, V are one (3H, H)
+projection (split/concatenated), vocabulary-sized tensors have padded_vocab_size rows
+(stripped/zero-padded), and an objective without segments (RoBERTa) has no segment table
+(HF gets a zero one; an imported one is folded into the position table, which is exact
+because every token of such a model has segment 0).
+"""
+
+import json
+import os
+import re
+
+import torch
+from torch import nn
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.model.config import ModelConfig
+
+# Our objective's parameter names -> Hugging Face BertForPreTraining's. "{i}" is a layer index;
+# a tuple is one of our tensors that HF keeps as several, concatenated along dim 0 (Q, K, V).
+HF_NAMES = {
+    "encoder.embeddings.word.weight": "bert.embeddings.word_embeddings.weight",
+    "encoder.embeddings.position.weight": "bert.embeddings.position_embeddings.weight",
+    "encoder.embeddings.token_type.weight": "bert.embeddings.token_type_embeddings.weight",
+    "encoder.embeddings.ln.weight": "bert.embeddings.LayerNorm.weight",
+    "encoder.embeddings.ln.bias": "bert.embeddings.LayerNorm.bias",
+    "encoder.layers.{i}.attn.qkv.weight": tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.weight"
+                                                for p in ("query", "key", "value")),
+    "encoder.layers.{i}.attn.qkv.bias": tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.bias"
+                                              for p in ("query", "key", "value")),
+    "encoder.layers.{i}.attn.out.weight": "bert.encoder.layer.{i}.attention.output.dense.weight",
+    "encoder.layers.{i}.attn.out.bias": "bert.encoder.layer.{i}.attention.output.dense.bias",
+    "encoder.layers.{i}.ln1.weight": "bert.encoder.layer.{i}.attention.output.LayerNorm.weight",
+    "encoder.layers.{i}.ln1.bias": "bert.encoder.layer.{i}.attention.output.LayerNorm.bias",
+    "encoder.layers.{i}.ffn.fc1.weight": "bert.encoder.layer.{i}.intermediate.dense.weight",
+    "encoder.layers.{i}.ffn.fc1.bias": "bert.encoder.layer.{i}.intermediate.dense.bias",
+    "encoder.layers.{i}.ffn.fc2.weight": "bert.encoder.layer.{i}.output.dense.weight",
+    "encoder.layers.{i}.ffn.fc2.bias": "bert.encoder.layer.{i}.output.dense.bias",
+    "encoder.layers.{i}.ln2.weight": "bert.encoder.layer.{i}.output.LayerNorm.weight",
+    "encoder.layers.{i}.ln2.bias": "bert.encoder.layer.{i}.output.LayerNorm.bias",
+    "mlm_head.transform.weight": "cls.predictions.transform.dense.weight",
+    "mlm_head.transform.bias": "cls.predictions.transform.dense.bias",
+    "mlm_head.transform.ln_weight": "cls.predictions.transform.LayerNorm.weight",
+    "mlm_head.transform.ln_bias": "cls.predictions.transform.LayerNorm.bias",
+    "mlm_head.bias": "cls.predictions.bias",
+    "nsp_head.pooler.weight": "bert.pooler.dense.weight",
+    "nsp_head.pooler.bias": "bert.pooler.dense.bias",
+    "nsp_head.classifier.weight": "cls.seq_relationship.weight",
+    "nsp_head.classifier.bias": "cls.seq_relationship.bias",
+}
+# Our names that are the word embeddings under another name (tied decoders): never stored twice.
+TIED = ("mlm_head.decoder_weight", "sbo_head.decoder_weight")
+# Tensors whose rows are the vocabulary: padded_vocab_size rows here, vocab_size in HF files.
+VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
+# HF names that carry no weights of their own (buffers and tied copies).
+HF_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^cls\.predictions\.decoder\.(weight|bias)$")
+SBO_FILE = "sbo_head.safetensors"
+SBO_PREFIX = "sbo_head."
+
+
+def name_pairs(config):
+    """(our name, HF name or tuple of HF names) for every mapped tensor of a model with this config."""
+    for ours, hf in HF_NAMES.items():
+        if "{i}" not in ours:
+            yield ours, hf
+            continue
+        for i in range(config.num_layers):
+            yield ours.format(i=i), tuple(n.format(i=i) for n in hf) if isinstance(hf, tuple) else hf.format(i=i)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def to_hf_state_dict(state, config):
+    """Our objective's state dict -> (HF BertForPreTraining tensors, SBO head tensors), both fp32 CPU."""
+    if config.pre_layernorm:
+        raise UserError("export: this model is pre-LayerNorm; Hugging Face's BertForPreTraining is post-LayerNorm "
+                        "only, so it cannot hold it. Train with pre_layernorm false to export to HF BERT")
+    state = _strip_wrapper_prefix(state)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
+    for key in VOCAB_ROWS:
+        if key in state:
+            state[key] = state[key][: config.vocab_size]
+    hf = {}
+    for ours, names in name_pairs(config):
+        if ours not in state:
+            continue
+        tensor = state.pop(ours)
+        if isinstance(names, tuple):
+            for name, part in zip(names, tensor.chunk(len(names), dim=0)):
+                hf[name] = part.contiguous()
+        else:
+            hf[names] = tensor.contiguous()
+    if "bert.embeddings.token_type_embeddings.weight" not in hf:
+        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing.
+        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, config.hidden_size)
+    missing = [hf_name for ours, hf_name in name_pairs(config)
+               if ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight"
+               and (hf_name[0] if isinstance(hf_name, tuple) else hf_name) not in hf]
+    if missing:
+        raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} (and {max(len(missing) - 3, 0)} "
+                        "more); is it the state dict of this model config's objective?")
+    sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
+    return hf, sbo
+
+
+def hf_config_dict(config):
+    """Our ModelConfig as a transformers BertConfig dict."""
+    return {
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": max(config.type_vocab_size, 1),
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+    }
+
+
+def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
+    """Write an objective (or its state dict, e.g. consolidated from ZeRO) as an HF BERT folder.
+
+    tokenizer_source: a folder holding tokenizer.json (a shard folder, whose meta.json then
+    gives the casing and special tokens, or an HF folder), a tokenizer.json path, an object
+    with `.tokenizer()` and `.meta` (data.shards.Shards), or None for no tokenizer files.
+    Returns the list of files written.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(objective_or_state_dict, nn.Module):
+        model_config = getattr(objective_or_state_dict, "config", model_config)
+        state = objective_or_state_dict.state_dict()
+    else:
+        state = objective_or_state_dict
+    hf, sbo = to_hf_state_dict(state, model_config)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def path(name):
+        written.append(os.path.join(out_dir, name))
+        return written[-1]
+
+    with open(path("config.json"), "w") as f:
+        json.dump(hf_config_dict(model_config), f, indent=2, sort_keys=True)
+    save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
+    if sbo:
+        save_file(sbo, path(SBO_FILE), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
+    if tokenizer_source is not None:
+        for name in write_tokenizer_files(tokenizer_source, out_dir, model_config):
+            written.append(name)
+    return written
+
+
+# --- tokenizer files ----------------------------------------------------------------------------
+
+BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                 "mask_token": "[MASK]"}
+BPE_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+META_SPECIAL_IDS = {"unk_token": "unk_id", "sep_token": "sep_id", "pad_token": "pad_id", "cls_token": "cls_id",
+                    "mask_token": "mask_id"}
+
+
+def _tokenizer_and_meta(source):
+    from tokenizers import Tokenizer
+
+    if hasattr(source, "tokenizer") and hasattr(source, "meta"):
+        return source.tokenizer(), dict(source.meta)
+    if isinstance(source, Tokenizer):
+        return source, None
+    source = os.fspath(source)
+    folder, file = (source, os.path.join(source, "tokenizer.json")) if os.path.isdir(source) else \
+        (os.path.dirname(source), source)
+    if not os.path.isfile(file):
+        raise UserError(f"export: no tokenizer.json in {source}; pass the shard folder the model was trained on")
+    meta = None
+    if os.path.isfile(os.path.join(folder, "meta.json")):
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+    return Tokenizer.from_file(file), meta
+
+
+def _lowercases(normalizer):
+    """Whether a tokenizers normalizer (as JSON) lower-cases, and its strip_accents setting."""
+    if not normalizer:
+        return False, None
+    kind = normalizer.get("type")
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase")), normalizer.get("strip_accents")
+    if kind == "Lowercase":
+        return True, None
+    if kind == "Sequence":
+        found = [_lowercases(n) for n in normalizer.get("normalizers", [])]
+        strips = any(n.get("type") == "StripAccents" for n in normalizer.get("normalizers", []))
+        return any(lc for lc, _ in found), True if strips else next((s for _, s in found if s is not None), None)
+    return False, None
+
+
+def write_tokenizer_files(source, out_dir, model_config):
+    """tokenizer.json, vocab.txt (WordPiece), tokenizer_config.json, special_tokens_map.json."""
+    tokenizer, meta = _tokenizer_and_meta(source)
+    spec = json.loads(tokenizer.to_str())
+    kind = spec["model"]["type"]
+    lowercase, strip_accents = _lowercases(spec.get("normalizer"))
+    if meta is not None and "lowercase" in meta:
+        lowercase = bool(meta["lowercase"])  # the shard folder records what it was prepared with
+    if tokenizer.get_vocab_size() != model_config.vocab_size:
+        model_config.check_vocab(tokenizer.get_vocab_size(), where="the tokenizer")
+    written = [os.path.join(out_dir, "tokenizer.json")]
+    tokenizer.save(written[0])
+
+    specials = dict(BERT_SPECIALS if kind == "WordPiece" else BPE_SPECIALS)
+    if meta is not None:
+        for field, id_key in META_SPECIAL_IDS.items():
+            if id_key in meta:
+                specials[field] = tokenizer.id_to_token(int(meta[id_key]))
+        if kind != "WordPiece":
+            specials["bos_token"], specials["eos_token"] = specials["cls_token"], specials["sep_token"]
+    absent = sorted(t for t in set(specials.values()) if tokenizer.token_to_id(t) is None)
+    if absent:
+        raise UserError(f"export: the tokenizer has no special tokens {absent}; prepare the shards with "
+                        "spanbert-ds prepare, which adds them")
+
+    config = {"tokenizer_class": "BertTokenizer" if kind == "WordPiece" else "PreTrainedTokenizerFast",
+              "do_lower_case": lowercase, "model_max_length": model_config.max_position_embeddings,
+              "clean_up_tokenization_spaces": False, **specials}
+    if kind == "WordPiece":
+        config.update(strip_accents=strip_accents, tokenize_chinese_chars=True, do_basic_tokenize=True)
+        vocab = spec["model"]["vocab"]  # token -> id
+        tokens = [None] * len(vocab)
+        for token, index in vocab.items():
+            tokens[index] = token
+        written.append(os.path.join(out_dir, "vocab.txt"))
+        with open(written[-1], "w", encoding="utf-8") as f:
+            f.write("".join(token + "\n" for token in tokens))
+    written.append(os.path.join(out_dir, "tokenizer_config.json"))
+    with open(written[-1], "w") as f:
+        json.dump(config, f, indent=2)
+    written.append(os.path.join(out_dir, "special_tokens_map.json"))
+    with open(written[-1], "w") as f:
+        json.dump(specials, f, indent=2)
+    return written
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def _read_hf_config(hf_dir):
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--init-from {hf_dir}: no config.json there; point it at a Hugging Face BERT model folder")
+    with open(path) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "bert") != "bert":
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT checkpoints can be imported")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise UserError(f"{path}: hidden_act is {hf['hidden_act']!r}; our encoder uses BERT's exact (erf) 'gelu'")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{path}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
+                        "(absolute only)")
+    return hf
+
+
+def config_from_hf(hf_dir, **overrides):
+    """A ModelConfig with the shape of the HF BERT in hf_dir (our defaults for everything else)."""
+    hf = _read_hf_config(hf_dir)
+    values = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=hf.get("pad_token_id") or 0,
+    )
+    sbo_path = os.path.join(hf_dir, SBO_FILE)
+    if os.path.isfile(sbo_path):
+        values["sbo_position_size"] = _read_tensors(sbo_path)[SBO_PREFIX + "position.weight"].shape[0]
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def _read_tensors(path):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _strip_wrapper_prefix(state):
+    # DeepSpeed / DDP wrap the objective as `module`.
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_hf_into(objective, hf_dir):
+    """Load an HF BERT folder into `objective` in place; return what was loaded and what was not.
+
+    Accepts BertModel names (embeddings.*, encoder.*, pooler.*) and BertForPreTraining /
+    BertForMaskedLM names (bert.*, cls.*); also our sbo_head.safetensors when present.
+    Returns {"loaded": [our names], "initialised": [our names left as initialised],
+    "ignored": [HF names not used]}.
+    """
+    config = objective.config
+    hf_config = _read_hf_config(hf_dir)
+    wanted = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+              "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+              "intermediate_size": config.intermediate_size}
+    wrong = {k: (hf_config.get(k), v) for k, v in wanted.items() if hf_config.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k} {hf} (model: {ours})" for k, (hf, ours) in wrong.items())
+        raise UserError(f"--init-from {hf_dir}: the checkpoint's shape differs from the model's: {detail}; "
+                        "build the model from the checkpoint's config (config_from_hf) or pick a matching --model")
+    files = [f for f in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(hf_dir, f))]
+    if not files:
+        raise UserError(f"--init-from {hf_dir}: no model.safetensors (or pytorch_model.bin) there")
+    hf = _read_tensors(os.path.join(hf_dir, files[0]))
+    if not any(k.startswith("bert.") for k in hf):  # BertModel names: add BertForPreTraining's prefix
+        hf = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
+
+    params = dict(objective.state_dict(keep_vars=True))
+    loaded, used = {}, set()
+    for ours, names in name_pairs(config):
+        group = names if isinstance(names, tuple) else (names,)
+        if not all(n in hf for n in group):
+            continue
+        tensor = torch.cat([hf[n] for n in group], dim=0) if len(group) > 1 else hf[group[0]]
+        if ours == "encoder.embeddings.token_type.weight" and ours not in params:
+            # No segment table here (RoBERTa): every token would have had segment 0, whose row HF adds
+            # to every position; fold it into the position table so the outputs stay the same.
+            loaded["encoder.embeddings.position.weight"] = loaded["encoder.embeddings.position.weight"] + tensor[0]
+        elif ours in params:
+            loaded[ours] = tensor
+        else:
+            continue  # a head this objective does not have (e.g. NSP for spanbert): reported as ignored
+        used.update(group)
+    sbo_path = os.path.join(hf_dir, SBO_FILE)
+    if "sbo_head.bias" in params and os.path.isfile(sbo_path):
+        loaded.update({k: v for k, v in _read_tensors(sbo_path).items() if k in params})
+
+    with torch.no_grad():
+        for ours, tensor in loaded.items():
+            target = params[ours]
+            if ours in VOCAB_ROWS:
+                padded = torch.zeros_like(target)
+                padded[: tensor.shape[0]] = tensor
+                tensor = padded
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise UserError(f"--init-from {hf_dir}: {ours} has shape {tuple(tensor.shape)} in the checkpoint but "
+                                f"{tuple(target.shape)} in the model (check max_position_embeddings and "
+                                "type_vocab_size in both configs)")
+            target.copy_(tensor)
+    initialised = [k for k in params if k not in loaded and k not in TIED]
+    ignored = sorted(k for k in hf if k not in used and not HF_DERIVED.search(k))
+    return {"loaded": sorted(loaded), "initialised": initialised, "ignored": ignored}
+
+
+def format_report(report):
+    """One line for the training log, e.g. after --init-from."""
+    heads = sorted({k.split(".")[0] for k in report["initialised"]})
+    text = f"loaded {len(report['loaded'])} tensors"
+    if report["initialised"]:
+        text += f"; initialised {len(report['initialised'])} ({', '.join(heads)})"
+    if report["ignored"]:
+        text += f"; ignored {len(report['ignored'])} from the checkpoint ({', '.join(report['ignored'][:4])}"
+        text += ", ...)" if len(report["ignored"]) > 4 else ")"
+    return text
+

