@@ -70,7 +70,7 @@ class ModelConfig:
         """A clear error when the data's vocabulary is not the one the model was built for."""
         if data_vocab_size != self.vocab_size:
             raise UserError(
-                f"{where}' vocabulary has {data_vocab_size} tokens but the model was built for {self.vocab_size}; "
+                f"the vocabulary of {where} has {data_vocab_size} tokens but the model was built for {self.vocab_size}; "
                 f"pass --model with vocab_size {data_vocab_size} (e.g. --model tiny,vocab_size={data_vocab_size})"
             )
 

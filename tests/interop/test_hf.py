@@ -191,7 +191,7 @@ def test_import_into_a_model_of_another_shape_is_a_user_error():
 def test_export_with_a_tokenizer_of_another_vocab_is_a_user_error(tmp_path):
     tok = wordpiece(lowercase=True)
     objective = OBJECTIVES["spanbert"](tiny_config(vocab_size=tok.get_vocab_size() + 1))
-    with pytest.raises(UserError, match=f"vocabulary has {tok.get_vocab_size()} tokens but the model was built for"):
+    with pytest.raises(UserError, match=f"the vocabulary of the tokenizer has {tok.get_vocab_size()} tokens but the model was built for"):
         interop.export_hf(objective, objective.config, tok, tmp_path)
 
 

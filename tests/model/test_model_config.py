@@ -52,7 +52,7 @@ def test_bad_json_names_the_file(tmp_path):
 
 
 def test_check_vocab_message():
-    with pytest.raises(UserError, match="the shards' vocabulary has 8000 tokens but the model was built for 30522; "
+    with pytest.raises(UserError, match="the vocabulary of the shards has 8000 tokens but the model was built for 30522; "
                                         "pass --model with vocab_size 8000"):
         PRESETS["tiny"].check_vocab(8000)
     PRESETS["tiny"].check_vocab(30522)
