@@ -29,6 +29,8 @@ from spanbert_ds.errors import UserError
 
 FORMAT_VERSION = 1
 FILES = ("meta.json", "tokenizer.json", "tokens.bin", "word_starts.bin", "index.idx")
+REQUIRED_META = ("tokenizer_kind", "tokenizer_sha256", "vocab_size", "lowercase", "cls_id", "sep_id", "mask_id",
+                 "pad_id", "unk_id", "special_ids", "token_dtype", "n_tokens", "n_documents", "n_sentences")
 
 
 def token_dtype(vocab_size):
@@ -96,6 +98,10 @@ class Shards:
         if version != FORMAT_VERSION:
             raise UserError(f"{self.path} has shard format_version {version!r}, this code reads "
                             f"{FORMAT_VERSION}; re-create it with `spanbert-ds prepare ... --overwrite`")
+        missing = [k for k in REQUIRED_META if k not in self.meta]
+        if missing:
+            raise UserError(f"{self.path / 'meta.json'} lacks {', '.join(missing)}; re-create the folder "
+                            f"with `spanbert-ds prepare ... --overwrite`")
         m = self.meta
         dtype = np.dtype(m["token_dtype"])
         n, n_docs, n_sents = m["n_tokens"], m["n_documents"], m["n_sentences"]
