@@ -7,6 +7,11 @@ Two kinds, named after what the model code needs to know:
   starts with the leading-space marker `Ġ` (or SentencePiece's `▁`). The first token of a line has
   no marker, so the shard writer marks it as a word start itself.
 
+Training: byte-level BPE training is deterministic; WordPiece training in tokenizers 0.23 is not
+(huggingface/tokenizers#1794: `##` pieces get ids in hash-map order, which breaks merge ties
+differently from run to run, so the vocabulary can differ by a few tokens). The shard folder keeps
+the tokenizer and its sha256; to reproduce a run, reuse OUT/tokenizer.json with `--tokenizer`.
+
 Loaded tokenizers always have truncation and padding switched off: a tokenizer.json saved for
 inference (MiniLM's truncates at 128) would otherwise cut every sentence silently.
 """
