@@ -34,23 +34,26 @@ _LOG2E = 1.4426950408889634
 _DOT_IN_FP32 = tl.constexpr(_INTERPRET)
 
 
-def _configs(stages=(2, 3, 4)):
+def _configs():
     if _INTERPRET:  # the interpreter is sequential: one small config that still crosses block edges
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    # a handful, so that tuning a new shape costs seconds: (BLOCK_M, BLOCK_N, num_warps, num_stages)
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w in ((128, 64, 8), (128, 32, 4), (64, 64, 4), (128, 128, 8), (64, 32, 4))
-            for s in stages]
+            for m, n, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+                               (128, 128, 8, 2), (64, 32, 4, 4))]
 
 
 def _bwd_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w in ((64, 64, 4), (32, 64, 4), (64, 128, 8), (32, 128, 4), (128, 64, 8))
-            for s in (2, 3)]
+            for m, n, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 3),
+                               (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2))]
 
 
-_KEY = ["T", "BLOCK_D", "HAS_MASK", "DROPOUT"]
+# T_BUCKET (T rounded up to a power of 2) rather than T: varlen batches change max_seqlen every step and
+# must not re-tune each time
+_KEY = ["T_BUCKET", "BLOCK_D", "HAS_MASK", "DROPOUT"]
 
 
 @triton.jit
@@ -67,8 +70,8 @@ def _sequence(CU, off_b, T, VARLEN: tl.constexpr):
         start = tl.load(CU + off_b).to(tl.int64)
         seqlen = tl.load(CU + off_b + 1).to(tl.int64) - start
     else:
-        start = tl.zeros([], dtype=tl.int64)
-        seqlen = tl.zeros([], dtype=tl.int64) + T
+        start = off_b.to(tl.int64) * 0
+        seqlen = start + T
     return start, seqlen
 
 
@@ -82,13 +85,13 @@ def _keep(seed, rng_base, offs_q, offs_k, T, dropout_p):
 @triton.jit(do_not_specialize=["seed"])
 def _attn_fwd(Q, K, V, O, LSE, KPM, CU,
               s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_lb, s_lh, s_mb,
-              H, T, D, qk_scale, dropout_p, seed,
+              H, T, T_BUCKET, D: tl.constexpr, qk_scale, dropout_p, seed,
               HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
+    off_b = tl.program_id(1)
+    off_h = tl.program_id(2)
+    pid_bh = off_b * H + off_h
     start, seqlen = _sequence(CU, off_b, T, VARLEN)
     if pid_m * BLOCK_M >= seqlen:
         return
@@ -142,13 +145,12 @@ def _attn_fwd(Q, K, V, O, LSE, KPM, CU,
 
 
 @triton.jit
-def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, s_lb, s_lh, CU, H, T, D,
+def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, s_lb, s_lh, CU, H, T, D: tl.constexpr,
                     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's per-row term
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
+    off_b = tl.program_id(1)
+    off_h = tl.program_id(2)
     start, seqlen = _sequence(CU, off_b, T, VARLEN)
     if pid_m * BLOCK_M >= seqlen:
         return
@@ -170,14 +172,14 @@ def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, s_lb, s_lh
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
                    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
                    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt, s_lb, s_lh, s_mb,
-                   H, T, D, qk_scale, sm_scale, dropout_p, seed,
+                   H, T, T_BUCKET, D: tl.constexpr, qk_scale, sm_scale, dropout_p, seed,
                    HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program owns a block of keys and walks all queries; works on transposed tiles (keys x queries)
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
+    off_b = tl.program_id(1)
+    off_h = tl.program_id(2)
+    pid_bh = off_b * H + off_h
     start, seqlen = _sequence(CU, off_b, T, VARLEN)
     if pid_n * BLOCK_N >= seqlen:
         return
@@ -239,14 +241,14 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
                  s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
                  s_dqb, s_dqh, s_dqt, s_lb, s_lh, s_mb,
-                 H, T, D, qk_scale, sm_scale, dropout_p, seed,
+                 H, T, T_BUCKET, D: tl.constexpr, qk_scale, sm_scale, dropout_p, seed,
                  HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program owns a block of queries and walks all keys
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
+    off_b = tl.program_id(1)
+    off_h = tl.program_id(2)
+    pid_bh = off_b * H + off_h
     start, seqlen = _sequence(CU, off_b, T, VARLEN)
     if pid_m * BLOCK_M >= seqlen:
         return
@@ -325,11 +327,11 @@ def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed):
         s_l = (lse.stride(0), lse.stride(1))
     if t_max == 0 or batch == 0:
         return o.zero_(), lse
-    grid = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch, heads)  # noqa: E731
     _attn_fwd[grid](q, k, v, o, lse, kpm if kpm is not None else q, cu if varlen else q,
                     *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
                     *s_l, kpm.stride(0) if kpm is not None else 0,
-                    heads, t_max, d, scale * _LOG2E, dropout_p, seed,
+                    heads, t_max, triton.next_power_of_2(t_max), d, scale * _LOG2E, dropout_p, seed,
                     HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BLOCK_D=_block_d(d))
     return o, lse
 
@@ -348,17 +350,17 @@ def _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scal
     kpm_arg = kpm if kpm is not None else q
     s_m = kpm.stride(0) if kpm is not None else 0
     block_m = 16 if _INTERPRET else 64
-    _attn_bwd_delta[(triton.cdiv(t_max, block_m), batch * heads)](
+    _attn_bwd_delta[(triton.cdiv(t_max, block_m), batch, heads)](
         o, do, delta, *_strides(o, varlen), *_strides(do, varlen), *s_l, cu_arg, heads, t_max, d,
         VARLEN=varlen, BLOCK_M=block_m, BLOCK_D=block_d)
     common = dict(HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BLOCK_D=block_d)
-    args = (heads, t_max, d, scale * _LOG2E, scale, dropout_p, seed)
-    grid_n = lambda meta: (triton.cdiv(t_max, meta["BLOCK_N"]), batch * heads)  # noqa: E731
+    args = (heads, t_max, triton.next_power_of_2(t_max), d, scale * _LOG2E, scale, dropout_p, seed)
+    grid_n = lambda meta: (triton.cdiv(t_max, meta["BLOCK_N"]), batch, heads)  # noqa: E731
     _attn_bwd_dkdv[grid_n](q, k, v, do, dk, dv, lse, delta, kpm_arg, cu_arg,
                            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
                            *_strides(do, varlen), *_strides(dk, varlen), *_strides(dv, varlen), *s_l, s_m,
                            *args, **common)
-    grid_m = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    grid_m = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch, heads)  # noqa: E731
     _attn_bwd_dq[grid_m](q, k, v, do, dq, lse, delta, kpm_arg, cu_arg,
                          *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
                          *_strides(do, varlen), *_strides(dq, varlen), *s_l, s_m, *args, **common)

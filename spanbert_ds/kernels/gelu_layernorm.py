@@ -23,8 +23,8 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HIDDEN = 16384  # one row must fit in a program's registers
 
-_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2 pi)
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2); kernels read only constexpr globals
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2 pi)
 
 
 def _fwd_configs():

@@ -18,8 +18,10 @@ if not (attention._INTERPRET or torch.cuda.is_available()):
                 allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() and not attention._INTERPRET else "cpu"
-# (atol, rtol) against an fp32 reference fed the same (rounded) inputs
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 2e-2)}
+# (atol, rtol) against an fp32 reference fed the same (rounded) inputs; on a GPU fp32 dots run in TF32
+# (TRITON_INTERPRET=0 pytest tests/kernels runs these files on CUDA)
+TOL = {torch.float32: (5e-3, 5e-3) if DEVICE == "cuda" else (1e-5, 1e-5), torch.float16: (4e-3, 4e-3),
+       torch.bfloat16: (3e-2, 2e-2)}
 
 
 def _qkv(shape, dtype=torch.float32, seed=0):
@@ -105,8 +107,9 @@ def test_strided_inputs_in_the_models_layout():
     rq, rk, rv = (ref_qkv[:, :, i].transpose(1, 2) for i in range(3))
     out_ref = reference.attention(rq, rk, rv, mask)
     (grad_ref,) = torch.autograd.grad(out_ref, ref_qkv, do)
-    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grad, grad_ref, atol=2e-5, rtol=1e-5)
+    atol, rtol = TOL[torch.float32]
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(grad, grad_ref, atol=2 * atol, rtol=rtol)
 
 
 def test_varlen_matches_reference_and_padded_kernel():
@@ -123,7 +126,7 @@ def test_varlen_matches_reference_and_padded_kernel():
     # the same batch padded, through the padded entry, unpadded again
     (qp, mask), (kp, _), (vp, _) = (reference.pad_packed(t, cu) for t in (q, k, v))
     out_padded = attention.flash_attention(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), mask)
-    torch.testing.assert_close(out_padded.transpose(1, 2)[mask], out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out_padded.transpose(1, 2)[mask], out, atol=1e-5, rtol=1e-5)
 
 
 def _keep_mask(batch, heads, t, p, seed):
@@ -168,5 +171,6 @@ def test_dropout_gradients_match_reference_with_the_same_mask():
 def test_default_scale_is_one_over_sqrt_head_dim():
     q, k, v = _qkv((1, 1, 8, 32))
     out = attention.flash_attention(q, k, v)
+    atol, rtol = TOL[torch.float32]
     torch.testing.assert_close(out, reference.attention(q, k, v, None, 0.0, 1 / math.sqrt(32)),
-                               atol=1e-5, rtol=1e-5)
+                               atol=atol, rtol=rtol)

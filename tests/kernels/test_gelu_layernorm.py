@@ -117,5 +117,5 @@ def test_sbo_style_head_gives_reference_loss_and_gradients(monkeypatch):
             assert "BiasGeluLayerNorm" in type(out.grad_fn).__name__
     (loss_ref, grads_ref), (loss, grads) = results["reference"], results["triton"]
     torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
-    for name in grads_ref:
+    for name in grads_ref:  # the Linear layers' grads come from dx: any error in it shows here
         torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-5, rtol=1e-4, msg=name)
