@@ -168,8 +168,9 @@ def train(args, s, rank, world_size):
     bad_steps, exit_code, step = 0, 0, start_step
 
     for micro_index, batch in enumerate(loader, start=start_step * accumulation):
-        # Dropout is seeded per micro-step and rank, so a resumed run draws the same masks.
-        torch.manual_seed(hash((args.seed, micro_index, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+        # Dropout is seeded by where this micro-batch sits in the data order, so a resumed run,
+        # or a run on another number of ranks with the same micro batch, draws the same dropout masks.
+        torch.manual_seed(hash((args.seed, *s.plan.locate(micro_index))) & 0x7FFF_FFFF_FFFF_FFFF)
         batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
         out = engine(batch)
         engine.backward(out["loss"])

@@ -23,8 +23,8 @@ def ds_config(tmp_dir, stage, micro=MICRO, **extra):
         "train_batch_size": 8,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_clipping": 1.0,
-        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.01}, "torch_adam": True},
-        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 5e-3, "warmup_num_steps": 2}},
+        "optimizer": {"type": "AdamW", "params": {"lr": 5e-3, "weight_decay": 0.01, "torch_adam": True}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 5e-3, "warmup_num_steps": 2, "warmup_type": "linear"}},
         "zero_optimization": {"stage": stage},
         **extra,
     }
