@@ -11,6 +11,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,8 @@ def run(args):
     try:
         setup = prepare(args, world_size, rank)
     except UserError:
-        if rank != 0:  # rank 0 reports it; the others leave quietly with the same code
+        if rank != 0:  # rank 0 reports it; the others leave quietly with the same code, a moment
+            time.sleep(1.0)  # later, so that a launcher that stops all ranks on the first exit lets rank 0 speak
             raise SystemExit(UserError.exit_code)
         raise
     return train(args, setup, rank, world_size)
@@ -168,9 +170,7 @@ def train(args, s, rank, world_size):
     bad_steps, exit_code, step = 0, 0, start_step
 
     for micro_index, batch in enumerate(loader, start=start_step * accumulation):
-        # Dropout is seeded by where this micro-batch sits in the data order, so a resumed run,
-        # or a run on another number of ranks with the same micro batch, draws the same dropout masks.
-        torch.manual_seed(hash((args.seed, *s.plan.locate(micro_index))) & 0x7FFF_FFFF_FFFF_FFFF)
+        seed_dropout(args.seed, s.plan, micro_index)
         batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
         out = engine(batch)
         engine.backward(out["loss"])
@@ -215,6 +215,12 @@ def train(args, s, rank, world_size):
               f"checkpoints: {s.ckpt_root}  export: spanbert-ds export {args.output} OUT", file=sys.stderr)
     dist.barrier()
     return exit_code
+
+
+def seed_dropout(seed, plan, micro_index):
+    """Seed dropout by where this micro-batch sits in the data order, so a resumed run, or a run
+    on another number of ranks with the same micro batch, draws the same dropout masks."""
+    torch.manual_seed(hash((seed, *plan.locate(micro_index))) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def prepare_resume(s, world_size, rank):

@@ -3,6 +3,7 @@ TensorBoard scalars, metrics.jsonl (one JSON object per logged step) and a progr
 
 import json
 import os
+import sys
 import time
 
 import torch
@@ -73,7 +74,7 @@ class Monitor:
 
     def message(self, text):
         if self.enabled:
-            self.bar.write(text)
+            self.bar.write(text, file=sys.stderr)
 
     def close(self):
         if self.enabled:

@@ -161,3 +161,81 @@ def test_export_of_a_zero3_run_opens_in_transformers(work, two_rank_runs):
         theirs = hf.bert(input_ids=ids).last_hidden_state
         mine = ours.encoder(ids, attention_mask=torch.ones_like(ids))
     assert torch.allclose(theirs, mine, atol=1e-5)
+
+
+def test_accumulated_deepspeed_steps_equal_a_plain_pytorch_loop(work, reference):
+    """The 1-rank run (micro 4 x accumulation 2, ZeRO-2) against the textbook loop on the same batches."""
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+    from spanbert_ds.data.loader import BatchPlan, MicroBatches
+    from spanbert_ds.data.masking import MaskingConfig, SpanMasker
+    from spanbert_ds.data.packing import PackedSamples
+    from spanbert_ds.data.shards import Shards
+    from spanbert_ds.model.objectives import OBJECTIVES
+    from spanbert_ds.train.loop import model_config_for, parameter_groups, seed_dropout
+
+    _, shards_path = work
+    shards = Shards(shards_path)
+    samples = PackedSamples(shards, "full", 64, seed=42)
+    masker = SpanMasker(MaskingConfig(), shards.vocab_size, shards.mask_id, shards.special_ids)
+    plan = BatchPlan(len(samples), global_batch=8, micro_batch=MICRO, world_size=1, rank=0, seed=42)
+    batches = MicroBatches(samples, masker, plan, 0, STEPS * plan.accumulation)
+    torch.manual_seed(42)
+    objective = OBJECTIVES["spanbert"](model_config_for("tiny,attention_backend=eager", shards))
+    optimizer = torch.optim.AdamW(parameter_groups(objective, {"optimizer": {"params": {"weight_decay": 0.01}}}), lr=5e-3)
+    schedule = WarmupDecayLR(optimizer, total_num_steps=STEPS, warmup_min_lr=0, warmup_max_lr=5e-3, warmup_num_steps=2, warmup_type="linear")
+    losses_plain = []
+    for step in range(STEPS):
+        total = 0.0
+        for k in range(plan.accumulation):
+            micro_index = step * plan.accumulation + k
+            seed_dropout(42, plan, micro_index)
+            loss = objective(batches[micro_index])["loss"]
+            (loss / plan.accumulation).backward()
+            total += loss.item() / plan.accumulation
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses_plain.append(total)
+    assert losses_plain == pytest.approx(loss_list(reference), rel=1e-5)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def test_torchrun_and_mpirun_train_like_the_deepspeed_launcher(work, two_rank_runs, launcher):
+    if not shutil.which(launcher if launcher == "mpirun" else "true"):
+        pytest.skip("OpenMPI is not installed (apt-get install openmpi-bin)")
+    tmp, shards = work
+    out = str(tmp / launcher)
+    # 3 steps: the losses of steps 1-3 depend only on the warmup, not on the schedule's length.
+    check(launch(train_args(shards, out, ds_config(tmp, 2), steps=3), ranks=2, launcher=launcher))
+    assert loss_list(out, [1, 2, 3]) == pytest.approx(loss_list(two_rank_runs[2], [1, 2, 3]), rel=1e-5)
+
+
+def test_a_bad_config_stops_every_rank_before_work_with_one_line_and_exit_2(work):
+    tmp, shards = work
+    config = ds_config(tmp, 2, bf16={"enabled": True}, fp16={"enabled": True})
+    done = launch(train_args(shards, str(tmp / "bad"), config), ranks=2, launcher="deepspeed")
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "fp16 and bf16 are both enabled; enable one of them" in errors[0], errors
+    assert not os.path.exists(tmp / "bad" / "checkpoints")
+
+
+def test_a_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_checkpoint(work):
+    import subprocess
+    import sys
+
+    from spanbert_ds.train.checkpoint import complete_checkpoints
+    from tests.distributed.launch import environment
+
+    tmp, shards = work
+    out = str(tmp / "nan")
+    args = train_args(shards, out, ds_config(tmp, 2, micro=8), max_bad_steps=2)
+    script = os.path.join(os.path.dirname(__file__), "nan_train.py")
+    done = subprocess.run([sys.executable, script, *args], env={**environment(), "NAN_AFTER": "3"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "the loss was not finite for 2 steps in a row (last at step 5)" in done.stderr
+    assert [c["step"] for c in complete_checkpoints(os.path.join(out, "checkpoints"))] == [2]
+    assert open(os.path.join(out, "checkpoints", "latest")).read().strip() == "step2"
