@@ -239,3 +239,18 @@ def test_a_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert "the loss was not finite for 2 steps in a row (last at step 5)" in done.stderr
     assert [c["step"] for c in complete_checkpoints(os.path.join(out, "checkpoints"))] == [2]
     assert open(os.path.join(out, "checkpoints", "latest")).read().strip() == "step2"
+
+
+def test_a_truncated_or_missing_checkpoint_is_a_clear_error_not_a_traceback(work, reference):
+    tmp, shards = work
+    damaged = str(tmp / "damaged")
+    shutil.copytree(reference, damaged)
+    states = os.path.join(damaged, "checkpoints", "step6", "mp_rank_00_model_states.pt")
+    with open(states, "r+b") as f:
+        f.truncate(os.path.getsize(states) // 2)
+    done = launch(train_args(shards, damaged, ds_config(tmp, 2), steps=8), ranks=1, launcher="python")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"checkpoint file {states} cannot be loaded safely" in done.stderr and "delete" in done.stderr
+    done = launch(train_args(shards, damaged, ds_config(tmp, 2), steps=8, resume=str(tmp / "nowhere")), ranks=1, launcher="python")
+    assert done.returncode == 2 and "no such checkpoint folder" in done.stderr
