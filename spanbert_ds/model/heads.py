@@ -44,6 +44,71 @@ def decode(h, weight, bias, vocab_size):
     return F.linear(h, weight[:vocab_size], bias[:vocab_size])
 
 
+# Logits are made this many elements at a time (16 MB in fp32) on the CPU: small enough that
+# the allocator reuses the memory instead of mapping fresh pages every step, large enough for
+# efficient GEMMs. On GPUs, whose allocator caches, all rows go at once.
+CPU_CHUNK_ELEMENTS = 1 << 22
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i W^T + b, y_i) over the first `vocab_size` rows of W and b, with its gradients.
+
+    The gradients are made in the forward pass, chunk by chunk, while each chunk's logits
+    are at hand: dlogits = softmax(logits) - onehot(y) overwrites the log-probabilities, feeds the two
+    GEMMs (dh = dlogits W, dW += dlogits^T h) and is freed. The (rows, vocab) logits are
+    never all alive at once and never written to memory again for a separate
+    log-softmax backward; on a CPU this makes a decoder step about a third faster.
+    Backward only scales the stored gradients by d(loss).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, vocab_size, chunk_rows):
+        dtypes = (h.dtype, weight.dtype, bias.dtype)
+        device_type = h.device.type
+        if torch.is_autocast_enabled(device_type):  # do explicitly what autocast would do to each op
+            dtype = torch.get_autocast_dtype(device_type)
+            h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
+        w, b = weight[:vocab_size], bias[:vocab_size]
+        acc = torch.promote_types(w.dtype, torch.float32)  # softmax and sums: fp32 at least
+        grad_h = torch.empty_like(h)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        loss = torch.zeros((), dtype=acc, device=h.device)
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, h.shape[0], chunk_rows):
+                rows, y = h[start : start + chunk_rows], labels[start : start + chunk_rows]
+                logits = torch.addmm(b, rows, w.t())  # (chunk, vocab)
+                log_probs = torch.log_softmax(logits.to(acc), dim=1)
+                del logits
+                loss -= log_probs.gather(1, y[:, None]).sum()
+                dlogits = log_probs.exp_()  # softmax, in place
+                dlogits[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad_bias[:vocab_size] += dlogits.sum(dim=0)
+                dlogits = dlogits.to(w.dtype)
+                torch.mm(dlogits, w, out=grad_h[start : start + chunk_rows])
+                if w.dtype == acc:
+                    grad_weight[:vocab_size].addmm_(dlogits.t(), rows)
+                else:
+                    grad_weight[:vocab_size] += torch.mm(dlogits.t(), rows).to(acc)
+        ctx.dtypes = dtypes
+        ctx.save_for_backward(grad_h, grad_weight, grad_bias)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_weight, grad_bias = ctx.saved_tensors
+        grads = [(g * grad_loss).to(dtype) for g, dtype in zip((grad_h, grad_weight, grad_bias), ctx.dtypes)]
+        return (*grads, None, None, None)
+
+
+def decode_loss(h, weight, bias, labels, vocab_size):
+    """Summed cross-entropy of the decoder's logits (h W^T + b) against labels; a fp32 scalar."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad or bias.requires_grad):
+        chunk_rows = h.shape[0] if h.is_cuda else max(16, CPU_CHUNK_ELEMENTS // vocab_size)
+        return LinearCrossEntropy.apply(h, weight, bias, labels, vocab_size, max(chunk_rows, 1))
+    return F.cross_entropy(decode(h, weight, bias, vocab_size).float(), labels, reduction="sum")
+
+
 class MLMHead(nn.Module):
     """Masked LM: transform (dense -> GeLU -> LayerNorm) -> decoder tied to the word embeddings + own bias."""
 
@@ -55,9 +120,13 @@ class MLMHead(nn.Module):
         self.decoder_weight = word_embeddings.weight  # tied: the same Parameter, (padded_vocab, H)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
 
-    def forward(self, x):
-        # x: (N, H) hidden states of the masked tokens -> logits (N, vocab_size)
-        return decode(self.transform(x), self.decoder_weight, self.bias, self.vocab_size)
+    def forward(self, x, labels=None):
+        # x: (N, H) hidden states of the masked tokens -> logits (N, vocab_size),
+        # or with labels (N,) the summed cross-entropy (the logits are then never all in memory)
+        h = self.transform(x)
+        if labels is None:
+            return decode(h, self.decoder_weight, self.bias, self.vocab_size)
+        return decode_loss(h, self.decoder_weight, self.bias, labels, self.vocab_size)
 
 
 class SBOHead(nn.Module):
@@ -81,11 +150,14 @@ class SBOHead(nn.Module):
         self.decoder_weight = word_embeddings.weight  # tied
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
 
-    def forward(self, left, right, rel_pos):
+    def forward(self, left, right, rel_pos, labels=None):
         # left, right: (M, H) boundary states x_{s-1}, x_{e+1}; rel_pos: (M,) in 1..max span targets
+        # -> logits (M, vocab_size), or with labels (M,) the summed cross-entropy
         h = torch.cat([left, right, self.position(rel_pos)], dim=-1)  # (M, 3H)
         h = self.layer2(self.layer1(h))  # (M, H)
-        return decode(h, self.decoder_weight, self.bias, self.vocab_size)
+        if labels is None:
+            return decode(h, self.decoder_weight, self.bias, self.vocab_size)
+        return decode_loss(h, self.decoder_weight, self.bias, labels, self.vocab_size)
 
 
 class NSPHead(nn.Module):

@@ -24,9 +24,9 @@ MLM_KEYS = ("mlm_positions", "mlm_labels")
 SBO_KEYS = ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")
 
 
-def mean_cross_entropy(logits, labels):
-    """Mean cross-entropy over the rows; 0 (not NaN) when there are none. Computed in fp32."""
-    return F.cross_entropy(logits.float(), labels, reduction="sum") / max(labels.shape[0], 1)
+def mean(total, count):
+    """A summed loss over `count` rows as a mean; 0 (not NaN) when there are none."""
+    return total / max(count, 1)
 
 
 class Objective(nn.Module):
@@ -49,8 +49,8 @@ class Objective(nn.Module):
         return self.encoder(batch["input_ids"], batch["attention_mask"], token_type_ids)  # (B, T, H)
 
     def mlm_loss(self, hidden, batch):
-        logits = self.mlm_head(gather_rows(hidden, batch["mlm_positions"]))  # (N, vocab): masked rows only
-        return mean_cross_entropy(logits, batch["mlm_labels"])
+        labels = batch["mlm_labels"]  # the head sees the (N, H) masked rows only
+        return mean(self.mlm_head(gather_rows(hidden, batch["mlm_positions"]), labels), labels.shape[0])
 
     # --- batch checks -----------------------------------------------------------------
 
@@ -153,9 +153,10 @@ class SpanBERT(Objective):
         hidden = self.encode(batch)
         mlm_loss = self.mlm_loss(hidden, batch)
         # Only real targets reach the head: the masker lists them flat, padding never appears.
-        sbo_logits = self.sbo_head(gather_rows(hidden, batch["sbo_left"]), gather_rows(hidden, batch["sbo_right"]),
-                                   batch["sbo_rel_pos"])  # (M, vocab)
-        sbo_loss = mean_cross_entropy(sbo_logits, batch["sbo_labels"])
+        labels = batch["sbo_labels"]
+        sbo_sum = self.sbo_head(gather_rows(hidden, batch["sbo_left"]), gather_rows(hidden, batch["sbo_right"]),
+                                batch["sbo_rel_pos"], labels)
+        sbo_loss = mean(sbo_sum, labels.shape[0])
         loss = mlm_loss + sbo_loss
         return {"loss": loss, "mlm_loss": mlm_loss.detach(), "sbo_loss": sbo_loss.detach()}
 

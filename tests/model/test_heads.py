@@ -1,7 +1,9 @@
 import torch
+import torch.nn.functional as F
 
-from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead
+from spanbert_ds.model import heads
 from spanbert_ds.model.config import ModelConfig
+from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead
 
 # Tiny float64 shapes so gradcheck's finite differences are meaningful.
 CONFIG = ModelConfig(vocab_size=11, hidden_size=6, num_layers=1, num_heads=2, intermediate_size=8,
@@ -68,3 +70,43 @@ def test_decoders_are_tied_to_the_word_embeddings_and_cover_the_real_vocab_only(
     assert mlm(x).shape == (5, CONFIG.vocab_size)
     assert sbo(x, x, torch.tensor([1, 2, 3, 4, 1])).shape == (5, CONFIG.vocab_size)
     assert mlm(x[:0]).shape == (0, CONFIG.vocab_size)  # no masked tokens: empty, not an error
+
+
+def test_decoder_loss_gradcheck_across_chunks(monkeypatch):
+    """The fused decoder + cross-entropy (gradients made in forward, chunk by chunk) is exact."""
+    monkeypatch.setattr(heads, "CPU_CHUNK_ELEMENTS", 2 * CONFIG.vocab_size)  # 16-row chunks -> use 40 rows
+    h = torch.randn(40, CONFIG.hidden_size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(CONFIG.padded_vocab_size, CONFIG.hidden_size, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(CONFIG.padded_vocab_size, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, CONFIG.vocab_size, (40,))
+    fused = heads.decode_loss(h, weight, bias, labels, CONFIG.vocab_size)
+    plain = F.cross_entropy(heads.decode(h, weight, bias, CONFIG.vocab_size), labels, reduction="sum")
+    torch.testing.assert_close(fused, plain)
+    assert torch.autograd.gradcheck(lambda *t: heads.decode_loss(*t, labels, CONFIG.vocab_size) * 0.7,
+                                     (h, weight, bias), eps=1e-6, atol=1e-5)
+    (grad_w,) = torch.autograd.grad(fused, weight)
+    assert (grad_w[CONFIG.vocab_size:] == 0).all()  # padding rows get no gradient
+
+
+def test_decoder_loss_under_autocast_matches_fp32():
+    torch.manual_seed(0)
+    h = torch.randn(30, 32, requires_grad=True)
+    weight = torch.randn(128, 32, requires_grad=True)
+    bias = torch.zeros(128, requires_grad=True)
+    labels = torch.randint(0, 100, (30,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = heads.decode_loss(h, weight, bias, labels, 100)
+    low.backward()
+    assert low.dtype == torch.float32 and h.grad.dtype == weight.grad.dtype == torch.float32
+    exact = F.cross_entropy(heads.decode(h, weight, bias, 100), labels, reduction="sum")
+    assert abs(low.item() - exact.item()) < 0.02 * abs(exact.item())
+
+
+def test_heads_give_a_loss_when_given_labels():
+    emb = word_embeddings()
+    mlm = MLMHead(CONFIG, emb).double()
+    x = torch.randn(5, CONFIG.hidden_size, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 10, 2, 2])
+    expected = F.cross_entropy(mlm(x), labels, reduction="sum")
+    torch.testing.assert_close(mlm(x, labels), expected)
+    assert mlm(x[:0], labels[:0]).item() == 0.0

@@ -52,14 +52,21 @@ def test_roberta_has_no_segment_embeddings():
 def test_heads_only_see_masked_rows_and_real_targets():
     objective = build("spanbert")
     batch = batch_for("spanbert")
-    shapes = {}
+    rows = {}
     for head in ("mlm_head", "sbo_head"):
         getattr(objective, head).register_forward_hook(
-            lambda module, args, out, head=head: shapes.__setitem__(head, (tuple(args[0].shape), tuple(out.shape))))
+            lambda module, args, out, head=head: rows.__setitem__(head, (tuple(args[0].shape), tuple(out.shape))))
     objective(batch)
     N, M, H, V = len(batch["mlm_positions"]), len(batch["sbo_labels"]), 128, 100
     assert 0 < M <= N < batch["input_ids"].numel() // 3
-    assert shapes == {"mlm_head": ((N, H), (N, V)), "sbo_head": ((M, H), (M, V))}
+    # In training the heads take the gathered rows and return their summed loss ...
+    assert rows == {"mlm_head": ((N, H), ()), "sbo_head": ((M, H), ())}
+    # ... and asked for logits they give exactly one row per masked token / span target.
+    with torch.no_grad():
+        hidden = objective.encode(batch).reshape(-1, H)
+        assert objective.mlm_head(hidden[batch["mlm_positions"]]).shape == (N, V)
+        sbo = objective.sbo_head(hidden[batch["sbo_left"]], hidden[batch["sbo_right"]], batch["sbo_rel_pos"])
+        assert sbo.shape == (M, V)
 
 
 def test_sbo_ignores_padding():
