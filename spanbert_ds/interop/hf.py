@@ -106,12 +106,12 @@ def to_hf_state_dict(state, config):
     if "bert.embeddings.token_type_embeddings.weight" not in hf:
         # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing.
         hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, config.hidden_size)
-    missing = [hf_name for ours, hf_name in name_pairs(config)
+    missing = [ours for ours, hf_name in name_pairs(config)
                if ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight"
                and (hf_name[0] if isinstance(hf_name, tuple) else hf_name) not in hf]
     if missing:
-        raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} (and {max(len(missing) - 3, 0)} "
-                        "more); is it the state dict of this model config's objective?")
+        raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} "
+                        f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's objective?")
     sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
     return hf, sbo
 
@@ -291,7 +291,8 @@ def config_from_hf(hf_dir, **overrides):
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-        hidden_dropout=hf.get("hidden_dropout_prob", 0.1), attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
         pad_token_id=hf.get("pad_token_id") or 0,
     )

@@ -55,7 +55,9 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.type_vocab_size < 0:
-            raise UserError(f"model config: type_vocab_size must be 0 (no segments) or more, got {self.type_vocab_size}")
+            raise UserError(
+                f"model config: type_vocab_size must be 0 (no segments) or more, got {self.type_vocab_size}"
+            )
 
     @property
     def padded_vocab_size(self):
@@ -70,7 +72,8 @@ class ModelConfig:
         """A clear error when the data's vocabulary is not the one the model was built for."""
         if data_vocab_size != self.vocab_size:
             raise UserError(
-                f"the vocabulary of {where} has {data_vocab_size} tokens but the model was built for {self.vocab_size}; "
+                f"the vocabulary of {where} has {data_vocab_size} tokens "
+                f"but the model was built for {self.vocab_size}; "
                 f"pass --model with vocab_size {data_vocab_size} (e.g. --model tiny,vocab_size={data_vocab_size})"
             )
 

@@ -3,7 +3,9 @@
 The MLM and SBO heads run on gathered rows only ((N, H) masked tokens, (M, H) span
 targets), never on the whole (B*T, H) sequence: with 15% masking that removes ~85% of
 the vocabulary-sized GEMMs, the largest cost of a small model. Both decoders are tied
-to the word embeddings and have their own bias, as in BERT and SpanBERT.
+to the word embeddings and have their own bias, as in BERT and SpanBERT. Given labels,
+they return the summed cross-entropy from a fused decoder + loss (LinearCrossEntropy)
+instead of logits.
 
 Every weight a head multiplies by is a direct parameter of the module whose forward
 uses it (no reaching into a child's `.weight`), so ZeRO-3 gathers it in time.
