@@ -1,0 +1,85 @@
+"""A real one-node SLURM cluster on localhost (Debian's slurm-wlm), started and stopped by the tests."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+CONF = """\
+ClusterName=ci
+SlurmctldHost=localhost
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/none
+CredType=cred/none
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MailProg=/bin/true
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+NodeName=localhost CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def available():
+    return all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "scontrol")) and os.geteuid() == 0
+
+
+class Cluster:
+    def __init__(self, folder):
+        self.dir = str(folder)
+        for sub in ("state", "spool"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        self.conf = os.path.join(self.dir, "slurm.conf")
+        with open(self.conf, "w") as f:
+            # Ports of our own, so that no other cluster on this machine (a test run before) answers.
+            f.write(CONF.format(dir=self.dir, cpus=os.cpu_count(), ctld_port=_free_port(), d_port=_free_port()))
+        self.env = dict(os.environ, SLURM_CONF=self.conf)
+
+    def start(self):
+        subprocess.run(["/usr/sbin/slurmctld"], env=self.env, check=True)
+        subprocess.run(["/usr/sbin/slurmd", "-N", "localhost"], env=self.env, check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=self.env, capture_output=True, text=True).stdout.strip()
+            if state == "idle":
+                return self
+            time.sleep(0.25)
+        raise RuntimeError(f"the local SLURM node did not become idle (state {state!r}); see {self.dir}/*.log")
+
+    def stop(self):
+        for name in ("slurmd", "slurmctld"):
+            try:
+                pid = int(open(os.path.join(self.dir, f"{name}.pid")).read())
+                os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
+    def job(self, job_id):
+        """`scontrol show job` as a dict of its key=value fields."""
+        text = subprocess.run(["scontrol", "show", "job", str(job_id)], env=self.env, capture_output=True, text=True).stdout
+        return dict(field.split("=", 1) for field in text.split() if "=" in field)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,61 @@
+"""`sbatch slurm/pretrain.sbatch` on a real local SLURM cluster: 2 tasks through srun, and the
+time-limit path: SIGUSR1 -> checkpoint -> exit 75 -> the job requeues itself -> resumes -> completes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.distributed.launch import REPO, losses
+from tests.slurm.cluster import Cluster, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="SLURM is not installed (apt-get install slurm-wlm) or not root")
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
+def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal(cluster, python_docs_shards, tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({
+        "train_batch_size": 8, "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}, "zero_optimization": {"stage": 2},
+    }))
+    out = str(tmp_path / "run")
+    env = dict(cluster.env, PYTHON=sys.executable, DS_CONFIG=str(config), MODEL="tiny", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+         "slurm/pretrain.sbatch", "--data", str(python_docs_shards.path), "--output", out, "--steps", str(STEPS),
+         "--max-seq-len", "64", "--log-every", "1", "--save-every", "1000", "--num-workers", "0", "--attention", "eager"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    job_id = submit.stdout.strip().split(";")[0]
+
+    deadline = time.monotonic() + 240
+    while not losses(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert losses(out), open(f"{tmp_path}/slurm-{job_id}.out").read()[-3000:]
+    # What SLURM's --signal=USR1@180 does before the time limit: signal every task of the job's steps.
+    subprocess.run(["scancel", "--signal=USR1", job_id], env=cluster.env, check=True)
+
+    while time.monotonic() < deadline:
+        job = cluster.job(job_id)
+        if job.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") and int(job.get("Restarts", 0)) >= 1:
+            break
+        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
+            # SLURM holds a requeued job for two minutes before it may start again; skip the wait.
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster.env, check=True)
+        time.sleep(0.5)
+    log = open(f"{tmp_path}/slurm-{job_id}.out").read()
+    assert job.get("JobState") == "COMPLETED" and job.get("Restarts") == "1", (job, log[-3000:])
+    assert "requeueing job" in log and "resumed from step" in log, log[-3000:]
+    assert max(losses(out)) == STEPS
