@@ -142,6 +142,8 @@ def run_cases(device, dtype):
             rate = work / (fwd_bwd * 1e-3)
             ratio = fwd_bwd / ours_t if ours_t else None
             rows.append((kernel, shape, name, fwd, fwd_bwd, unit(rate), rate, ratio, err))
+            # One line per measurement as it lands, so a run cut short still leaves its numbers.
+            print(f"measured {kernel} {shape} {name}: fwd {fwd:.3f} ms, fwd+bwd {fwd_bwd:.3f} ms, {unit(rate)}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 

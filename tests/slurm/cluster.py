@@ -59,11 +59,13 @@ class Cluster:
         subprocess.run(["/usr/sbin/slurmd", "-N", "localhost"], env=self.env, check=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=self.env, capture_output=True, text=True).stdout.strip()
-            if state == "idle":
+            if self.node_state() == "idle":
                 return self
             time.sleep(0.25)
-        raise RuntimeError(f"the local SLURM node did not become idle (state {state!r}); see {self.dir}/*.log")
+        raise RuntimeError(f"the local SLURM node did not become idle (state {self.node_state()!r}); see {self.dir}/*.log")
+
+    def node_state(self):
+        return subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=self.env, capture_output=True, text=True).stdout.strip()
 
     def stop(self):
         for name in ("slurmd", "slurmctld"):

@@ -51,8 +51,9 @@ def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal
         job = cluster.job(job_id)
         if job.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") and int(job.get("Restarts", 0)) >= 1:
             break
-        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
-            # SLURM holds a requeued job for two minutes before it may start again; skip the wait.
+        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime" and cluster.node_state() == "idle":
+            # SLURM holds a requeued job for two minutes before it may start again; once the node
+            # has cleaned up after the first run, skip the rest of the wait.
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster.env, check=True)
         time.sleep(0.5)
     log = open(f"{tmp_path}/slurm-{job_id}.out").read()
