@@ -17,8 +17,10 @@ def test_benchmark_smoke_runs_every_kernel_and_peer_and_prints_one_table():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke"], capture_output=True, text=True,
                           timeout=180, env=env, cwd=SCRIPT.parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert out.startswith("device: ")
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("measured ")]
+    assert len(progress) >= 5  # one line per measurement as it lands, then the table
+    out = proc.stdout[proc.stdout.index("device: "):]
+    assert not any(line.startswith("measured ") for line in out.splitlines())
     for kernel in ("bias_gelu_ln", "attention"):
         for impl in ("ours (triton)", "eager", "torch.compile"):
             assert any(kernel in line and impl in line for line in out.splitlines()), (kernel, impl, out)

@@ -47,14 +47,18 @@ def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal
     # What SLURM's --signal=USR1@180 does before the time limit: signal every task of the job's steps.
     subprocess.run(["scancel", "--signal=USR1", job_id], env=cluster.env, check=True)
 
+    held_since = None
     while time.monotonic() < deadline:
         job = cluster.job(job_id)
         if job.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") and int(job.get("Restarts", 0)) >= 1:
             break
-        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime" and cluster.node_state() == "idle":
-            # SLURM holds a requeued job for two minutes before it may start again; once the node
-            # has cleaned up after the first run, skip the rest of the wait.
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster.env, check=True)
+        if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
+            # SLURM holds a requeued job for two minutes before it may start again; skip the rest of the
+            # wait once the node is idle and a few seconds have passed (slurmd refuses a job whose new
+            # credential dates from the same second as the old run's revocation).
+            held_since = held_since or time.monotonic()
+            if time.monotonic() - held_since > 3 and cluster.node_state() == "idle":
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster.env, check=True)
         time.sleep(0.5)
     log = open(f"{tmp_path}/slurm-{job_id}.out").read()
     assert job.get("JobState") == "COMPLETED" and job.get("Restarts") == "1", (job, log[-3000:])
