@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def add_arguments(parser):
     parser.add_argument("--workdir", default="runs/demo", help="where shards, the run and the exported model go (default: %(default)s)")
     parser.add_argument("--ranks", type=int, default=2, help="processes started by the deepspeed launcher (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=250, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--model", default="small", help="model preset (default: %(default)s)")
     parser.add_argument("--max-seq-len", type=int, default=128, help="(default: %(default)s)")
     parser.add_argument("--deepspeed-config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="(default: ds_configs/cpu_zero2.json)")
