@@ -7,6 +7,7 @@ format and says where everything is.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def run(args):
 
     _step(f"3/4 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, {args.ranks} CPU ranks, ZeRO-2")
     command = [
-        "deepspeed", "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        _deepspeed_launcher(), "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         train_script, "--deepspeed_config", args.deepspeed_config, "--model", args.model, "--objective", "spanbert",
         "--data", shards, "--output", run_dir, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
         "--save-every", str(args.steps), "--log-every", "5", "--num-workers", "1", "--resume", "none",
@@ -63,6 +64,15 @@ def run(args):
         f"metrics:          {os.path.join(run_dir, 'metrics.jsonl')}\n"
         f"Hugging Face:     {hf_dir}  (transformers.BertForPreTraining.from_pretrained({hf_dir!r}))"
     )
+
+
+def _deepspeed_launcher():
+    """The `deepspeed` script of this Python's environment, also when that environment is not activated."""
+    beside = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    found = beside if os.path.isfile(beside) else shutil.which("deepspeed")
+    if not found:
+        raise UserError("the `deepspeed` launcher is not installed in this environment; run `make demo`, or `pip install deepspeed`")
+    return found
 
 
 def _step(text):
