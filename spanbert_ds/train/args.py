@@ -19,7 +19,7 @@ def add_arguments(parser):
     import deepspeed
 
     run = parser.add_argument_group("run")
-    run.add_argument("--model", default="spanbert-base", help="a preset (tiny, small, bert-base, bert-large, spanbert-base, spanbert-large) or a model JSON file (default: %(default)s)")
+    run.add_argument("--model", default=None, help="a preset (tiny, small, bert-base, bert-large, spanbert-base, spanbert-large) or a model JSON file, with optional ,key=value overrides (default: spanbert-base, or the shape of --init-from)")
     run.add_argument("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM) (default: %(default)s)")
     run.add_argument("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
     run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints (default: %(default)s)")
@@ -31,7 +31,7 @@ def add_arguments(parser):
     run.add_argument("--log-every", type=int, default=10, help="log every N steps (default: %(default)s)")
     run.add_argument("--resume", default="auto", help="auto: continue from the latest complete checkpoint in --output if any; none: start afresh; or a checkpoint folder (default: %(default)s)")
     run.add_argument("--masking", default="", help="masking parameters as key=value,... e.g. mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
-    run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder")
+    run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder (its vocabulary must be the shards')")
     run.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank that mask batches (default: %(default)s)")
     run.add_argument("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="override the model's attention backend")
     run.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many consecutive non-finite losses (default: %(default)s)")

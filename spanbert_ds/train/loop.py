@@ -59,7 +59,7 @@ def prepare(args, world_size, rank):
     s = Setup()
     s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps)
     s.shards = Shards(args.data)
-    s.model_config = model_config_for(args.model, s.shards)
+    s.model_config = model_config_for(args.model, s.shards, args.init_from)
     if args.attention:
         s.model_config.attention_backend = args.attention
     s.objective_class = OBJECTIVES[args.objective]
@@ -87,12 +87,20 @@ def prepare(args, world_size, rank):
     return s
 
 
-def model_config_for(spec, shards):
-    """A preset takes the shards' vocabulary size; a JSON config must already match it."""
+def model_config_for(spec, shards, init_from=None):
+    """A preset takes the shards' vocabulary size; a JSON config, or the shape of the Hugging Face
+    model named by --init-from when --model is not given, must already match it."""
     from spanbert_ds.model.config import PRESETS, ModelConfig
 
+    if spec is None and init_from:
+        from spanbert_ds.interop.hf import config_from_hf
+
+        config = config_from_hf(init_from)
+        config.check_vocab(shards.vocab_size, where=f"the shards in {shards.path}")
+        return config
+    spec = spec or "spanbert-base"
     config = ModelConfig.from_name_or_path(spec)
-    if str(spec).split(",")[0].strip() in PRESETS:
+    if spec.split(",")[0].strip() in PRESETS:
         return config.replace(vocab_size=shards.vocab_size, pad_token_id=shards.pad_id)
     config.check_vocab(shards.vocab_size, where=f"the shards in {shards.path}")
     return config
@@ -144,11 +152,11 @@ def train(args, s, rank, world_size):
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     objective = s.objective_class(s.model_config)
     if args.init_from:
-        from spanbert_ds.interop.hf import load_hf_into
+        from spanbert_ds.interop.hf import format_report, load_hf_into
 
         report = load_hf_into(objective, args.init_from)
         if rank == 0:
-            print(f"initialised from {args.init_from}: {report}", file=sys.stderr)
+            print(f"initialised from {args.init_from}: {format_report(report)}", file=sys.stderr)
 
     load_tag = prepare_resume(s, world_size, rank)
     engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=parameter_groups(objective, s.ds_config), config=s.ds_config)

