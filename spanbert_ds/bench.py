@@ -29,7 +29,7 @@ from spanbert_ds.data.masking import MaskingConfig, SpanMasker
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import ATTENTION_BACKEND_NAMES, ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES
-from spanbert_ds.train.loop import flops_per_token
+from spanbert_ds.train.loop import training_flops
 from spanbert_ds.train.monitor import device_peak_flops
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,10 @@ def time_backend(config, batch, device, amp_dtype, steps, warmup, seed):
             step()
             seconds.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    flops = flops_per_token(objective, batch["input_ids"].shape[1])
-    return {"seconds": statistics.median(seconds), "loss": float(first_loss), "peak_bytes": peak, "flops_per_token": flops}
+    per_token, per_row = training_flops(objective, batch["input_ids"].shape[1])
+    rows = batch["mlm_positions"].numel() + batch["sbo_labels"].numel()
+    flops = per_token * int(batch["attention_mask"].sum()) + per_row * rows
+    return {"seconds": statistics.median(seconds), "loss": float(first_loss), "peak_bytes": peak, "flops_per_step": flops}
 
 
 def free(device):
@@ -232,7 +234,7 @@ def print_table(args, config, device, backends, results, tokens, auto_name):
           f"{args.dtype}, fwd+bwd+AdamW, median of {args.steps} steps after {args.warmup} warmup")
     print(f"device: {describe_device(device)}; torch {torch.__version__}")
     if timed:
-        print(f"FLOPs per token (6 params + 12 L H T): {timed[0]['flops_per_token'] / 1e9:.3f} G; MFU against "
+        print(f"FLOPs per step (encoder matmuls and attention per token, decoders per masked row): {timed[0]['flops_per_step'] / 1e12:.3f} T; MFU against "
               + (f"{peak / 1e12:.0f} TFLOP/s (dense bf16 peak)" if peak else "n/a (no known peak for this device)"))
     eager = results.get("eager")
     header = f"{'backend':<8} {'runs':<6} {'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'vs eager':>8} {'peak mem':>9} {'loss':>8}"
@@ -245,7 +247,7 @@ def print_table(args, config, device, backends, results, tokens, auto_name):
             print(f"{name:<8} {runs:<6} n/a ({r})")
             continue
         tokens_per_s = tokens / r["seconds"]
-        mfu = f"{tokens_per_s * r['flops_per_token'] / peak:.1%}" if peak else "n/a"
+        mfu = f"{r['flops_per_step'] / r['seconds'] / peak:.1%}" if peak else "n/a"
         ratio = f"{eager['seconds'] / r['seconds']:.2f}x" if isinstance(eager, dict) else "n/a"
         memory = f"{r['peak_bytes'] / 2**30:.1f} GiB" if r["peak_bytes"] is not None else "n/a"
         print(f"{name:<8} {runs:<6} {r['seconds'] * 1e3:>9.1f} {tokens_per_s:>11,.0f} {mfu:>6} {ratio:>8} "

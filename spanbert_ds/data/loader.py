@@ -13,6 +13,8 @@ exactly the batches it would have seen.
 
 from dataclasses import dataclass
 
+import signal
+
 import numpy as np
 import torch
 
@@ -93,4 +95,12 @@ def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers)
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
     )
+
+
+def _leave_stop_signals_to_the_trainer(worker_id):
+    # A scheduler signals the whole process group. Workers that died of it would take the training
+    # process down with them before it could save; the trainer decides when to stop, and ends them.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)

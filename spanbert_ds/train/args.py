@@ -23,7 +23,7 @@ def add_arguments(parser):
     run.add_argument("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM) (default: %(default)s)")
     run.add_argument("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
     run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints (default: %(default)s)")
-    run.add_argument("--steps", type=int, default=10000, help="optimizer steps in the whole run (default: %(default)s)")
+    run.add_argument("--steps", type=int, default=10000, help="optimizer steps in the whole run; the learning-rate schedule spans them, so raising it on resume stretches the decay (default: %(default)s)")
     run.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample including [CLS]/[SEP] (default: %(default)s)")
     run.add_argument("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout (default: %(default)s)")
     run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps, and always at the end (default: %(default)s)")

@@ -46,6 +46,8 @@ def complete_checkpoints(root):
     """The marker dicts of every complete checkpoint under `root`, oldest first."""
     found = []
     for marker in glob.glob(os.path.join(root, "step*", MARKER)):
+        if os.path.basename(os.path.dirname(marker)).endswith(UNIVERSAL_SUFFIX):
+            continue  # a converted copy of another checkpoint, not a checkpoint of its own
         try:
             with open(marker) as f:
                 found.append(json.load(f))

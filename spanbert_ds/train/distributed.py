@@ -4,6 +4,8 @@
 import os
 import socket
 
+from spanbert_ds.errors import UserError
+
 
 def fill_rank_environment():
     """Set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT where the launcher did not."""
@@ -13,9 +15,12 @@ def fill_rank_environment():
             env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
             env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
             env["LOCAL_RANK"] = env["OMPI_COMM_WORLD_LOCAL_RANK"]
-        elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+            if "MASTER_ADDR" not in env and env["OMPI_COMM_WORLD_SIZE"] != env.get("OMPI_COMM_WORLD_LOCAL_SIZE"):
+                raise UserError("mpirun across nodes needs the address of rank 0's host: add -x MASTER_ADDR=HOST (and -x MASTER_PORT=PORT)")
+        elif "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+            # An srun step (not the batch script itself, where SLURM_NTASKS describes the whole allocation).
             env["RANK"] = env["SLURM_PROCID"]
-            env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+            env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))
             env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         else:
             env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")

@@ -32,7 +32,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    rank, world_size, _ = fill_rank_environment()
+    # From the very start: a scheduler's stop signal during set-up (which can take minutes when a
+    # checkpoint is converted or loaded) is honoured at the first step boundary instead of killing the run.
+    stop = StopRequest()
+    rank, world_size, local_rank = fill_rank_environment()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before the first collective, so NCCL puts each rank on its own GPU
     try:
         setup = prepare(args, world_size, rank)
     except UserError:
@@ -40,7 +45,7 @@ def run(args):
             time.sleep(1.0)  # later, so that a launcher that stops all ranks on the first exit lets rank 0 speak
             raise SystemExit(UserError.exit_code)
         raise
-    return train(args, setup, rank, world_size)
+    return train(args, setup, rank, world_size, stop)
 
 
 class Setup:
@@ -134,13 +139,15 @@ def find_resume_point(args, ckpt_root):
     tag_dir = os.path.normpath(args.resume)
     if not os.path.isdir(tag_dir):
         raise UserError(f"--resume {args.resume}: no such checkpoint folder; use auto, none, or a folder like {ckpt_root}/step1000")
+    if tag_dir.endswith(checkpoint.UNIVERSAL_SUFFIX):
+        raise UserError(f"--resume {args.resume} is a converted copy; pass the checkpoint it was made from, {tag_dir[: -len(checkpoint.UNIVERSAL_SUFFIX)]}")
     info = checkpoint.read_marker(tag_dir)
     if os.path.abspath(os.path.dirname(tag_dir)) != os.path.abspath(ckpt_root):
         raise UserError(f"--resume {args.resume} is not under this run's checkpoints ({ckpt_root}); pass the run folder it belongs to as --output")
     return os.path.basename(tag_dir), info
 
 
-def train(args, s, rank, world_size):
+def train(args, s, rank, world_size, stop):
     import deepspeed
 
     from spanbert_ds.data.loader import micro_batch_loader
@@ -166,15 +173,20 @@ def train(args, s, rank, world_size):
         if load_path is None:
             raise UserError(f"DeepSpeed could not load checkpoint {os.path.join(s.ckpt_root, load_tag)}; delete it to resume from an earlier one")
         start_step = client_state["step"]
+        if load_tag.endswith(checkpoint.UNIVERSAL_SUFFIX):
+            # DeepSpeed 0.19.8's universal load under ZeRO-3 gives every parameter group the same `step`
+            # tensor, which torch's Adam then increments once per group at each step: give each its own.
+            set_adam_step(engine, client_state.get("adam_step"))
 
     accumulation = s.plan.accumulation
     loader = micro_batch_loader(s.samples, s.masker, s.plan, start_step * accumulation, (args.steps - start_step) * accumulation, args.num_workers)
-    monitor = Monitor(args.output, rank == 0, start_step, args.steps, flops_per_token(objective, args.max_seq_len))
+    monitor = Monitor(args.output, rank == 0, start_step, args.steps, *training_flops(objective, args.max_seq_len))
     if start_step and rank == 0:
         monitor.message(f"resumed from {load_tag} at step {start_step}")
-    stop = StopRequest()
     device = engine.device
-    sums = torch.zeros(len(PARTS) + 3, dtype=torch.float64, device=device)  # parts, tokens, samples, stop flag
+    # parts, real tokens, samples, rows through the vocabulary decoders, stop flag: one all-reduce per step
+    sums = torch.zeros(len(PARTS) + 4, dtype=torch.float64, device=device)
+    TOKENS, SAMPLES, DECODED, STOP = range(len(PARTS), len(PARTS) + 4)
     bad_steps, exit_code, step = 0, 0, start_step
 
     for micro_index, batch in enumerate(loader, start=start_step * accumulation):
@@ -184,18 +196,19 @@ def train(args, s, rank, world_size):
         engine.backward(out["loss"])
         engine.step()
         sums[: len(PARTS)] += torch.stack([out[p].detach().double() if p in out else sums.new_zeros(()) for p in PARTS])
-        sums[len(PARTS)] += batch["attention_mask"].sum()
-        sums[len(PARTS) + 1] += batch["input_ids"].shape[0]
+        sums[TOKENS] += batch["attention_mask"].sum()
+        sums[SAMPLES] += batch["input_ids"].shape[0]
+        sums[DECODED] += batch["mlm_positions"].numel() + batch["sbo_labels"].numel()
         if (micro_index + 1) % accumulation:
             continue
 
         step = (micro_index + 1) // accumulation
-        sums[-1] = 1.0 if stop.signal else 0.0
+        sums[STOP] = 1.0 if stop.signal else 0.0
         dist.all_reduce(sums)
         parts = (sums[: len(PARTS)] / (accumulation * world_size)).tolist()
-        tokens, samples, stop_requested = sums[len(PARTS)].item(), sums[len(PARTS) + 1].item(), sums[-1].item() > 0
+        stop_requested = sums[STOP].item() > 0
+        monitor.count(sums[TOKENS].item(), sums[SAMPLES].item(), sums[DECODED].item())
         sums.zero_()
-        monitor.count(tokens, samples)
 
         finite = all(map(_finite, parts))
         bad_steps = 0 if finite else bad_steps + 1
@@ -210,12 +223,17 @@ def train(args, s, rank, world_size):
             )
             exit_code = EXIT_DIVERGED
             break
-        if bad_steps == 0 and (step % args.save_every == 0 or step == args.steps or stop_requested):
+        saved = bad_steps == 0 and (step % args.save_every == 0 or step == args.steps or stop_requested)
+        if saved:
             save(engine, s, args, step, world_size)
         if stop_requested:
-            monitor.message(f"stop requested ({stop.signal or 'by another rank'}): saved {checkpoint.tag_of(step)}; resume with --resume auto")
+            what = f"saved {checkpoint.tag_of(step)}" if saved else "the loss is not finite, so nothing was saved and the latest checkpoint stays"
+            monitor.message(f"stop requested ({stop.signal or 'by another rank'}): {what}; resume with --resume auto")
             exit_code = EXIT_PREEMPTED
             break
+        if step == args.steps and bad_steps:
+            monitor.message(f"the run ended on a non-finite loss, so its last step was not saved; the latest checkpoint is kept")
+            exit_code = EXIT_DIVERGED
 
     monitor.close()
     if rank == 0 and exit_code == 0:
@@ -256,7 +274,7 @@ def prepare_resume(s, world_size, rank):
 
 
 def save(engine, s, args, step, world_size):
-    client_state = {"step": step, "samples_seen": step * s.plan.global_batch, "seed": args.seed, "torch_rng": torch.get_rng_state()}
+    client_state = {"step": step, "samples_seen": step * s.plan.global_batch, "seed": args.seed, "adam_step": adam_step(engine)}
     info = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(), "train_batch_size": s.plan.global_batch}
     checkpoint.save(engine, s.ckpt_root, step, client_state, args.keep_checkpoints, info)
 
@@ -281,11 +299,39 @@ def optimizer_scalars(engine):
     return scalars
 
 
-def flops_per_token(objective, seq_len):
-    """Training FLOPs per token: 6 per parameter plus attention's 12 * layers * hidden * seq (PaLM's estimate)."""
+def training_flops(objective, seq_len):
+    """(FLOPs per token, FLOPs per decoded row) of a training step, forward and backward (x3).
+
+    Per token: 2 per encoder weight (the embeddings are lookups, not matmuls) plus attention's
+    2 * 2 * layers * hidden * seq. Per row through a vocabulary decoder (MLM and SBO run on the
+    masked positions only): 2 * padded vocab * hidden, plus the head's own dense layers.
+    """
     config = objective.config
-    n_params = sum(p.numel() for p in objective.parameters())
-    return 6 * n_params + 12 * config.num_layers * config.hidden_size * seq_len
+    embeddings = sum(p.numel() for n, p in objective.named_parameters() if n.startswith("encoder.embeddings"))
+    encoder = sum(p.numel() for p in objective.encoder.parameters()) - embeddings
+    per_token = 3 * (2 * encoder + 4 * config.num_layers * config.hidden_size * seq_len)
+    per_row = 3 * (2 * config.padded_vocab_size * config.hidden_size + 2 * 2 * config.hidden_size**2)
+    return per_token, per_row
+
+
+def adam_step(engine):
+    """The optimizer's own step count (lower than the global step when fp16 skipped steps)."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in optimizer.state.values():
+        if "step" in state:
+            return float(state["step"])
+    return None
+
+
+def set_adam_step(engine, value):
+    if value is None:
+        return
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = torch.tensor(float(value), dtype=state["step"].dtype, device=state["step"].device)
+        elif "step" in state:
+            state["step"] = value
 
 
 def write_run_folder(args, s, world_size):

@@ -9,15 +9,20 @@ import time
 import torch
 from tqdm import tqdm
 
-# Dense bf16 peak of the GPUs we know, for model FLOPs utilisation. Unknown devices get no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12, "V100": 125e12}
+# Dense bf16/fp16 tensor-core peak of the GPUs we know, for model FLOPs utilisation, most specific
+# name first (an "L40S" must not match "L4"). Unknown devices get no MFU rather than a wrong one.
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12),
+    ("L4", 121e12), ("V100", 125e12),
+)
 
 
 def device_peak_flops():
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+    return next((peak for key, peak in PEAK_FLOPS if key in name), None)
 
 
 def peak_rss_gb():
@@ -27,12 +32,12 @@ def peak_rss_gb():
 
 
 class Monitor:
-    def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token):
+    def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token, flops_per_decoded_row):
         self.enabled = enabled
-        self.flops_per_token = flops_per_token
+        self.flops_per_token, self.flops_per_decoded_row = flops_per_token, flops_per_decoded_row
         self.peak = device_peak_flops()
         self.last_time, self.last_step = time.perf_counter(), first_step
-        self.tokens = self.samples = 0
+        self.tokens = self.samples = self.decoded = 0
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -41,10 +46,11 @@ class Monitor:
         self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.bar = tqdm(total=total_steps, initial=first_step, desc="pretraining", unit="step", dynamic_ncols=True)
 
-    def count(self, tokens, samples):
-        """Add one global step's real (non-padding) tokens and samples to the throughput window."""
+    def count(self, tokens, samples, decoded_rows):
+        """Add one global step's real (non-padding) tokens, samples and rows through the vocabulary decoders."""
         self.tokens += tokens
         self.samples += samples
+        self.decoded += decoded_rows
 
     def log(self, step, scalars):
         """Write `scalars` (the objective's parts, lr, grad norm, ...) plus throughput and memory for `step`."""
@@ -57,11 +63,12 @@ class Monitor:
             metrics["steps_per_s"] = steps / seconds
             if self.peak:
                 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-                metrics["mfu"] = metrics["tokens_per_s"] * self.flops_per_token / (self.peak * world)
+                flops = self.tokens * self.flops_per_token + self.decoded * self.flops_per_decoded_row
+                metrics["mfu"] = flops / seconds / (self.peak * world)
         metrics["rss_peak_gb"] = peak_rss_gb()
         if torch.cuda.is_available():
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        self.last_time, self.last_step, self.tokens, self.samples = now, step, 0, 0
+        self.last_time, self.last_step, self.tokens, self.samples, self.decoded = now, step, 0, 0, 0
         if not self.enabled:
             return metrics
         for name, value in metrics.items():
