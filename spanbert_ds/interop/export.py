@@ -71,7 +71,7 @@ def load_run(run_dir, tag=None):
 
         state = get_fp32_state_dict_from_zero_checkpoint(ckpt_root, tag=tag)
     else:
-        state = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=True)["module"]
+        state = _zero0_fp32_state(objective, os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
     missing, unexpected = objective.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     # Tied decoders may be stored once, as the word embedding; anything else missing is a mismatch.
     missing = [name for name in missing if name not in TIED]
@@ -79,3 +79,23 @@ def load_run(run_dir, tag=None):
         raise UserError(f"checkpoint {tag_dir} does not match the run's model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return objective, tag
 
+
+
+def _zero0_fp32_state(objective, path):
+    """The module's weights of a ZeRO-0 checkpoint, in fp32 even under bf16/fp16.
+
+    Under mixed precision the module copy is rounded to 16 bits; the optimizer keeps the fp32
+    masters as lists in the order of the training loop's parameter groups, which map them back.
+    """
+    from spanbert_ds.train.loop import parameter_groups
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = dict(saved["module"])
+    masters = saved.get("optimizer", {}).get("fp32_groups") if isinstance(saved.get("optimizer"), dict) else None
+    if masters:
+        name_of = {id(p): n for n, p in objective.named_parameters()}
+        groups = parameter_groups(objective, {"optimizer": {}})
+        for group, group_masters in zip(groups, masters):
+            for param, master in zip(group["params"], group_masters):
+                state[name_of[id(param)]] = master.view(param.shape)
+    return state

@@ -29,7 +29,7 @@ def ds_config(tmp_dir, stage, micro=MICRO, **extra):
         "zero_optimization": {"stage": stage},
         **extra,
     }
-    path = os.path.join(tmp_dir, f"zero{stage}_micro{micro}.json")
+    path = os.path.join(tmp_dir, "_".join([f"zero{stage}", f"micro{micro}", *sorted(extra)]) + ".json")
     with open(path, "w") as f:
         json.dump(config, f)
     return path
@@ -292,3 +292,20 @@ def test_init_from_a_hugging_face_bert_takes_its_shape_and_weights(tmp_path):
     assert "loaded 77 tensors; initialised 15 (mlm_head, sbo_head)" in done.stderr
     model = json.load(open(tmp_path / "run" / "model_config.json"))
     assert (model["num_layers"], model["hidden_size"], model["vocab_size"]) == (6, 384, 30522)
+
+
+def test_export_of_a_zero0_bf16_run_takes_the_fp32_master_weights(work):
+    import torch
+
+    from spanbert_ds.interop.export import load_run
+
+    tmp, shards = work
+    out = str(tmp / "zero0_bf16")
+    check(launch(train_args(shards, out, ds_config(tmp, 0, micro=8, bf16={"enabled": True}), steps=2), ranks=1, launcher="python"))
+    objective, tag = load_run(out)
+    module = torch.load(os.path.join(out, "checkpoints", tag, "mp_rank_00_model_states.pt"), weights_only=True)["module"]
+    exported = objective.state_dict()
+    assert all(module[name].dtype == torch.bfloat16 for name in module)
+    # Each exported weight is the fp32 master of exactly the module's bf16 copy (a wrong mapping breaks this).
+    assert all(torch.equal(exported[name].bfloat16(), module[name]) for name in module)
+    assert any(not torch.equal(exported[name], module[name].float()) for name in module)
