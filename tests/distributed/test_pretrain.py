@@ -91,8 +91,10 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     out = str(tmp / f"killed{stage}")
     args = train_args(shards, out, ds_config(tmp, stage))
     process = start(args, ranks=2, launcher="deepspeed")
-    # Kill once step 3 is logged: the step-2 checkpoint is complete, step 3 is past it.
-    assert wait_for(lambda: 3 in losses(out), process), "the run never reached step 3"
+    # Kill as soon as the step-2 checkpoint is complete: mid-run, with steps done after it to be redone.
+    marker = os.path.join(out, "checkpoints", "step2", "complete.json")
+    assert wait_for(lambda: os.path.exists(marker), process), "the run never saved step 2"
+    assert process.poll() is None, "the run finished before it could be killed"
     kill_tree(process)
     check(launch(args, ranks=2, launcher="deepspeed"))
     assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
