@@ -8,11 +8,11 @@ format and says where everything is.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.train.distributed import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def run(args):
 
     _step(f"3/4 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, {args.ranks} CPU ranks, ZeRO-2")
     command = [
-        _deepspeed_launcher(), "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        _deepspeed_launcher(), "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         train_script, "--deepspeed_config", args.deepspeed_config, "--model", args.model, "--objective", "spanbert",
         "--data", shards, "--output", run_dir, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
         "--save-every", str(args.steps), "--log-every", "5", "--num-workers", "1", "--resume", "none",
@@ -83,9 +83,3 @@ def _call(command, **kwargs):
     done = subprocess.run(command, **kwargs)
     if done.returncode != 0:
         raise UserError(f"`{' '.join(command[:4])} ...` failed with exit code {done.returncode} (its output is above)")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

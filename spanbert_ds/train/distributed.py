@@ -24,14 +24,15 @@ def fill_rank_environment():
             env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         else:
             env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            env.setdefault("MASTER_PORT", str(_free_port()))
+            env.setdefault("MASTER_PORT", str(free_port()))
     # Multi-rank launches outside a cluster scheduler stay on this machine's loopback.
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", "29500")
     return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
 
 
-def _free_port():
+def free_port():
+    """A TCP port that is free on loopback now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -3,20 +3,15 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+from spanbert_ds.train.distributed import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "train.py")
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment():

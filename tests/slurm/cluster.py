@@ -3,9 +3,10 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
+
+from spanbert_ds.train.distributed import free_port
 
 CONF = """\
 ClusterName=ci
@@ -51,7 +52,7 @@ class Cluster:
         self.conf = os.path.join(self.dir, "slurm.conf")
         with open(self.conf, "w") as f:
             # Ports of our own, so that no other cluster on this machine (a test run before) answers.
-            f.write(CONF.format(dir=self.dir, cpus=os.cpu_count(), ctld_port=_free_port(), d_port=_free_port()))
+            f.write(CONF.format(dir=self.dir, cpus=os.cpu_count(), ctld_port=free_port(), d_port=free_port()))
         self.env = dict(os.environ, SLURM_CONF=self.conf)
 
     def start(self):
@@ -79,9 +80,3 @@ class Cluster:
         """`scontrol show job` as a dict of its key=value fields."""
         text = subprocess.run(["scontrol", "show", "job", str(job_id)], env=self.env, capture_output=True, text=True).stdout
         return dict(field.split("=", 1) for field in text.split() if "=" in field)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
