@@ -4,6 +4,7 @@ ZeRO shards are consolidated with DeepSpeed's zero_to_fp32; the folder itself is
 written by interop/hf.py, the one place that knows Hugging Face's names.
 """
 
+import json
 import os
 import shutil
 
@@ -22,8 +23,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    import json
-
     from spanbert_ds.interop.hf import export_hf
 
     objective, tag = load_run(args.run, args.checkpoint)
@@ -37,15 +36,11 @@ def run(args):
         os.replace(tmp, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(args.run, "run_config.json")) as f:
-        objective_name = json.load(f)["objective"]
-    print(f"exported {objective_name} model of {os.path.join(args.run, 'checkpoints', tag)} to {args.out} (load it with transformers.BertForPreTraining.from_pretrained)")
+    print(f"exported {objective.name} model of {os.path.join(args.run, 'checkpoints', tag)} to {args.out} (load it with transformers.BertForPreTraining.from_pretrained)")
 
 
 def load_run(run_dir, tag=None):
     """(objective with the checkpoint's fp32 weights, tag) of a run folder."""
-    import json
-
     from spanbert_ds.model.config import ModelConfig
     from spanbert_ds.model.objectives import OBJECTIVES
 
@@ -80,7 +75,6 @@ def load_run(run_dir, tag=None):
     return objective, tag
 
 
-
 def _zero0_fp32_state(objective, path):
     """The module's weights of a ZeRO-0 checkpoint, in fp32 even under bf16/fp16.
 
@@ -91,7 +85,8 @@ def _zero0_fp32_state(objective, path):
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     state = dict(saved["module"])
-    masters = saved.get("optimizer", {}).get("fp32_groups") if isinstance(saved.get("optimizer"), dict) else None
+    optimizer = saved.get("optimizer")
+    masters = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
     if masters:
         name_of = {id(p): n for n, p in objective.named_parameters()}
         groups = parameter_groups(objective, {"optimizer": {}})

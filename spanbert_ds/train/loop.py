@@ -6,6 +6,7 @@ work, the data plan of this rank, resume, logging, checkpoints and signals.
 """
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -57,7 +58,6 @@ def prepare(args, world_size, rank):
     from spanbert_ds.data.masking import MASKERS
     from spanbert_ds.data.packing import PackedSamples
     from spanbert_ds.data.shards import Shards
-    from spanbert_ds.model.config import ModelConfig
     from spanbert_ds.model.objectives import OBJECTIVES
 
     check_run_args(args)
@@ -210,7 +210,7 @@ def train(args, s, rank, world_size, stop):
         monitor.count(sums[TOKENS].item(), sums[SAMPLES].item(), sums[DECODED].item())
         sums.zero_()
 
-        finite = all(map(_finite, parts))
+        finite = all(map(math.isfinite, parts))
         bad_steps = 0 if finite else bad_steps + 1
         if step % args.log_every == 0 or step == args.steps or not finite or stop_requested:
             scalars = {p: v for p, v in zip(PARTS, parts) if p in out}
@@ -314,10 +314,14 @@ def training_flops(objective, seq_len):
     return per_token, per_row
 
 
+def _adam_states(engine):
+    """The per-parameter states of the torch optimizer inside DeepSpeed's wrapper (if any)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer).state.values()
+
+
 def adam_step(engine):
     """The optimizer's own step count (lower than the global step when fp16 skipped steps)."""
-    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in optimizer.state.values():
+    for state in _adam_states(engine):
         if "step" in state:
             return float(state["step"])
     return None
@@ -326,8 +330,7 @@ def adam_step(engine):
 def set_adam_step(engine, value):
     if value is None:
         return
-    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in optimizer.state.values():
+    for state in _adam_states(engine):
         if torch.is_tensor(state.get("step")):
             state["step"] = torch.tensor(float(value), dtype=state["step"].dtype, device=state["step"].device)
         elif "step" in state:
@@ -356,10 +359,6 @@ def write_run_folder(args, s, world_size):
     }
     with open(os.path.join(args.output, "run_config.json"), "w") as f:
         json.dump(resolved, f, indent=2, default=str)
-
-
-def _finite(value):
-    return value == value and abs(value) != float("inf")
 
 
 def _git_commit():
