@@ -50,7 +50,7 @@ def run(args):
         "--save-every", str(args.steps), "--log-every", "5", "--num-workers", "1", "--resume", "none",
     ]
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS=str(max(1, os.cpu_count() // args.ranks)))
-    _call(command, env=env, cwd=os.getcwd())
+    _call(command, env=env)
 
     _step(f"4/4 exporting to the Hugging Face format in {hf_dir}")
     _call([sys.executable, "-m", "spanbert_ds.cli", "export", run_dir, hf_dir, "--overwrite"])
