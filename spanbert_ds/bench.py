@@ -27,6 +27,7 @@ import torch
 from spanbert_ds import kernels
 from spanbert_ds.data.masking import MaskingConfig, SpanMasker
 from spanbert_ds.errors import UserError
+from spanbert_ds.kernels import fastest
 from spanbert_ds.model.config import ATTENTION_BACKEND_NAMES, ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.train.loop import training_flops
@@ -81,10 +82,10 @@ def spanbert_batch(vocab_size, batch_size, seq_len, seed=0):
 # timing
 
 def auto_resolves_to(device):
-    """(backend, why) that the `auto` attention backend runs on `device`.
+    """(attention backend, why) that `auto` ran on `device`, read after it ran.
 
-    Mirrors model/attention.py's auto_attention: the fused kernel on CUDA when Triton runs there and
-    the kernels pass their self-check (cached per device, so asking again costs nothing), else SDPA.
+    On CUDA `auto` times the fused kernel against SDPA per shape class (kernels/fastest.py); this reports
+    what those timings chose. Elsewhere it is SDPA, and the reason is said.
     """
     if device.type != "cuda":
         return "sdpa", f"{device.type} is not a CUDA device"
@@ -92,7 +93,13 @@ def auto_resolves_to(device):
         return "sdpa", "Triton does not import"
     if not kernels.self_check(device):
         return "sdpa", "the fused kernels failed their self-check (see the warning above)"
-    return "fused", f"the fused kernels passed their self-check on {device}"
+    timed = [(key, choice) for key, choice in fastest.choices().items() if key[0] == "attention"]
+    if not timed:
+        return "n/a", "auto did not run"
+    names = sorted({name for _, (name, _) in timed})
+    why = "; ".join(", ".join(f"{n} {ms:.3f} ms" for n, ms in medians.items()) + f" per call at T<={key[5]}"
+                    for key, (_, medians) in timed)
+    return "+".join(names), f"timed fused against SDPA, one forward + backward each: {why}"
 
 
 def time_backend(config, batch, device, amp_dtype, steps, warmup, seed):
@@ -253,4 +260,9 @@ def print_table(args, config, device, backends, results, tokens, auto_name):
         print(f"{name:<8} {runs:<6} {r['seconds'] * 1e3:>9.1f} {tokens_per_s:>11,.0f} {mfu:>6} {ratio:>8} "
               f"{memory:>9} {r['loss']:>8.4f}")
     print("(vs eager: eager's step time / this one's, > 1 is faster; loss: the first step's, a sanity check; "
-          "on CUDA every row's heads use the fused bias-GeLU-LayerNorm unless SPANBERT_DS_KERNELS=reference)")
+          "on CUDA the heads' bias-GeLU-LayerNorm is the faster of the fused kernel and eager PyTorch, timed, "
+          "unless SPANBERT_DS_KERNELS forces one)")
+    for key, (name, medians) in fastest.choices().items():
+        if key[0] == "bias_gelu_layernorm":
+            print(f"bias-GeLU-LayerNorm auto, up to {key[4]} rows x {key[3]}: {name} ("
+                  + ", ".join(f"{n} {ms:.3f} ms" for n, ms in medians.items()) + ")")

@@ -1,7 +1,8 @@
 """Fused kernels (Triton) with their plain PyTorch references, behind two dispatchers.
 
-- `bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)`: the Triton kernel when x is on CUDA and Triton
-  imports, else the reference (it is a pure speed-up, so falling back is fine).
+- `bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)`: on CUDA, the faster of the Triton kernel and
+  the reference (timed once per shape class by `fastest`) when the kernels pass their self-check; the
+  reference elsewhere (it is a pure speed-up, so falling back is fine).
 - `fused_attention(q, k, v, key_padding_mask, dropout_p, scale)`: the Triton flash-attention kernel, or a
   UserError saying why it cannot run. Someone who asked for "fused" gets it or an error, never a
   silent fallback. `fused_attention_varlen` is the same on packed (total_tokens, H, D) sequences.
@@ -10,6 +11,8 @@ Triton is imported only when a kernel is first used, so the CPU path never pays 
 without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is set before triton is
 imported (the tests do this). SPANBERT_DS_KERNELS=reference|triton|auto (default auto) forces the choice of
 `bias_gelu_layernorm`; "triton" on CPU needs the interpreter.
+
+`fastest.py` holds the timing that the `auto` choices use.
 """
 
 import functools
@@ -20,7 +23,7 @@ import os
 import torch
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.kernels import reference
+from spanbert_ds.kernels import fastest, reference
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -47,6 +50,12 @@ def _runs_here(t):
     return _triton_error() is None and (t.is_cuda or (interpreting() and t.device.type == "cpu"))
 
 
+def auto_may_fuse(t):
+    """May an `auto` choice consider the fused kernels for tensors like t? On CUDA, with Triton importable
+    and the self-check passed on t's device (cached); never on the CPU, where the interpreter is for tests."""
+    return t.is_cuda and _triton_error() is None and self_check(t.device)
+
+
 def fused_available():
     """Can the fused kernels run on this machine (a CUDA GPU, or the interpreter) with Triton installed?"""
     return _triton_error() is None and (torch.cuda.is_available() or interpreting())
@@ -55,30 +64,41 @@ def fused_available():
 # --------------------------------------------------------------------------------------------------
 # bias + GeLU + LayerNorm
 
-def _gelu_layernorm_uses_triton(x):
+def _gelu_layernorm_mode(x):
+    """"triton", "reference" or "auto" (time both) for this x, from SPANBERT_DS_KERNELS and the machine."""
     mode = os.environ.get("SPANBERT_DS_KERNELS", "auto")
     if mode not in ("auto", "triton", "reference"):
         raise UserError(f"SPANBERT_DS_KERNELS={mode!r} is not a choice; set it to auto, triton or reference")
     if mode == "reference":
-        return False
+        return mode
     if mode == "triton" and not _runs_here(x):
         raise UserError(f"SPANBERT_DS_KERNELS=triton but the Triton kernel cannot run on {x.device} "
                         f"({_why_not(x)}); unset SPANBERT_DS_KERNELS to use the reference")
-    if mode == "auto" and not (x.is_cuda and _triton_error() is None):
-        return False
+    if mode == "auto" and not auto_may_fuse(x):
+        return "reference"
     from spanbert_ds.kernels import gelu_layernorm
 
-    return x.dtype in _FLOATS and x.shape[-1] <= gelu_layernorm.MAX_HIDDEN
+    if x.dtype not in _FLOATS or x.shape[-1] > gelu_layernorm.MAX_HIDDEN:
+        return "reference"
+    return mode
 
 
 def bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps=1e-12):
-    """LayerNorm(GeLU_erf(x + bias)) over the last dim: fused on CUDA, the PyTorch reference elsewhere."""
-    if x.is_cuda or os.environ.get("SPANBERT_DS_KERNELS", "auto") != "auto":
-        if _gelu_layernorm_uses_triton(x):
-            from spanbert_ds.kernels import gelu_layernorm
+    """LayerNorm(GeLU_erf(x + bias)) over the last dim: fused on CUDA where faster, the PyTorch reference elsewhere."""
+    mode = _gelu_layernorm_mode(x)
+    if mode == "reference":
+        return reference.bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)
+    from spanbert_ds.kernels import gelu_layernorm
 
-            return gelu_layernorm.bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)
-    return reference.bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps)
+    impls = {"triton": gelu_layernorm.bias_gelu_layernorm, "reference": reference.bias_gelu_layernorm}
+    if mode == "auto":
+        inputs = (x, bias, ln_weight, ln_bias)
+        rows = x.numel() // x.shape[-1]
+        key = ("bias_gelu_layernorm", str(x.device), x.dtype, x.shape[-1], fastest.size_class(rows),
+               torch.is_grad_enabled())
+        mode = fastest.fastest(key, lambda: {name: fastest.trial(fn, inputs, eps) for name, fn in impls.items()},
+                               x.device)
+    return impls[mode](x, bias, ln_weight, ln_bias, eps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ q, k, v: (B, H, T, D); key_padding_mask: bool (B, T), True for real tokens.
 They give the same numbers (tests/model/test_attention_backends.py); pick by speed.
 """
 
+import torch
 import torch.nn.functional as F
 
 from spanbert_ds import kernels
 from spanbert_ds.errors import UserError
-from spanbert_ds.kernels import reference
+from spanbert_ds.kernels import fastest, reference
 
 
 def eager_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
@@ -36,11 +37,19 @@ def fused_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
 
 
 def auto_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
-    """The fused kernel on CUDA when Triton runs there and the kernels pass their self-check, else SDPA."""
-    use_fused = q.is_cuda and kernels.fused_available() and kernels.self_check(q.device)  # cached per device
-    fn = fused_attention if use_fused else sdpa_attention
-    return fn(q, k, v, key_padding_mask, dropout_p, scale)
+    """On CUDA, the faster of the fused kernel and SDPA for this shape class, timed once per process
+    (kernels/fastest.py), if the fused kernels pass their self-check; SDPA everywhere else."""
+    if not kernels.auto_may_fuse(q):
+        return sdpa_attention(q, k, v, key_padding_mask, dropout_p, scale)
+    _, h, t, d = q.shape
+    key = ("attention", str(q.device), q.dtype, h, d, fastest.size_class(t), key_padding_mask is not None,
+           dropout_p > 0.0, torch.is_grad_enabled() and q.requires_grad)
+    chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v), key_padding_mask, dropout_p, scale)
+                                           for name, fn in AUTO_CANDIDATES.items()}, q.device)
+    return AUTO_CANDIDATES[chosen](q, k, v, key_padding_mask, dropout_p, scale)
 
+
+AUTO_CANDIDATES = {"fused": fused_attention, "sdpa": sdpa_attention}  # what `auto` times against each other
 
 ATTENTION_BACKENDS = {
     "eager": eager_attention,
