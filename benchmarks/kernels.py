@@ -165,6 +165,8 @@ def run_cases(device, dtype):
                 ("eager", reference.bias_gelu_layernorm, inputs),
                 ("torch.compile", compiled(reference.bias_gelu_layernorm), inputs),
             ], bytes_moved, gbps, lambda out: torch.randn_like(out))
+            notes.append(f"bias_gelu_ln {n_rows}x{hidden} ours: autotuned forward {tuned(gelu_layernorm._bias_gelu_ln_fwd)}; "
+                         f"backward {tuned(gelu_layernorm._bias_gelu_ln_bwd)}")
             del x, params, inputs
 
     if ARGS.only in (None, "attention"):
@@ -199,6 +201,22 @@ def run_cases(device, dtype):
             ], flops, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
             del q, k, v
     return rows, notes
+
+
+def tuned(kernel):
+    """The config a Triton autotuner chose last, and how the others it timed compared (ms)."""
+    best = getattr(kernel, "best_config", None)
+    if best is None:
+        return "n/a"
+    text = f"{best.kwargs} num_warps={best.num_warps}"
+    def ms(timing):  # do_bench returns a float, or a list when asked for quantiles
+        return timing[0] if isinstance(timing, (list, tuple)) else timing
+
+    ranked = sorted((getattr(kernel, "configs_timings", None) or {}).items(), key=lambda kv: ms(kv[1]))
+    if ranked:
+        shown = ranked[:5] + ranked[-1:] if len(ranked) > 6 else ranked  # the best few and the worst
+        text += " (timed, ms: " + ", ".join(f"{c.kwargs} w{c.num_warps} {ms(t):.3f}" for c, t in shown) + ")"
+    return text
 
 
 def peak_bandwidth(device):

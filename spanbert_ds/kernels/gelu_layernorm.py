@@ -33,10 +33,24 @@ def _fwd_configs():
     return [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4, 8) for w in (4, 8)]
 
 
+# The backward is bound by how many bytes each SM has in flight: rows per iteration (ROWS), programs per
+# SM (PER_SM, which also sets how many partial rows the caller reduces) and loop pipelining (STAGES,
+# prefetching the next rows while this one is reduced) trade that against registers, so all three are tuned.
+_BWD_PER_SM = (2, 8)
+
+
 def _bwd_configs():
     if _INTERPRET:
-        return [triton.Config({"ROWS": 4}, num_warps=1)]
-    return [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4) for w in (4, 8)]
+        return [triton.Config({"ROWS": 4, "PER_SM": 1, "STAGES": 1}, num_warps=1)]
+    return [triton.Config({"ROWS": r, "PER_SM": p, "STAGES": s}, num_warps=w)
+            for r in (1, 2, 4) for w in (4, 8) for p in _BWD_PER_SM for s in (1, 2)]
+
+
+def _prune_bwd_configs(configs, named_args, **kwargs):
+    """Drop configs that would hold more than 32 values per thread in each row tile (register spills)."""
+    block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
+    fits = [c for c in configs if c.kwargs["ROWS"] * block_n <= 32 * 32 * c.num_warps]
+    return fits or configs[:1]
 
 
 @triton.autotune(configs=_fwd_configs(), key=["N", "BLOCK_N"])
@@ -69,12 +83,14 @@ def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, N, eps,
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.autotune(configs=_bwd_configs(), key=["N", "BLOCK_N"])
+@triton.autotune(configs=_bwd_configs(), key=["N", "BLOCK_N"],
+                 prune_configs_by={"early_config_prune": _prune_bwd_configs})
 @triton.jit
-def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N,
-                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N, SECTION,
+                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr, PER_SM: tl.constexpr, STAGES: tl.constexpr):
     # persistent: program p handles row blocks p, p + n_programs, ... and keeps its share of
-    # dbias, dw, dbeta in registers; PARTIAL[3, n_programs, N] is reduced by the caller
+    # dbias, dw, dbeta in registers, stored at PARTIAL[k * SECTION + p * N] (k = 0, 1, 2) for the caller
+    # to reduce. PER_SM is read by the launch grid only.
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
@@ -86,7 +102,7 @@ def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N,
     acc_dbeta = tl.zeros([BLOCK_N], dtype=tl.float32)
 
     n_blocks = tl.cdiv(n_rows, ROWS)
-    for block in range(pid, n_blocks, n_programs):
+    for block in tl.range(pid, n_blocks, n_programs, num_stages=STAGES):
         rows = block * ROWS + tl.arange(0, ROWS)
         row_ok = rows < n_rows
         mask = row_ok[:, None] & col_ok[None, :]
@@ -114,17 +130,18 @@ def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N,
 
     out = PARTIAL + pid * N + cols
     tl.store(out, acc_dbias, mask=col_ok)
-    tl.store(out + n_programs * N, acc_dw, mask=col_ok)
-    tl.store(out + 2 * n_programs * N, acc_dbeta, mask=col_ok)
+    tl.store(out + SECTION, acc_dw, mask=col_ok)
+    tl.store(out + 2 * SECTION, acc_dbeta, mask=col_ok)
 
 
-def _n_programs(device, n_rows):
-    """Enough persistent programs to fill the GPU, few under the interpreter."""
-    if device.type == "cuda":
-        cap = torch.cuda.get_device_properties(device).multi_processor_count * 8
-    else:
-        cap = 4
-    return max(1, min(cap, n_rows))
+def _n_programs(n_sm, n_rows, config):
+    """Persistent programs launched for a config: PER_SM per multiprocessor, no more than row blocks."""
+    return max(1, min(n_sm * config["PER_SM"], triton.cdiv(n_rows, config["ROWS"])))
+
+
+def _multiprocessors(device):
+    """The GPU's SM count; under the interpreter a few programs stand in for it."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 class BiasGeluLayerNorm(torch.autograd.Function):
@@ -154,11 +171,16 @@ class BiasGeluLayerNorm(torch.autograd.Function):
         rows, n = x2.shape
         dy2 = dy.reshape(-1, n).contiguous()
         dx = torch.empty_like(x2)
-        n_programs = _n_programs(x2.device, rows)
-        partial = torch.zeros(3, n_programs, n, dtype=torch.float32, device=x2.device)
+        n_sm = _multiprocessors(x2.device)
+        most = _n_programs(n_sm, rows, {"PER_SM": max(_BWD_PER_SM), "ROWS": 1})
+        partial = torch.zeros(3, most, n, dtype=torch.float32, device=x2.device)
         if rows > 0:
-            _bias_gelu_ln_bwd[(n_programs,)](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, n,
-                                             BLOCK_N=triton.next_power_of_2(n))
+            grid = lambda meta: (_n_programs(n_sm, rows, meta),)  # noqa: E731
+            _bias_gelu_ln_bwd[grid](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, n, most * n,
+                                    BLOCK_N=triton.next_power_of_2(n))
+            # autotuning ran other configs into the same buffer: reduce only what the chosen one wrote
+            used = _n_programs(n_sm, rows, _bias_gelu_ln_bwd.best_config.kwargs)
+            partial = partial[:, :used]
         dbias, dw, dbeta = partial.sum(dim=1)
         return (dx.view(ctx.shape), dbias.to(bias.dtype), dw.to(ln_weight.dtype),
                 dbeta.to(ctx.ln_bias_dtype), None)
