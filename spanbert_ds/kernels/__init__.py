@@ -10,7 +10,8 @@
 Triton is imported only when a kernel is first used, so the CPU path never pays for it. On a machine
 without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is set before triton is
 imported (the tests do this). SPANBERT_DS_KERNELS=reference|triton|auto (default auto) forces the choice of
-`bias_gelu_layernorm`; "triton" on CPU needs the interpreter.
+`bias_gelu_layernorm`; "triton" on CPU needs the interpreter. SPANBERT_DS_AUTOTUNE=0 skips Triton's
+autotuning (each kernel's first config).
 
 `fastest.py` holds the timing that the `auto` choices use.
 """

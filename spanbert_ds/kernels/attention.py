@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_AUTOTUNE = os.environ.get("SPANBERT_DS_AUTOTUNE", "1") != "0"  # 0: each kernel's first config, no tuning
 _LOG2E = 1.4426950408889634
 # Triton 3.9's interpreter multiplies bf16 tiles as their raw uint16 bits in tl.dot; feeding it fp32 copies
 # computes what the GPU computes (bf16 products are exact in fp32, accumulation is fp32).
@@ -38,17 +39,19 @@ def _configs():
     if _INTERPRET:  # the interpreter is sequential: one small config that still crosses block edges
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     # a handful, so that tuning a new shape costs seconds: (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
-                               (128, 128, 8, 2), (64, 32, 4, 4))]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+                                  (128, 128, 8, 2), (64, 32, 4, 4))]
+    return configs if _AUTOTUNE else configs[:1]
 
 
 def _bwd_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 3),
-                               (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2))]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in ((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 3),
+                                  (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2))]
+    return configs if _AUTOTUNE else configs[:1]
 
 
 # T_BUCKET (T rounded up to a power of 2) rather than T: varlen batches change max_seqlen every step and

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_AUTOTUNE = os.environ.get("SPANBERT_DS_AUTOTUNE", "1") != "0"  # 0: each kernel's first config, no tuning
 MAX_HIDDEN = 16384  # one row must fit in a program's registers
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2); kernels read only constexpr globals
@@ -30,20 +31,22 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2 pi)
 def _fwd_configs():
     if _INTERPRET:  # one small config: the interpreter runs programs one after the other
         return [triton.Config({"ROWS": 4}, num_warps=1)]
-    return [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4, 8) for w in (4, 8)]
+    configs = [triton.Config({"ROWS": r}, num_warps=w) for r in (1, 2, 4, 8) for w in (4, 8)]
+    return configs if _AUTOTUNE else configs[:1]
 
 
 # The backward is bound by how many bytes each SM has in flight: rows per iteration (ROWS), programs per
 # SM (PER_SM, which also sets how many partial rows the caller reduces) and loop pipelining (STAGES,
 # prefetching the next rows while this one is reduced) trade that against registers, so all three are tuned.
-_BWD_PER_SM = (2, 8)
+_BWD_PER_SM = (8, 2)
 
 
 def _bwd_configs():
     if _INTERPRET:
         return [triton.Config({"ROWS": 4, "PER_SM": 1, "STAGES": 1}, num_warps=1)]
-    return [triton.Config({"ROWS": r, "PER_SM": p, "STAGES": s}, num_warps=w)
-            for r in (1, 2, 4) for w in (4, 8) for p in _BWD_PER_SM for s in (1, 2)]
+    configs = [triton.Config({"ROWS": r, "PER_SM": p, "STAGES": s}, num_warps=w)
+               for r in (1, 2, 4) for w in (4, 8) for p in _BWD_PER_SM for s in (1, 2)]
+    return configs if _AUTOTUNE else configs[:1]
 
 
 def _prune_bwd_configs(configs, named_args, **kwargs):
