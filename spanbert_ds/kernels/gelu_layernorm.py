@@ -35,6 +35,8 @@ def _fwd_configs():
     return configs if _AUTOTUNE else configs[:1]
 
 
+# N (the hidden size) is a compile-time constant: a model has one or two, and knowing it lets the compiler
+# drop the column masks and vectorise the loads and stores.
 # The backward is bound by how many bytes each SM has in flight: rows per iteration (ROWS), programs per
 # SM (PER_SM, which also sets how many partial rows the caller reduces) and loop pipelining (STAGES,
 # prefetching the next rows while this one is reduced) trade that against registers, so all three are tuned.
@@ -58,8 +60,8 @@ def _prune_bwd_configs(configs, named_args, **kwargs):
 
 @triton.autotune(configs=_fwd_configs(), key=["N", "BLOCK_N"])
 @triton.jit
-def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, N, eps,
-                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, eps,
+                      N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
     # one program normalises ROWS rows; x is read once, y written once
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
@@ -89,8 +91,8 @@ def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, N, eps,
 @triton.autotune(configs=_bwd_configs(), key=["N", "BLOCK_N"],
                  prune_configs_by={"early_config_prune": _prune_bwd_configs})
 @triton.jit
-def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, N, SECTION,
-                      BLOCK_N: tl.constexpr, ROWS: tl.constexpr, PER_SM: tl.constexpr, STAGES: tl.constexpr):
+def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, SECTION,
+                      N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, PER_SM: tl.constexpr, STAGES: tl.constexpr):
     # persistent: program p handles row blocks p, p + n_programs, ... and keeps its share of
     # dbias, dw, dbeta in registers, stored at PARTIAL[k * SECTION + p * N] (k = 0, 1, 2) for the caller
     # to reduce. PER_SM is read by the launch grid only.
@@ -161,8 +163,8 @@ class BiasGeluLayerNorm(torch.autograd.Function):
         block_n = triton.next_power_of_2(n)
         if rows > 0:
             grid = lambda meta: (triton.cdiv(rows, meta["ROWS"]),)  # noqa: E731
-            _bias_gelu_ln_fwd[grid](x2, bias, ln_weight, ln_bias, y, mean, rstd, rows, n, eps,
-                                    BLOCK_N=block_n)
+            _bias_gelu_ln_fwd[grid](x2, bias, ln_weight, ln_bias, y, mean, rstd, rows, eps,
+                                    N=n, BLOCK_N=block_n)
         ctx.save_for_backward(x2, bias, ln_weight, mean, rstd)
         ctx.shape = shape
         ctx.ln_bias_dtype = ln_bias.dtype
@@ -179,8 +181,8 @@ class BiasGeluLayerNorm(torch.autograd.Function):
         partial = torch.zeros(3, most, n, dtype=torch.float32, device=x2.device)
         if rows > 0:
             grid = lambda meta: (_n_programs(n_sm, rows, meta),)  # noqa: E731
-            _bias_gelu_ln_bwd[grid](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, n, most * n,
-                                    BLOCK_N=triton.next_power_of_2(n))
+            _bias_gelu_ln_bwd[grid](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, most * n,
+                                    N=n, BLOCK_N=triton.next_power_of_2(n))
             # autotuning ran other configs into the same buffer: reduce only what the chosen one wrote
             used = _n_programs(n_sm, rows, _bias_gelu_ln_bwd.best_config.kwargs)
             partial = partial[:, :used]
