@@ -95,8 +95,7 @@ def bias_gelu_layernorm(x, bias, ln_weight, ln_bias, eps=1e-12):
     if mode == "auto":
         inputs = (x, bias, ln_weight, ln_bias)
         rows = x.numel() // x.shape[-1]
-        key = ("bias_gelu_layernorm", str(x.device), x.dtype, x.shape[-1], fastest.size_class(rows),
-               torch.is_grad_enabled())
+        key = ("bias_gelu_layernorm", str(x.device), x.dtype, x.shape[-1], fastest.size_class(rows))
         mode = fastest.fastest(key, lambda: {name: fastest.trial(fn, inputs, eps) for name, fn in impls.items()},
                                x.device)
     return impls[mode](x, bias, ln_weight, ln_bias, eps)

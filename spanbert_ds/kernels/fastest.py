@@ -5,10 +5,14 @@ eager bias + GeLU + LayerNorm) depends on the GPU, the dtype and the shape, so i
 guessed. A choice costs a few forward + backward passes of each candidate, once per key per process
 (the key holds the shape class: dtype, head dim, sequence-length bucket, ...), and is cached.
 
-The trials run inside `torch.random.fork_rng`, so the dropout streams of training are the same as if no
-trial had run: a resumed run, which times again in its first step, replays the batches bit for bit.
-Different processes may choose differently when two candidates are within noise of each other; pick a
-backend by name (`fused`, `sdpa`) where bitwise-identical ranks matter more than speed.
+Keys never hold the grad mode and trials always time forward + backward: activation checkpointing runs
+a layer's forward without grad and recomputes it with grad, and both passes must take the same backend,
+or the recompute would draw other dropout masks than the forward the loss saw.
+
+The trials run inside `torch.random.fork_rng`, so the random streams of training continue as if no
+trial had run. The choice itself is made by timing, so two processes (ranks, or a run and its
+resumption) may choose differently when the candidates are within noise of each other; pick a backend
+by name (`fused`, `sdpa`) where bitwise-identical numbers matter more than speed.
 """
 
 import logging
@@ -16,6 +20,8 @@ import statistics
 import time
 
 import torch
+
+from spanbert_ds.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ def choices():
 
 
 def _clock(device):
-    """() -> (start, stop) closures that time the work queued on `device` in milliseconds."""
+    """(start, stop): start() marks now, stop(mark) gives the milliseconds of work queued on `device` since."""
     if device.type == "cuda":
         def start():
             event = torch.cuda.Event(enable_timing=True)
@@ -47,51 +53,57 @@ def _clock(device):
 def fastest(key, make_candidates, device, reps=5):
     """Name of the candidate that ran fastest, timed once per key.
 
-    make_candidates() -> {name: run}, called only when `key` has no choice yet; each run() doing one full unit of work (forward and, in training, backward)
-    on its own copy of the inputs. Each is run once untimed (compilation, autotuning), then `reps` times
-    in turns; the median decides. A candidate that raises is dropped with a warning (a kernel that does
-    not compile for this shape); if all raise, the first candidate's error is raised.
+    make_candidates() -> {name: run}, called only when `key` has no choice yet; each run() does one
+    forward + backward on its own copy of the inputs (see `trial`). Each is run once untimed
+    (compilation, autotuning), then `reps` times in turns; the median decides. A candidate that raises
+    is dropped (a kernel that does not take this shape); if all raise, the last one's error is raised,
+    so list PyTorch's own implementation last: its error is the one a user can act on.
     """
     if key in _CHOICES:
         return _CHOICES[key][0]
     candidates = make_candidates()
     device = torch.device(device)
     start, stop = _clock(device)
-    fork = [device] if device.type == "cuda" else []
     times = {name: [] for name in candidates}
     errors = {}
-    with torch.random.fork_rng(devices=fork):
-        for name, run in candidates.items():
-            try:
-                run()
-            except Exception as error:  # noqa: BLE001 - one failing candidate must not stop training
-                errors[name] = error
-                log.warning("auto: %s cannot run at %s (%s: %s); not using it there",
-                            name, key, type(error).__name__, error)
-        live = [name for name in candidates if name not in errors]
-        if not live:
-            raise next(iter(errors.values()))
-        for _ in range(reps):
-            for name in live:
-                begin = start()
-                candidates[name]()
+
+    def attempt(name, timed):
+        try:
+            begin = start() if timed else None
+            candidates[name]()
+            if timed:
                 times[name].append(stop(begin))
-    medians = {name: statistics.median(times[name]) for name in live}
-    best = min(live, key=medians.get)
+        except Exception as error:  # noqa: BLE001 - one candidate failing must not stop training
+            errors[name] = error
+            level = logging.INFO if isinstance(error, UserError) else logging.WARNING  # UserError: not supported
+            log.log(level, "auto: %s cannot run at %s (%s: %s); not using it there", name, key,
+                    type(error).__name__, error)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for name in candidates:
+            attempt(name, timed=False)
+        for _ in range(reps):
+            for name in candidates:
+                if name not in errors:
+                    attempt(name, timed=True)
+    medians = {name: statistics.median(times[name]) for name in candidates if name not in errors}
+    if not medians:
+        raise errors[list(candidates)[-1]]
+    best = min(medians, key=medians.get)
     _CHOICES[key] = (best, medians)
     log.info("auto: %s for %s (%s)", best, key, ", ".join(f"{n} {ms:.3f} ms" for n, ms in medians.items()))
     return best
 
 
 def trial(fn, inputs, *args):
-    """A run() for `fastest`: fn(*inputs, *args) on detached copies of the input tensors, followed by its
-    backward when autograd would run one (grad mode on and some input requiring grad)."""
-    leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
-    wanted = [t for t in leaves if t.requires_grad] if torch.is_grad_enabled() else []
+    """A run() for `fastest`: fn(*inputs, *args) and its backward, on detached copies of the input tensors
+    that all require grad, whatever the caller's grad mode (see the module's docstring)."""
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    wanted = [t for t in leaves if t.requires_grad]
 
     def run():
-        out = fn(*leaves, *args)
-        if wanted:
+        with torch.enable_grad():
+            out = fn(*leaves, *args)
             torch.autograd.grad(out, wanted, torch.ones_like(out))
     return run
 

@@ -14,6 +14,7 @@ With h = x + b, g = GeLU(h) = h * Phi(h), g_hat = (g - mean) * rstd, y = g_hat *
 Everything is computed in fp32 whatever the input dtype.
 """
 
+import math
 import os
 
 import torch
@@ -35,19 +36,14 @@ def _fwd_configs():
     return configs if _AUTOTUNE else configs[:1]
 
 
-# N (the hidden size) is a compile-time constant: a model has one or two, and knowing it lets the compiler
-# drop the column masks and vectorise the loads and stores.
 # The backward is bound by how many bytes each SM has in flight: rows per iteration (ROWS), programs per
 # SM (PER_SM, which also sets how many partial rows the caller reduces) and loop pipelining (STAGES,
 # prefetching the next rows while this one is reduced) trade that against registers, so all three are tuned.
-_BWD_PER_SM = (8, 2)
-
-
 def _bwd_configs():
     if _INTERPRET:
         return [triton.Config({"ROWS": 4, "PER_SM": 1, "STAGES": 1}, num_warps=1)]
     configs = [triton.Config({"ROWS": r, "PER_SM": p, "STAGES": s}, num_warps=w)
-               for r in (1, 2, 4) for w in (4, 8) for p in _BWD_PER_SM for s in (1, 2)]
+               for r in (1, 2, 4) for w in (4, 8) for p in (8, 2) for s in (1, 2)]
     return configs if _AUTOTUNE else configs[:1]
 
 
@@ -57,11 +53,17 @@ def _values_per_thread(most):
     Small hidden sizes (the self-check's) then tune a handful of configs instead of all."""
     def prune(configs, named_args, **kwargs):
         block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
-        fits = [c for c in configs if 4 <= c.kwargs["ROWS"] * block_n / (32 * c.num_warps) <= most]
-        return fits or configs[:1]
+
+        def outside(config):  # how far (in factors of 2) the config falls outside 4..most values per thread
+            values = config.kwargs["ROWS"] * block_n / (32 * config.num_warps)
+            return max(math.log2(4 / values), math.log2(values / most), 0.0)
+        fits = [c for c in configs if outside(c) == 0.0]
+        return fits or [min(configs, key=outside)]
     return {"early_config_prune": prune}
 
 
+# N (the hidden size) is a compile-time constant in both kernels: a model has one or two, and knowing it
+# lets the compiler drop the column masks and vectorise the loads and stores.
 @triton.autotune(configs=_fwd_configs(), key=["N", "BLOCK_N"], prune_configs_by=_values_per_thread(64))
 @triton.jit
 def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, eps,
@@ -179,16 +181,17 @@ class BiasGeluLayerNorm(torch.autograd.Function):
         rows, n = x2.shape
         dy2 = dy.reshape(-1, n).contiguous()
         dx = torch.empty_like(x2)
-        n_sm = _multiprocessors(x2.device)
-        most = _n_programs(n_sm, rows, {"PER_SM": max(_BWD_PER_SM), "ROWS": 1})
-        partial = torch.zeros(3, most, n, dtype=torch.float32, device=x2.device)
-        if rows > 0:
+        if rows == 0:
+            partial = torch.zeros(3, 1, n, dtype=torch.float32, device=x2.device)
+        else:
+            n_sm = _multiprocessors(x2.device)
+            most = max(_n_programs(n_sm, rows, c.kwargs) for c in _bias_gelu_ln_bwd.configs)
+            partial = torch.empty(3, most, n, dtype=torch.float32, device=x2.device)
             grid = lambda meta: (_n_programs(n_sm, rows, meta),)  # noqa: E731
             _bias_gelu_ln_bwd[grid](dy2, x2, bias, ln_weight, mean, rstd, dx, partial, rows, most * n,
                                     N=n, BLOCK_N=triton.next_power_of_2(n))
-            # autotuning ran other configs into the same buffer: reduce only what the chosen one wrote
-            used = _n_programs(n_sm, rows, _bias_gelu_ln_bwd.best_config.kwargs)
-            partial = partial[:, :used]
+            # autotuning ran other configs into the same buffer: reduce only the rows the chosen one wrote
+            partial = partial[:, :_n_programs(n_sm, rows, _bias_gelu_ln_bwd.best_config.kwargs)]
         dbias, dw, dbeta = partial.sum(dim=1)
         return (dx.view(ctx.shape), dbias.to(bias.dtype), dw.to(ln_weight.dtype),
                 dbeta.to(ctx.ln_bias_dtype), None)

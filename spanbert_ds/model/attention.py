@@ -43,7 +43,7 @@ def auto_attention(q, k, v, key_padding_mask, dropout_p=0.0, scale=None):
         return sdpa_attention(q, k, v, key_padding_mask, dropout_p, scale)
     _, h, t, d = q.shape
     key = ("attention", str(q.device), q.dtype, h, d, fastest.size_class(t), key_padding_mask is not None,
-           dropout_p > 0.0, torch.is_grad_enabled() and q.requires_grad)
+           dropout_p > 0.0)
     chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v), key_padding_mask, dropout_p, scale)
                                            for name, fn in AUTO_CANDIDATES.items()}, q.device)
     return AUTO_CANDIDATES[chosen](q, k, v, key_padding_mask, dropout_p, scale)
