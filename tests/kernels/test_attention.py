@@ -12,6 +12,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from spanbert_ds.kernels import attention, reference  # noqa: E402
+from tests.kernels.configs import for_each_config, gpu_configs  # noqa: E402
 
 if not (attention._INTERPRET or torch.cuda.is_available()):
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU",
@@ -176,18 +177,6 @@ def test_default_scale_is_one_over_sqrt_head_dim():
                                atol=atol, rtol=rtol)
 
 
-def _gpu_configs(monkeypatch, make):
-    """The configs a GPU autotunes over (under the interpreter: one per distinct block shape, as the
-    interpreter ignores num_warps and num_stages)."""
-    with monkeypatch.context() as m:
-        m.setattr(attention, "_INTERPRET", False)
-        m.setattr(attention, "_AUTOTUNE", True)
-        configs = make()
-    if DEVICE == "cpu":
-        configs = list({tuple(sorted(c.kwargs.items())): c for c in configs}.values())
-    return configs
-
-
 def test_every_config_the_gpu_may_choose_gives_reference_numbers(monkeypatch):
     # T = 130 crosses the edges of 32-, 64- and 128-wide blocks; the padding starts inside a block
     shape = (1, 2, 130, 32)
@@ -196,15 +185,11 @@ def test_every_config_the_gpu_may_choose_gives_reference_numbers(monkeypatch):
     mask[0, 101:] = False
     do = _grad_out(shape, torch.float32)
     out_ref, grads_ref = _reference(q, k, v, do, lambda q, k, v: reference.attention(q, k, v, mask))
-    kernels = ((attention._attn_fwd, attention._configs), (attention._attn_bwd_dkdv, attention._bwd_configs),
-               (attention._attn_bwd_dq, attention._bwd_configs))
-    for kernel, make in kernels:
-        for config in _gpu_configs(monkeypatch, make):
-            monkeypatch.setattr(kernel, "configs", [config])
-            monkeypatch.setattr(kernel, "cache", {})
-            out = attention.flash_attention(q, k, v, mask)
-            grads = torch.autograd.grad(out, (q, k, v), do)
-            try:
-                _assert_close(out, grads, out_ref, grads_ref, torch.float32)
-            except AssertionError as e:
-                raise AssertionError(f"{kernel.fn.__name__} with {config}: {e}") from e
+
+    def check():
+        out = attention.flash_attention(q, k, v, mask)
+        _assert_close(out, torch.autograd.grad(out, (q, k, v), do), out_ref, grads_ref, torch.float32)
+
+    for kernel, make in ((attention._attn_fwd, attention._configs), (attention._attn_bwd_dkdv, attention._bwd_configs),
+                         (attention._attn_bwd_dq, attention._bwd_configs)):
+        for_each_config(kernel, gpu_configs(attention, make, monkeypatch, DEVICE == "cpu"), monkeypatch, check)

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 from spanbert_ds import kernels  # noqa: E402
 from spanbert_ds.kernels import gelu_layernorm, reference  # noqa: E402
+from tests.kernels.configs import for_each_config, gpu_configs  # noqa: E402
 
 if not (gelu_layernorm._INTERPRET or torch.cuda.is_available()):
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU",
@@ -121,27 +122,10 @@ def test_sbo_style_head_gives_reference_loss_and_gradients(monkeypatch):
         torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def _gpu_configs(monkeypatch, make):
-    """The configs a GPU autotunes over (under the interpreter: one per distinct set of constexprs, as
-    the interpreter ignores num_warps)."""
-    with monkeypatch.context() as m:
-        m.setattr(gelu_layernorm, "_INTERPRET", False)
-        m.setattr(gelu_layernorm, "_AUTOTUNE", True)
-        configs = make()
-    if DEVICE == "cpu":
-        configs = list({tuple(sorted(c.kwargs.items())): c for c in configs}.values())
-    return configs
-
-
 def test_every_config_the_gpu_may_choose_gives_reference_numbers(monkeypatch):
     # 37 rows: with 4 rows per block fewer blocks than programs (each runs once), with 1 row more blocks
     # than programs (some loop twice); the forward's configs are run with the default backward and back
-    fwd, bwd = gelu_layernorm._bias_gelu_ln_fwd, gelu_layernorm._bias_gelu_ln_bwd
-    for kernel, make in ((fwd, gelu_layernorm._fwd_configs), (bwd, gelu_layernorm._bwd_configs)):
-        for config in _gpu_configs(monkeypatch, make):
-            monkeypatch.setattr(kernel, "configs", [config])
-            monkeypatch.setattr(kernel, "cache", {})
-            try:
-                _compare((37, 48), torch.float32, eps=1e-5)
-            except AssertionError as e:
-                raise AssertionError(f"{kernel.fn.__name__} with {config}: {e}") from e
+    for kernel, make in ((gelu_layernorm._bias_gelu_ln_fwd, gelu_layernorm._fwd_configs),
+                         (gelu_layernorm._bias_gelu_ln_bwd, gelu_layernorm._bwd_configs)):
+        configs = gpu_configs(gelu_layernorm, make, monkeypatch, DEVICE == "cpu")
+        for_each_config(kernel, configs, monkeypatch, lambda: _compare((37, 48), torch.float32, eps=1e-5))
