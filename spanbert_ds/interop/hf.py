@@ -311,6 +311,16 @@ def _read_tensors(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _current_name(hf_name):
+    """Original BERT checkpoints (TF conversions) call the LayerNorm parameters gamma and beta;
+    transformers renames them on load, and so do we."""
+    if hf_name.endswith(".gamma"):
+        return hf_name[: -len("gamma")] + "weight"
+    if hf_name.endswith(".beta"):
+        return hf_name[: -len("beta")] + "bias"
+    return hf_name
+
+
 def _strip_wrapper_prefix(state):
     # DeepSpeed / DDP wrap the objective as `module`.
     if state and all(k.startswith("module.") for k in state):
@@ -328,18 +338,24 @@ def load_hf_into(objective, hf_dir):
     """
     config = objective.config
     hf_config = _read_hf_config(hf_dir)
+    if config.pre_layernorm:
+        raise UserError(f"--init-from {hf_dir}: Hugging Face BERT is post-LayerNorm and this model is pre-LayerNorm "
+                        "(pre_layernorm true), so the checkpoint's weights would sit in the wrong places; "
+                        "drop pre_layernorm=true to start from it")
     wanted = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
               "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-              "intermediate_size": config.intermediate_size}
-    wrong = {k: (hf_config.get(k), v) for k, v in wanted.items() if hf_config.get(k) != v}
+              "intermediate_size": config.intermediate_size, "layer_norm_eps": config.layer_norm_eps}
+    defaults = {"layer_norm_eps": 1e-12}  # transformers' BertConfig default, for configs that leave it out
+    wrong = {k: (hf_config.get(k, defaults.get(k)), v) for k, v in wanted.items()
+             if hf_config.get(k, defaults.get(k)) != v}
     if wrong:
         detail = ", ".join(f"{k} {hf} (model: {ours})" for k, (hf, ours) in wrong.items())
-        raise UserError(f"--init-from {hf_dir}: the checkpoint's shape differs from the model's: {detail}; "
-                        "build the model from the checkpoint's config (config_from_hf) or pick a matching --model")
+        raise UserError(f"--init-from {hf_dir}: the checkpoint's config differs from the model's: {detail}; "
+                        "leave --model out to take the checkpoint's shape, or add ,key=value overrides to --model")
     files = [f for f in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(hf_dir, f))]
     if not files:
         raise UserError(f"--init-from {hf_dir}: no model.safetensors (or pytorch_model.bin) there")
-    hf = _read_tensors(os.path.join(hf_dir, files[0]))
+    hf = {_current_name(k): v for k, v in _read_tensors(os.path.join(hf_dir, files[0])).items()}
     if not any(k.startswith("bert.") for k in hf):  # BertModel names: add BertForPreTraining's prefix
         hf = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
 
@@ -363,20 +379,30 @@ def load_hf_into(objective, hf_dir):
     if "sbo_head.bias" in params and os.path.isfile(sbo_path):
         loaded.update({k: v for k, v in _read_tensors(sbo_path).items() if k in params})
 
+    for ours, tensor in loaded.items():  # every shape first: an error must leave the model untouched
+        target = params[ours]
+        if ours in VOCAB_ROWS:
+            padded = torch.zeros_like(target)
+            padded[: tensor.shape[0]] = tensor
+            loaded[ours] = tensor = padded
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise UserError(f"--init-from {hf_dir}: {ours} has shape {tuple(tensor.shape)} in the checkpoint but "
+                            f"{tuple(target.shape)} in the model (check max_position_embeddings and "
+                            "type_vocab_size in both configs)")
+    missing = [k for k in params if k.startswith("encoder.") and k not in loaded]
+    if missing:
+        raise UserError(f"--init-from {hf_dir}: the checkpoint has no {', '.join(missing[:3])}"
+                        + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+                        + " for this encoder; it is not a BERT checkpoint this model can start from")
     with torch.no_grad():
         for ours, tensor in loaded.items():
-            target = params[ours]
-            if ours in VOCAB_ROWS:
-                padded = torch.zeros_like(target)
-                padded[: tensor.shape[0]] = tensor
-                tensor = padded
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise UserError(f"--init-from {hf_dir}: {ours} has shape {tuple(tensor.shape)} in the checkpoint but "
-                                f"{tuple(target.shape)} in the model (check max_position_embeddings and "
-                                "type_vocab_size in both configs)")
-            target.copy_(tensor)
+            params[ours].copy_(tensor)
     initialised = [k for k in params if k not in loaded and k not in TIED]
     ignored = sorted(k for k in hf if k not in used and not HF_DERIVED.search(k))
+    decoder = hf.get("cls.predictions.decoder.weight")
+    word = hf.get("bert.embeddings.word_embeddings.weight")
+    if decoder is not None and word is not None and not torch.equal(decoder, word):
+        ignored.append("cls.predictions.decoder.weight (untied from the word embeddings; ours are tied)")
     return {"loaded": sorted(loaded), "initialised": initialised, "ignored": ignored}
 
 

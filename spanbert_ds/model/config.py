@@ -32,7 +32,7 @@ class ModelConfig:
     pre_layernorm: bool = False  # BERT and SpanBERT are post-LN; pre-LN trains more stably when deep
     attention_backend: str = "auto"  # one of ATTENTION_BACKEND_NAMES
     activation_checkpointing: str = "none"  # recompute each layer in backward: "none", "torch", "deepspeed"
-    sbo_position_size: int = 200  # rows of the SBO head's relative-position embedding (SpanBERT's code: 200)
+    sbo_position_size: int = 200  # rows of the SBO head's relative-position table p_i (of hidden_size each)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

@@ -208,3 +208,53 @@ def test_the_name_table_is_the_only_place_with_hf_names():
     for name, cls in OBJECTIVES.items():
         for key in cls(config).state_dict():
             assert key in mapped or key in interop.TIED or key.startswith(interop.SBO_PREFIX), (name, key)
+
+
+def _exported(tmp_path, **changes):
+    """A trained tiny spanbert exported to tmp_path/hf; returns (objective, folder)."""
+    objective, _ = trained("spanbert", 120, steps=1, **changes)
+    out = tmp_path / "hf"
+    interop.export_hf(objective, objective.config, None, out)
+    return objective, str(out)
+
+
+def _rewrite_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(folder, "model.safetensors")
+    save_file(edit(load_file(path)), path)
+
+
+def test_original_bert_files_with_gamma_and_beta_names_load_fully(tmp_path):
+    objective, folder = _exported(tmp_path)
+    _rewrite_weights(folder, lambda t: {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+                                        .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in t.items()})
+    fresh = OBJECTIVES["spanbert"](objective.config)
+    interop.load_hf_into(fresh, folder)
+    for name, tensor in objective.encoder.state_dict().items():
+        torch.testing.assert_close(fresh.encoder.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_import_refuses_a_pre_layernorm_model_and_another_layer_norm_eps(tmp_path):
+    objective, folder = _exported(tmp_path)
+    with pytest.raises(UserError, match="pre-LayerNorm"):
+        interop.load_hf_into(OBJECTIVES["spanbert"](objective.config.replace(pre_layernorm=True)), folder)
+    with pytest.raises(UserError, match="layer_norm_eps 1e-12 \\(model: 1e-05\\)"):
+        interop.load_hf_into(OBJECTIVES["spanbert"](objective.config.replace(layer_norm_eps=1e-5)), folder)
+
+
+def test_a_refused_import_leaves_the_model_untouched(tmp_path):
+    objective, folder = _exported(tmp_path)
+    _rewrite_weights(folder, lambda t: {k: v for k, v in t.items() if "layer.0.output.dense" not in k})
+    fresh = OBJECTIVES["spanbert"](objective.config)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(UserError, match="the checkpoint has no encoder.layers.0"):
+        interop.load_hf_into(fresh, folder)
+    longer = OBJECTIVES["spanbert"](objective.config.replace(max_position_embeddings=objective.config.max_position_embeddings * 2))
+    before_longer = {k: v.clone() for k, v in longer.state_dict().items()}
+    _, folder = _exported(tmp_path / "again")
+    with pytest.raises(UserError, match="max_position_embeddings"):
+        interop.load_hf_into(longer, folder)
+    for model, saved in ((fresh, before), (longer, before_longer)):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, saved[name]), name
