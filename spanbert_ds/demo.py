@@ -49,6 +49,9 @@ def run(args):
         "--data", shards, "--output", run_dir, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
         "--save-every", str(args.steps), "--log-every", "5", "--num-workers", "1", "--resume", "none",
     ]
+    if os.path.isdir(run_dir):  # each demo trains afresh (--resume none refuses a folder with checkpoints)
+        print(f"(replacing the previous demo run in {run_dir})", flush=True)
+        shutil.rmtree(run_dir)
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS=str(max(1, os.cpu_count() // args.ranks)))
     _call(command, env=env)
 

@@ -13,6 +13,8 @@ from spanbert_ds.errors import UserError
 
 # Optimizers DeepSpeed can partition under ZeRO; LAMB and the 1-bit ones need ZeRO off.
 ZERO_INCOMPATIBLE_OPTIMIZERS = {"lamb", "onebitlamb", "onebitadam", "zerooneadam"}
+# DeepSpeed schedulers whose length is a number of steps: set from --steps.
+SCHEDULERS_WITH_LENGTH = ("WarmupDecayLR", "WarmupCosineLR")
 
 
 def add_arguments(parser):
@@ -58,8 +60,9 @@ def check_run_args(args):
         raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS {args.data}`")
 
 
-def load_ds_config(path, world_size, total_steps):
-    """Read, check and complete a ds_config for `world_size` ranks. Returns a dict for deepspeed.initialize."""
+def load_ds_config(path, world_size, total_steps, notes=None):
+    """Read, check and complete a ds_config for `world_size` ranks. Returns a dict for deepspeed.initialize;
+    what was changed from the file is said in `notes` (a list) when given."""
     try:
         with open(path) as f:
             config = json.load(f)
@@ -68,6 +71,11 @@ def load_ds_config(path, world_size, total_steps):
     except json.JSONDecodeError as error:
         raise UserError(f"DeepSpeed config {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
 
+    if not isinstance(config, dict):
+        raise UserError(f"DeepSpeed config {path} must be a JSON object ({{...}}), not a {type(config).__name__}")
+    for block in ("fp16", "bf16", "zero_optimization", "optimizer", "scheduler"):
+        if block in config and not isinstance(config[block], dict):
+            raise UserError(f"{path}: {block} must be an object ({{...}}), got {config[block]!r}")
     _resolve_batch_sizes(config, path, world_size)
 
     fp16 = config.get("fp16", {}).get("enabled", False)
@@ -84,20 +92,30 @@ def load_ds_config(path, world_size, total_steps):
         raise UserError(f"{path}: no optimizer block; add e.g. {{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
 
     scheduler = config.get("scheduler", {})
-    if scheduler.get("type") == "WarmupDecayLR":
+    if scheduler.get("type") in SCHEDULERS_WITH_LENGTH:
         # The run's length is --steps; the schedule follows it.
-        scheduler.setdefault("params", {})["total_num_steps"] = total_steps
-        warmup = scheduler["params"].get("warmup_num_steps", 0)
+        params = scheduler.setdefault("params", {})
+        if params.get("total_num_steps", total_steps) != total_steps and notes is not None:
+            notes.append(f"{path}: scheduler total_num_steps {params['total_num_steps']} -> {total_steps} (--steps)")
+        params["total_num_steps"] = total_steps
+        warmup = params.get("warmup_num_steps", 0)
         if warmup >= total_steps:
-            scheduler["params"]["warmup_num_steps"] = max(1, total_steps // 10)
+            params["warmup_num_steps"] = max(1, total_steps // 10)
+            if notes is not None:
+                notes.append(f"{path}: warmup_num_steps {warmup} is not below --steps {total_steps}; warming up for "
+                             f"{params['warmup_num_steps']} steps in this run (a resume with a larger --steps goes back "
+                             f"to {warmup})")
     return config
 
 
 def _resolve_batch_sizes(config, path, world_size):
     """Fill in the one missing batch size as DeepSpeed would, and check that the three agree."""
-    total = config.get("train_batch_size")
-    micro = config.get("train_micro_batch_size_per_gpu")
-    accumulation = config.get("gradient_accumulation_steps")
+    names = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    for name in names:
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{path}: {name} must be a whole number of at least 1, got {value!r}")
+    total, micro, accumulation = (config.get(name) for name in names)
     given = sum(value is not None for value in (total, micro, accumulation))
     if given == 0 or (given == 1 and total is None):
         raise UserError(f"{path}: set train_batch_size (and train_micro_batch_size_per_gpu or gradient_accumulation_steps)")

@@ -32,6 +32,11 @@ def save(engine, root, step, client_state, keep, info):
     tag = tag_of(step)
     # DeepSpeed needs this key to convert ZeRO 1/2 checkpoints to the universal format later.
     client_state = {**client_state, "universal_checkpoint_info": {}}
+    if dist.get_rank() == 0:  # saving over an existing tag: it is incomplete until marked again
+        for stale in (os.path.join(root, tag, MARKER), os.path.join(root, tag + UNIVERSAL_SUFFIX, MARKER)):
+            if os.path.exists(stale):
+                os.remove(stale)
+    dist.barrier()
     engine.save_checkpoint(root, tag=tag, client_state=client_state)
     dist.barrier()
     if dist.get_rank() == 0:

@@ -62,7 +62,8 @@ def prepare(args, world_size, rank):
 
     check_run_args(args)
     s = Setup()
-    s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps)
+    notes = []
+    s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
     s.shards = Shards(args.data)
     s.model_config = model_config_for(args.model, s.shards, args.init_from)
     if args.attention:
@@ -80,16 +81,61 @@ def prepare(args, world_size, rank):
         seed=args.seed,
     )
     s.ckpt_root = os.path.join(args.output, "checkpoints")
+    s.identity = run_identity(args, s)
     s.resume_tag, s.resume_info = find_resume_point(args, s.ckpt_root)
     if s.resume_info:
+        check_same_run(s.resume_tag, s.resume_info, s.identity)
         if s.resume_info.get("train_batch_size") != s.plan.global_batch:
             raise UserError(
                 f"checkpoint {s.resume_tag} was trained with train_batch_size {s.resume_info.get('train_batch_size')}, "
                 f"the config asks for {s.plan.global_batch}: keep the global batch when resuming (change the micro batch instead)"
             )
+        stage, saved_stage = s.ds_config.get("zero_optimization", {}).get("stage", 0), s.resume_info["zero_stage"]
+        if stage != saved_stage and 0 in (stage, saved_stage):
+            raise UserError(
+                f"checkpoint {s.resume_tag} was saved under ZeRO stage {saved_stage} and the config asks for stage {stage}: "
+                "a checkpoint moves between stages 1, 2 and 3 but not to or from stage 0; keep zero_optimization.stage "
+                f"{saved_stage} for this run"
+            )
         if s.resume_info["step"] >= args.steps:
             raise UserError(f"the run in {args.output} already reached step {s.resume_info['step']} of --steps {args.steps}; raise --steps to train longer")
+    if rank == 0:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     return s
+
+
+def run_identity(args, s):
+    """What a resumed run must share with the checkpoint it continues: the model's shape, the objective,
+    the data and its order. Training settings that a resume may change (dropout, attention backend,
+    activation checkpointing, learning rate, --steps) are left out. Stored in each checkpoint's marker."""
+    model = {k: v for k, v in s.model_config.to_dict().items() if k not in RESUMABLE_MODEL_SETTINGS}
+    data = {k: s.shards.meta[k] for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size")}
+    identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
+                "max_seq_len": args.max_seq_len, "masking": s.masking_config.to_dict()}
+    return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
+
+
+RESUMABLE_MODEL_SETTINGS = ("hidden_dropout", "attention_dropout", "attention_backend", "activation_checkpointing",
+                            "initializer_range")
+
+
+def check_same_run(tag, info, identity):
+    saved = info.get("identity")
+    if saved is None:  # a checkpoint from before markers held it
+        return
+    changed = []
+    for key, value in identity.items():
+        before = saved.get(key, value)
+        if isinstance(value, dict) and isinstance(before, dict):
+            changed += [f"{key}.{k} {before.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(before))
+                        if before.get(k) != value.get(k)]
+        elif before != value:
+            changed.append(f"{key} {before!r} -> {value!r}")
+    if changed:
+        raise UserError(f"checkpoint {tag} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
+                        "the same --model, --objective, --data, --seed, --max-seq-len and --masking, or give the new "
+                        "run its own --output")
 
 
 def model_config_for(spec, shards, init_from=None):
@@ -131,10 +177,17 @@ def masking_config(spec):
 
 
 def find_resume_point(args, ckpt_root):
+    """(tag, marker) to resume from, or (None, None). Every complete checkpoint in a run folder belongs to
+    one line of training: starting afresh over one, or going back past later ones, is refused, since the
+    new run would prune or overwrite them and --resume auto (or export) could later pick an old one."""
+    found = checkpoint.complete_checkpoints(ckpt_root)
     if args.resume == "none":
+        if found:
+            raise UserError(f"--resume none, but {ckpt_root} holds checkpoints of an earlier run (the latest "
+                            f"{checkpoint.tag_of(found[-1]['step'])}); continue it with --resume auto, or give this run "
+                            "its own --output")
         return None, None
     if args.resume == "auto":
-        found = checkpoint.complete_checkpoints(ckpt_root)
         return (checkpoint.tag_of(found[-1]["step"]), found[-1]) if found else (None, None)
     tag_dir = os.path.normpath(args.resume)
     if not os.path.isdir(tag_dir):
@@ -144,6 +197,11 @@ def find_resume_point(args, ckpt_root):
     info = checkpoint.read_marker(tag_dir)
     if os.path.abspath(os.path.dirname(tag_dir)) != os.path.abspath(ckpt_root):
         raise UserError(f"--resume {args.resume} is not under this run's checkpoints ({ckpt_root}); pass the run folder it belongs to as --output")
+    later = [checkpoint.tag_of(f["step"]) for f in found if f["step"] > info["step"]]
+    if later:
+        raise UserError(f"--resume {args.resume}: {ckpt_root} also holds the later checkpoints {', '.join(later)}, "
+                        "which this run would overwrite and which --resume auto and export would take for the latest; "
+                        f"move them out of {ckpt_root} first (e.g. into {os.path.join(args.output, 'abandoned')})")
     return os.path.basename(tag_dir), info
 
 
@@ -226,7 +284,7 @@ def train(args, s, rank, world_size, stop):
         saved = bad_steps == 0 and (step % args.save_every == 0 or step == args.steps or stop_requested)
         if saved:
             save(engine, s, args, step, world_size)
-        if stop_requested:
+        if stop_requested and step < args.steps:  # at the last step the run is simply done
             what = f"saved {checkpoint.tag_of(step)}" if saved else "the loss is not finite, so nothing was saved and the latest checkpoint stays"
             monitor.message(f"stop requested ({stop.signal or 'by another rank'}): {what}; resume with --resume auto")
             exit_code = EXIT_PREEMPTED
@@ -257,7 +315,9 @@ def prepare_resume(s, world_size, rank):
     if rank == 0:
         try:
             checkpoint.check_loadable(os.path.join(s.ckpt_root, tag))
-            if s.resume_info["world_size"] != world_size and s.resume_info["zero_stage"] > 0:
+            stage = s.ds_config.get("zero_optimization", {}).get("stage", 0)
+            saved = s.resume_info
+            if saved["zero_stage"] > 0 and (saved["world_size"] != world_size or saved["zero_stage"] != stage):
                 tag = checkpoint.to_universal(s.ckpt_root, tag)
         except UserError as e:
             error = str(e)
@@ -275,7 +335,8 @@ def prepare_resume(s, world_size, rank):
 
 def save(engine, s, args, step, world_size):
     client_state = {"step": step, "samples_seen": step * s.plan.global_batch, "seed": args.seed, "adam_step": adam_step(engine)}
-    info = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(), "train_batch_size": s.plan.global_batch}
+    info = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(), "train_batch_size": s.plan.global_batch,
+            "identity": s.identity}
     checkpoint.save(engine, s.ckpt_root, step, client_state, args.keep_checkpoints, info)
 
 

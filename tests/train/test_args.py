@@ -33,6 +33,11 @@ def test_accumulation_is_derived_from_the_batch_sizes_and_world_size(tmp_path):
         ({"optimizer": {"type": "Lamb", "params": {"lr": 1e-3}}, "zero_optimization": {"stage": 2}}, "does not support optimizer Lamb under ZeRO stage 2"),
         ({"zero_optimization": {"stage": 4}}, "stage is 4"),
         ({"optimizer": None}, "no optimizer block"),
+        ({"train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu must be a whole number of at least 1, got 0"),
+        ({"train_batch_size": "8"}, "train_batch_size must be a whole number of at least 1, got '8'"),
+        ({"train_batch_size": -8, "train_micro_batch_size_per_gpu": -4}, "train_batch_size must be a whole number"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be a whole number of at least 1, got 0"),
+        ({"zero_optimization": "2"}, "zero_optimization must be an object"),
     ],
 )
 def test_bad_configs_are_refused_with_a_message_that_says_what_to_fix(tmp_path, change, message):
@@ -50,6 +55,17 @@ def test_missing_and_malformed_config_files(tmp_path):
         load_ds_config(str(bad), 1, 10)
 
 
-def test_schedule_length_follows_steps(tmp_path):
-    config = {**GOOD, "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 10}}}
-    assert load_ds_config(write(tmp_path, config), 1, 500)["scheduler"]["params"]["total_num_steps"] == 500
+@pytest.mark.parametrize("scheduler", ["WarmupDecayLR", "WarmupCosineLR"])
+def test_schedule_length_follows_steps(tmp_path, scheduler):
+    config = {**GOOD, "scheduler": {"type": scheduler, "params": {"warmup_num_steps": 10, "total_num_steps": 100000}}}
+    notes = []
+    assert load_ds_config(write(tmp_path, config), 1, 500, notes)["scheduler"]["params"]["total_num_steps"] == 500
+    assert notes == [f"{tmp_path / 'ds.json'}: scheduler total_num_steps 100000 -> 500 (--steps)"]
+
+
+def test_a_warmup_longer_than_the_run_is_shortened_and_said(tmp_path):
+    config = {**GOOD, "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 1000}}}
+    notes = []
+    params = load_ds_config(write(tmp_path, config), 1, 50, notes)["scheduler"]["params"]
+    assert params["warmup_num_steps"] == 5
+    assert len(notes) == 1 and "warmup_num_steps 1000 is not below --steps 50" in notes[0]

@@ -1,0 +1,89 @@
+"""What a run folder may be resumed with: checked in prepare(), before any rank starts work or the run
+folder is rewritten. The checkpoints here are only their complete.json markers, which is all that the
+checks read."""
+
+import argparse
+import json
+import os
+
+import pytest
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.train import checkpoint, loop
+
+DS_CONFIG = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8,
+             "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, "zero_optimization": {"stage": 2}}
+
+
+@pytest.fixture
+def run_args(tmp_path, python_docs_shards):
+    (tmp_path / "ds.json").write_text(json.dumps(DS_CONFIG))
+    parser = argparse.ArgumentParser()
+    loop.add_arguments(parser)  # with DeepSpeed's own --deepspeed_config
+
+    def make(*extra):
+        return parser.parse_args(["--deepspeed_config", str(tmp_path / "ds.json"), "--data", str(python_docs_shards.path),
+                                  "--output", str(tmp_path / "run"), "--model", "tiny", "--max-seq-len", "64",
+                                  "--steps", "20", *extra])
+    return make
+
+
+def mark(args, step, **changes):
+    """A complete checkpoint at `step` as this run would have saved it."""
+    setup = loop.prepare(args, 1, 0) if not changes.get("no_identity") else None
+    info = {"step": step, "world_size": 1, "zero_stage": 2, "train_batch_size": 8}
+    if setup is not None:
+        info["identity"] = setup.identity
+    info.update({k: v for k, v in changes.items() if k != "no_identity"})
+    folder = f"{args.output}/checkpoints/{checkpoint.tag_of(step)}"
+    os.makedirs(folder, exist_ok=True)
+    with open(f"{folder}/{checkpoint.MARKER}", "w") as f:
+        json.dump(info, f)
+
+
+def test_auto_resumes_the_latest_and_none_refuses_a_folder_with_checkpoints(run_args):
+    args = run_args()
+    mark(args, 4)
+    mark(args, 8)
+    assert loop.prepare(args, 1, 0).resume_tag == "step8"
+    with pytest.raises(UserError, match="--resume none, but .* holds checkpoints of an earlier run \\(the latest step8\\)"):
+        loop.prepare(run_args("--resume", "none"), 1, 0)
+
+
+def test_going_back_past_later_checkpoints_is_refused(run_args):
+    args = run_args()
+    for step in (4, 8, 12):
+        mark(args, step)
+    with pytest.raises(UserError, match="also holds the later checkpoints step8, step12"):
+        loop.prepare(run_args("--resume", f"{args.output}/checkpoints/step4"), 1, 0)
+    assert loop.prepare(run_args("--resume", f"{args.output}/checkpoints/step12"), 1, 0).resume_tag == "step12"
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--seed", "7"], "seed 42 -> 7"),
+    (["--max-seq-len", "128"], "max_seq_len 64 -> 128"),
+    (["--model", "tiny,hidden_size=64,num_heads=2"], "model.hidden_size"),
+    (["--objective", "roberta"], "objective 'spanbert' -> 'roberta'"),
+    (["--masking", "mask_ratio=0.2"], "masking.mask_ratio 0.15 -> 0.2"),
+])
+def test_resuming_with_other_run_settings_is_refused(run_args, change, message):
+    mark(run_args(), 4)
+    with pytest.raises(UserError, match=message.replace("(", "\\(")):
+        loop.prepare(run_args(*change), 1, 0)
+
+
+def test_training_settings_may_change_on_resume(run_args):
+    mark(run_args(), 4)
+    setup = loop.prepare(run_args("--model", "tiny,hidden_dropout=0.0", "--attention", "eager", "--steps", "40"), 1, 0)
+    assert setup.resume_tag == "step4"
+
+
+def test_a_checkpoint_from_before_identities_is_still_resumed(run_args):
+    mark(run_args(), 4, no_identity=True)
+    assert loop.prepare(run_args("--seed", "7"), 1, 0).resume_tag == "step4"
+
+
+def test_moving_to_or_from_zero_stage_0_is_refused(run_args):
+    mark(run_args(), 4, zero_stage=0)
+    with pytest.raises(UserError, match="saved under ZeRO stage 0 and the config asks for stage 2"):
+        loop.prepare(run_args(), 1, 0)
