@@ -26,6 +26,12 @@ def bert_vocab_path():
 
 
 @pytest.fixture(scope="session")
+def bert_vocab_file():
+    """Path of the real uncased BERT vocab.txt (see bert_vocab_path)."""
+    return bert_vocab_path()
+
+
+@pytest.fixture(scope="session")
 def python_docs_shards(tmp_path_factory):
     """The built-in corpus with a trained cased WordPiece of 8000 tokens (about 0.5M tokens, a few seconds)."""
     out = tmp_path_factory.mktemp("shards") / "python-docs"

@@ -11,7 +11,8 @@ Inputs (`Corpus(source)`):
 
 Files are read line by line in binary mode so that a single huge line is caught at
 `max_line_bytes` instead of being loaded whole, and decoding errors can name the line and
-byte offset. Nothing but the current document is held in memory.
+byte offset. `pieces()` streams: a document of any length (a text file without blank lines is
+one document) comes in pieces of about a megabyte, so nothing grows with the corpus.
 """
 
 import ast
@@ -27,6 +28,8 @@ from spanbert_ds.errors import UserError
 
 BUILTIN = "python-docs"
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_PIECE_BYTES = 1 << 20
+_END = None  # in a sentence stream: the document ends here
 
 # Parts of the standard library that are tests, GUIs, vendored third-party code or build files:
 # their docstrings are not the prose we want, and some do not parse on every Python.
@@ -65,25 +68,48 @@ class Corpus:
             return sum(len(s.encode()) + 1 for doc in python_docs() for s in doc)
         return sum(f.stat().st_size for f in self.files)
 
-    def documents(self, progress=None):
-        """Yield each document as a non-empty list of non-empty, stripped sentence strings.
+    def pieces(self, progress=None, max_bytes=DEFAULT_PIECE_BYTES):
+        """Yield (sentences, ends_document): every document in order, as one piece or, past `max_bytes` of
+        text, several, the last with ends_document True (it may hold no sentence). Sentences are non-empty
+        and stripped; a document has at least one. `progress(n_bytes)` is called as bytes are consumed."""
+        piece, size = [], 0
+        for sentence in self._stream(progress):
+            if sentence is _END:
+                yield piece, True
+                piece, size = [], 0
+                continue
+            piece.append(sentence)
+            size += len(sentence)
+            if size >= max_bytes:
+                yield piece, False
+                piece, size = [], 0
 
-        `progress(n_bytes)` is called as bytes are consumed.
-        """
+    def documents(self, progress=None):
+        """Yield each document whole, as a list of sentences (for small corpora and tests; `pieces` streams)."""
+        doc = []
+        for piece, ends in self.pieces(progress):
+            doc += piece
+            if ends:
+                yield doc
+                doc = []
+
+    def sentences(self):
+        """Every sentence of every document, in order (what tokenizer training reads)."""
+        for piece, _ in self.pieces():
+            yield from piece
+
+    def _stream(self, progress):
+        """Sentences, with _END after each document's last one."""
         if self.source == BUILTIN:
             for doc in python_docs():
                 if progress:
                     progress(sum(len(s.encode()) + 1 for s in doc))
-                yield doc
+                yield from doc
+                yield _END
             return
         for path in self.files:
-            reader = _jsonl_documents if path.name.endswith(".jsonl") else _text_documents
+            reader = _jsonl_stream if path.name.endswith(".jsonl") else _text_stream
             yield from reader(path, self._lines(path, progress))
-
-    def sentences(self):
-        """Every sentence of every document, in order (what tokenizer training reads)."""
-        for doc in self.documents():
-            yield from doc
 
     def _lines(self, path, progress):
         """Yield (line_number, decoded line without its newline) with the size and UTF-8 checks."""
@@ -112,20 +138,21 @@ class Corpus:
                 yield number, text
 
 
-def _text_documents(path, lines):
-    doc = []
+def _text_stream(path, lines):
+    in_document = False
     for _, line in lines:
         line = line.strip()
         if line:
-            doc.append(line)
-        elif doc:
-            yield doc
-            doc = []
-    if doc:
-        yield doc
+            in_document = True
+            yield line
+        elif in_document:
+            in_document = False
+            yield _END
+    if in_document:
+        yield _END
 
 
-def _jsonl_documents(path, lines):
+def _jsonl_stream(path, lines):
     for number, line in lines:
         if not line.strip():
             continue
@@ -139,7 +166,8 @@ def _jsonl_documents(path, lines):
                             f"each JSONL line must be an object like {{\"text\": \"...\"}}")
         doc = [s.strip() for s in record["text"].splitlines() if s.strip()]
         if doc:
-            yield doc
+            yield from doc
+            yield _END
 
 
 @functools.lru_cache(maxsize=1)

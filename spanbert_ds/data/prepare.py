@@ -113,12 +113,12 @@ def _train(corpus, kind, vocab_size, lowercase, allow_smaller_vocab):
     return tok
 
 
-def _chunks(documents, chunk_bytes):
-    """Group documents into lists of about chunk_bytes of text."""
+def _chunks(pieces, chunk_bytes):
+    """Group (sentences, ends_document) pieces into lists of about chunk_bytes of text."""
     chunk, size = [], 0
-    for doc in documents:
-        chunk.append(doc)
-        size += sum(map(len, doc))
+    for piece in pieces:
+        chunk.append(piece)
+        size += sum(map(len, piece[0]))
         if size >= chunk_bytes:
             yield chunk
             chunk, size = [], 0
@@ -131,13 +131,15 @@ def _encode(corpus, tok, writer, chunk_bytes, progress):
 
     table = tokenizers_.word_start_table(tok).astype(np.uint8)
     first_of_line_starts_word = tokenizers_.kind_of(tok) == "bpe"  # no Ġ on a line's first token
+    # "[MASK]" or "<s>" written in the text is text: only the packer and masker place control tokens.
+    tok.encode_special_tokens = True
     # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we do not use.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
                disable=None if progress else True, mininterval=1.0)
     try:
-        for docs in _chunks(corpus.documents(progress=bar.update), chunk_bytes):
-            sentences = [s for doc in docs for s in doc]
+        for pieces in _chunks(corpus.pieces(progress=bar.update, max_bytes=chunk_bytes), chunk_bytes):
+            sentences = [s for piece, _ in pieces for s in piece]
             ids = [e.ids for e in encode(sentences, add_special_tokens=False)]
             sent_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(sent_len.sum()))
@@ -145,9 +147,11 @@ def _encode(corpus, tok, writer, chunk_bytes, progress):
             if first_of_line_starts_word:
                 first = np.cumsum(sent_len) - sent_len
                 starts[first[sent_len > 0]] = 1
-            # Documents' token counts; sentences (and documents) that encode to nothing are dropped.
-            doc_first = np.cumsum([0] + [len(d) for d in docs[:-1]])
-            doc_len = np.add.reduceat(sent_len, doc_first)
-            writer.append(flat, starts, sent_len[sent_len > 0], doc_len[doc_len > 0])
+            # Where the pieces that end a document end, in tokens; sentences (and documents) that encode to
+            # nothing are dropped.
+            tokens_before = np.concatenate([[0], np.cumsum(sent_len)])
+            piece_ends = tokens_before[np.cumsum([len(piece) for piece, _ in pieces])]
+            doc_ends = piece_ends[np.fromiter((ends for _, ends in pieces), dtype=bool, count=len(pieces))]
+            writer.append(flat, starts, sent_len[sent_len > 0], doc_ends)
     finally:
         bar.close()

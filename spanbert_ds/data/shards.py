@@ -50,18 +50,27 @@ class ShardWriter:
         for f in (self.doc_offsets, self.sent_offsets):
             f.write(np.zeros(1, np.int64).tobytes())
         self.n_tokens = self.n_documents = self.n_sentences = 0
+        self.last_doc_end = 0
 
-    def append(self, ids, word_starts, sent_lengths, doc_lengths):
-        """ids/word_starts: [n] for a run of whole documents; sent/doc_lengths: their token counts (> 0)."""
+    def append(self, ids, word_starts, sent_lengths, doc_ends):
+        """ids/word_starts: [n] tokens; sent_lengths: the token counts (> 0) of their sentences; doc_ends:
+        the positions in ids (non-decreasing, 1..n) where documents end. A document may go on over several
+        appends, and one ending where the last one did (no tokens) is dropped."""
         self.tokens.write(np.asarray(ids, self.dtype).tobytes())
         self.word_starts.write(np.asarray(word_starts, np.uint8).tobytes())
         self.sent_offsets.write((self.n_tokens + np.cumsum(sent_lengths, dtype=np.int64)).tobytes())
-        self.doc_offsets.write((self.n_tokens + np.cumsum(doc_lengths, dtype=np.int64)).tobytes())
+        ends = np.unique(self.n_tokens + np.asarray(doc_ends, np.int64))
+        ends = ends[ends > self.last_doc_end]
+        self.doc_offsets.write(ends.tobytes())
         self.n_tokens += int(len(ids))
         self.n_sentences += len(sent_lengths)
-        self.n_documents += len(doc_lengths)
+        self.n_documents += len(ends)
+        if len(ends):
+            self.last_doc_end = int(ends[-1])
 
     def close(self, meta):
+        if self.n_tokens > self.last_doc_end:  # a document left open ends with the corpus
+            self.append([], [], [], [0])
         for f in (self.tokens, self.word_starts, self.doc_offsets, self.sent_offsets):
             f.close()
         with open(self.folder / "index.idx", "wb") as out:

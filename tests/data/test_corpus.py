@@ -61,3 +61,14 @@ def test_python_docs_is_about_two_megabytes_of_english_in_a_fixed_order_without_
     text = " ".join(docs[0])
     assert "assert" in text  # pydoc topics come first, sorted by name
     assert not any(set(s) == {"*"} for d in docs for s in d)  # reST underlines dropped
+
+
+def test_a_long_document_streams_in_pieces_and_rejoins(tmp_path):
+    path = tmp_path / "one.txt"
+    lines = [f"Sentence number {i} of a file with no blank line." for i in range(50)]
+    path.write_text("\n".join(lines) + "\n\nA second document.\n")
+    pieces = list(Corpus(path).pieces(max_bytes=400))
+    assert len(pieces) > 5 and all(sum(map(len, p)) < 400 + 60 for p, _ in pieces)
+    assert [ends for _, ends in pieces].count(True) == 2 and pieces[-1] == (["A second document."], True)
+    assert [s for p, _ in pieces for s in p] == lines + ["A second document."]
+    assert list(Corpus(path).documents()) == [lines, ["A second document."]]

@@ -131,3 +131,21 @@ def test_other_format_version_is_a_clear_error(copy_of):
     (copy_of / "meta.json").write_text(meta)
     with pytest.raises(UserError, match="format_version 99"):
         Shards(copy_of)
+
+
+def test_a_document_longer_than_a_chunk_is_written_as_one(tmp_path, bert_vocab_file):
+    # 120 lines and no blank line: one document, encoded over many chunks of 500 bytes
+    text = "".join(f"Line {i} says something about spans and boundaries.\n" for i in range(120)) + "\nLast one.\n"
+    (tmp_path / "c.txt").write_text(text)
+    streamed = prepare(tmp_path / "c.txt", tmp_path / "small", tokenizer=bert_vocab_file, chunk_bytes=500)
+    whole = prepare(tmp_path / "c.txt", tmp_path / "whole", tokenizer=bert_vocab_file)
+    assert (streamed.meta["n_documents"], streamed.meta["n_sentences"]) == (2, 121)
+    for name in ("tokens.bin", "word_starts.bin", "index.idx"):
+        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_special_token_strings_in_the_text_stay_text(tmp_path, bert_vocab_file):
+    (tmp_path / "c.txt").write_text("Write [MASK] or [SEP] or [CLS] in a sentence.\n")
+    shards = prepare(tmp_path / "c.txt", tmp_path / "out", tokenizer=bert_vocab_file)
+    assert not set(shards.tokens.tolist()) & set(shards.special_ids)
+    assert "[ mask ]" in shards.tokenizer().decode(shards.tokens.tolist())
