@@ -1,6 +1,7 @@
 """One process group however the ranks were started: the deepspeed launcher or torchrun
 (RANK etc. already set), mpirun (OMPI_COMM_WORLD_*), srun (SLURM_*), or a plain process."""
 
+import glob
 import os
 import socket
 
@@ -36,3 +37,21 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def unlink_shared_memory_names(rank):
+    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer from /dev/shm. Call after a barrier
+    that follows deepspeed.init_distributed.
+
+    DeepSpeed's shm communication op (CPU runs) creates a ~70 MB /dev/shm segment per rank, which every
+    rank maps during init_distributed, and never unlinks it: each run left its buffers in RAM until the
+    machine restarts. Once all ranks have mapped them the names are not needed (a mapping outlives its
+    name), so removing them here leaves nothing behind, even after kill -9."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (addr and port):
+        return
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer*_{addr}_{port}_{rank}"):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass

@@ -21,7 +21,7 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.train import checkpoint
 from spanbert_ds.train.args import add_arguments as _add_arguments
 from spanbert_ds.train.args import check_run_args, load_ds_config
-from spanbert_ds.train.distributed import fill_rank_environment
+from spanbert_ds.train.distributed import fill_rank_environment, unlink_shared_memory_names
 from spanbert_ds.train.monitor import Monitor
 from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest
 
@@ -91,10 +91,12 @@ def prepare(args, world_size, rank):
                 f"the config asks for {s.plan.global_batch}: keep the global batch when resuming (change the micro batch instead)"
             )
         stage, saved_stage = s.ds_config.get("zero_optimization", {}).get("stage", 0), s.resume_info["zero_stage"]
-        if stage != saved_stage and 0 in (stage, saved_stage):
+        if stage != saved_stage and not {stage, saved_stage} <= {1, 2}:
+            # DeepSpeed 0.19's universal checkpoints load across stages 1 and 2 only (its ZeRO-3 loader looks
+            # for ZeRO-3's own file names), and stage 0 keeps no partitioned optimizer state to convert.
             raise UserError(
                 f"checkpoint {s.resume_tag} was saved under ZeRO stage {saved_stage} and the config asks for stage {stage}: "
-                "a checkpoint moves between stages 1, 2 and 3 but not to or from stage 0; keep zero_optimization.stage "
+                "a checkpoint moves between stages 1 and 2 only; keep zero_optimization.stage "
                 f"{saved_stage} for this run"
             )
         if s.resume_info["step"] >= args.steps:
@@ -211,6 +213,8 @@ def train(args, s, rank, world_size, stop):
     from spanbert_ds.data.loader import micro_batch_loader
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+    dist.barrier()  # every rank has mapped the others' shared-memory buffers: their names can go
+    unlink_shared_memory_names(rank)
     if rank == 0:
         write_run_folder(args, s, world_size)
 

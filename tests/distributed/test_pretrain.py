@@ -5,6 +5,7 @@ Runs are shared between assertions (each launch costs seconds): a 1-rank referen
 2-rank run per ZeRO stage, all with the same global batch of 8 (micro 4).
 """
 
+import glob
 import json
 import os
 import shutil
@@ -90,6 +91,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     tmp, shards = work
     out = str(tmp / f"killed{stage}")
     args = train_args(shards, out, ds_config(tmp, stage))
+    shared_memory = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer*"))
     process = start(args, ranks=2, launcher="deepspeed")
     # Kill as soon as the step-2 checkpoint is complete: mid-run, with steps done after it to be redone.
     marker = os.path.join(out, "checkpoints", "step2", "complete.json")
@@ -98,6 +100,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     kill_tree(process)
     check(launch(args, ranks=2, launcher="deepspeed"))
     assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
+    # DeepSpeed's CPU all-reduce buffers (~70 MB of RAM per rank) are not left in /dev/shm, even by kill -9
+    assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer*")) <= shared_memory
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -113,6 +117,19 @@ def test_resume_on_fewer_ranks_through_the_universal_format(work, two_rank_runs,
     assert loss_list(down, [5]) == loss_list(two_rank_runs[stage], [5])
     assert loss_list(down, [6]) == pytest.approx(loss_list(two_rank_runs[stage], [6]), rel=1e-5)
     assert [c["step"] for c in complete_checkpoints(os.path.join(down, "checkpoints"))] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("saved, now", [(1, 2), (2, 1)])
+def test_resume_under_another_zero_stage_through_the_universal_format(work, two_rank_runs, saved, now):
+    tmp, shards = work
+    out = str(tmp / f"zero{saved}to{now}")
+    shutil.copytree(two_rank_runs[saved], out)
+    shutil.rmtree(os.path.join(out, "checkpoints", "step6"))
+    done = launch(train_args(shards, out, ds_config(tmp, now)), ranks=2, launcher="deepspeed")
+    check(done)
+    assert "resumed from step4" in done.stdout + done.stderr
+    assert loss_list(out, [5]) == pytest.approx(loss_list(two_rank_runs[saved], [5]), rel=1e-6)
+    assert loss_list(out, [6]) == pytest.approx(loss_list(two_rank_runs[saved], [6]), rel=1e-5)
 
 
 def test_resume_on_more_ranks(work, reference):

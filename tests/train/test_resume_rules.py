@@ -83,7 +83,9 @@ def test_a_checkpoint_from_before_identities_is_still_resumed(run_args):
     assert loop.prepare(run_args("--seed", "7"), 1, 0).resume_tag == "step4"
 
 
-def test_moving_to_or_from_zero_stage_0_is_refused(run_args):
-    mark(run_args(), 4, zero_stage=0)
-    with pytest.raises(UserError, match="saved under ZeRO stage 0 and the config asks for stage 2"):
+@pytest.mark.parametrize("saved", [0, 3])
+def test_moving_to_or_from_zero_stages_0_and_3_is_refused(run_args, saved):
+    mark(run_args(), 4, zero_stage=saved)
+    with pytest.raises(UserError, match=f"saved under ZeRO stage {saved} and the config asks for stage 2: "
+                                        "a checkpoint moves between stages 1 and 2 only"):
         loop.prepare(run_args(), 1, 0)
