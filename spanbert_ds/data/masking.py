@@ -275,6 +275,8 @@ class WholeWordMasker(_Masker):
         keys = sample_keys(sample_indices, epoch, seed, maskable.shape[0])
         B, T = maskable.shape
         starts = np.flatnonzero(word_unit_starts(batch, maskable))
+        if len(starts) == 0:  # nothing maskable in the whole batch (e.g. a document of [UNK]s)
+            return self._finish(batch, keys, starts, np.zeros(0, dtype=np.int8))
         rows, cols = np.divmod(starts, T)
         bits = _bits(keys[rows], _TOKEN, cols)
         low = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * (1.0 / 2**32)

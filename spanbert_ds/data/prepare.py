@@ -61,6 +61,8 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
             chunk_bytes=DEFAULT_CHUNK_BYTES, progress=False):
     """Build the shard folder `out` from `input`; returns the opened `Shards`."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is a file; the output is a folder: choose another path")
     if out.exists() and not overwrite:
         raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
     corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)

@@ -126,6 +126,11 @@ class Shards:
                             f"meta.json says {n_docs} / {n_sents}; re-create the folder with `prepare --overwrite`")
         self.doc_offsets = index[2:3 + n_docs]
         self.sent_offsets = index[3 + n_docs:]
+        for name, offsets in (("document", self.doc_offsets), ("sentence", self.sent_offsets)):
+            if offsets[0] != 0 or offsets[-1] != n:  # the ends only: reading every offset costs a pass
+                raise UserError(f"{self.path / 'index.idx'} is damaged: its {name} offsets run from {offsets[0]} to "
+                                f"{offsets[-1]}, not from 0 to the {n} tokens; re-create the folder with "
+                                "`spanbert-ds prepare ... --overwrite`")
 
     def _check_size(self, name, expected):
         actual = (self.path / name).stat().st_size

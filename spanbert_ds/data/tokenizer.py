@@ -95,13 +95,15 @@ def load_tokenizer(path):
 
 def _load_vocab_txt(path):
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"--tokenizer {path} is not a UTF-8 vocab.txt (one token per line)") from None
-    vocab = {}
-    for token in lines:
-        if token and token not in vocab:  # HF's loader keeps the first id of a duplicate
-            vocab[token] = len(vocab)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    # Ids are line numbers, as in Hugging Face's loaders (a duplicate keeps its last line's id, an empty
+    # line holds its id unused), so that they index an HF checkpoint's embedding rows.
+    vocab = {token.rstrip("\r"): i for i, token in enumerate(lines) if token.rstrip("\r")}
     if "[UNK]" not in vocab:
         raise UserError(f"--tokenizer {path} does not look like a BERT vocab.txt (no [UNK] line); "
                         f"pass a one-token-per-line WordPiece vocabulary")
@@ -173,21 +175,39 @@ def describe(tok, source="the tokenizer"):
         if ids[f"{role}_id"] is None:
             raise UserError(f"{source}: the {kind} tokenizer has no {token} token; add it to the vocabulary "
                             f"or train one with `--tokenizer {kind}`")
+    if kind == "bpe" and not _marks_word_starts(tok):
+        raise UserError(f"{source}: this BPE tokenizer does not mark where words start (its pre-tokenizer is "
+                        "neither ByteLevel, as RoBERTa's, nor Metaspace, as SentencePiece's), so whole-word and "
+                        "span masking could not find words; use a byte-level BPE, or `bpe` to train one")
     added = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
     return {
         "tokenizer_kind": kind,
         "lowercase": is_lowercase(tok),
-        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "vocab_size": vocab_size(tok),
         **ids,
         "special_ids": sorted(set(added) | set(ids.values())),
     }
+
+
+def vocab_size(tok):
+    """Rows an embedding needs: the largest id + 1 (ids may leave holes, as in a vocab.txt with a duplicate)."""
+    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
+
+
+def _marks_word_starts(tok):
+    """Does a BPE tokenizer's pre-tokenizer put a word-start marker (Ġ or ▁) on tokens?"""
+    def walk(node):
+        if isinstance(node, dict):
+            return node.get("type") in ("ByteLevel", "Metaspace") or any(walk(v) for v in node.values())
+        return isinstance(node, list) and any(walk(v) for v in node)
+    return walk(json.loads(tok.to_str()).get("pre_tokenizer"))
 
 
 def word_start_table(tok):
     """Bool [vocab_size]: does this token id begin a word? (False for special tokens.)"""
     kind = kind_of(tok)
     vocab = tok.get_vocab(with_added_tokens=True)
-    table = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=bool)
+    table = np.zeros(vocab_size(tok), dtype=bool)
     ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
     if kind == "wordpiece":
         starts = np.fromiter((not t.startswith("##") for t in vocab), dtype=bool, count=len(vocab))

@@ -227,8 +227,9 @@ def write_tokenizer_files(source, out_dir, model_config):
     lowercase, strip_accents = _lowercases(spec.get("normalizer"))
     if meta is not None and "lowercase" in meta:
         lowercase = bool(meta["lowercase"])  # the shard folder records what it was prepared with
-    if tokenizer.get_vocab_size() != model_config.vocab_size:
-        model_config.check_vocab(tokenizer.get_vocab_size(), where="the tokenizer")
+    rows = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1  # ids may leave holes (a vocab.txt)
+    if rows != model_config.vocab_size:
+        model_config.check_vocab(rows, where="the tokenizer")
     written = [os.path.join(out_dir, "tokenizer.json")]
     tokenizer.save(written[0])
 
@@ -250,7 +251,9 @@ def write_tokenizer_files(source, out_dir, model_config):
     if kind == "WordPiece":
         config.update(strip_accents=strip_accents, tokenize_chinese_chars=True, do_basic_tokenize=True)
         vocab = spec["model"]["vocab"]  # token -> id
-        tokens = [None] * len(vocab)
+        # a line per id, since BertTokenizer numbers the lines: an id no token has (a vocab.txt with a
+        # duplicate line) gets a placeholder line
+        tokens = [f"[unused_id_{i}]" for i in range(max(vocab.values()) + 1)]
         for token, index in vocab.items():
             tokens[index] = token
         written.append(os.path.join(out_dir, "vocab.txt"))

@@ -54,6 +54,8 @@ def check_run_args(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_seq_len < 8:
         raise UserError(f"--max-seq-len {args.max_seq_len} is too short; use at least 8")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
     if args.num_workers < 0:
         raise UserError("--num-workers must be 0 or more")
     if not os.path.isdir(args.data):

@@ -421,3 +421,19 @@ def test_mask_stats_command_rejects_bad_arguments_in_one_line(python_docs_shards
     rc = cli_main(["mask-stats", str(python_docs_shards.path), *argv])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "error:" in err
+
+
+@pytest.mark.parametrize("kind", [TokenMasker, WholeWordMasker, SpanMasker])
+def test_a_batch_with_nothing_maskable_masks_nothing(text, kind):
+    # a row of [CLS] [UNK] [UNK] [UNK] [SEP] and padding: a document the tokenizer could not read
+    ids = np.array([[text.cls, text.unk, text.unk, text.unk, text.sep, text.pad, text.pad, text.pad]])
+    batch = {
+        "input_ids": ids,
+        "attention_mask": (ids != text.pad).astype(np.int64),
+        "token_type_ids": np.zeros_like(ids),
+        "word_starts": np.zeros(ids.shape, dtype=bool),
+        "special_mask": np.isin(ids, [text.cls, text.sep, text.pad]),
+    }
+    out = text.masker(kind)(batch, np.arange(1), 0, 0)
+    assert out["mlm_positions"].size == 0
+    np.testing.assert_array_equal(out["input_ids"], ids)

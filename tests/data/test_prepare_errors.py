@@ -93,3 +93,10 @@ def test_jsonl_line_without_text_field(capsys, tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"body": "no text"}\n')
     err = fails(capsys, tmp_path, tmp_path / "a.jsonl", tmp_path / "out", "--tokenizer", bert_vocab())
     assert 'a.jsonl: line 2 has no string field "text"' in err
+
+
+def test_output_that_is_a_file(capsys, tmp_path):
+    (tmp_path / "c.txt").write_text("Some text.\n")
+    (tmp_path / "out").write_text("not a folder")
+    assert main(["prepare", str(tmp_path / "c.txt"), str(tmp_path / "out"), "--overwrite"]) == 2
+    assert "output " + str(tmp_path / "out") + " is a file" in capsys.readouterr().err

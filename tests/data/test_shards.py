@@ -120,6 +120,14 @@ def test_truncated_file_is_a_clear_error(copy_of):
         Shards(copy_of)
 
 
+def test_damaged_index_is_a_clear_error(copy_of):
+    index = np.memmap(copy_of / "index.idx", dtype="<i8", mode="r+")
+    index[-1] += 5  # the last sentence offset past the end of the tokens
+    index.flush()
+    with pytest.raises(UserError, match="index.idx is damaged: its sentence offsets run from 0 to"):
+        Shards(copy_of)
+
+
 def test_missing_file_is_a_clear_error(copy_of):
     os.remove(copy_of / "index.idx")
     with pytest.raises(UserError, match="has no index.idx"):

@@ -1,0 +1,48 @@
+"""spanbert_ds/data/tokenizer.py: loading users' tokenizers as Hugging Face does, and refusing the ones
+whose word starts cannot be found."""
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from spanbert_ds.data.tokenizer import describe, load_tokenizer, word_start_table
+from spanbert_ds.errors import UserError
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_vocab_txt_ids_are_line_numbers_as_in_hugging_face(tmp_path):
+    # a duplicate line ("the") and an empty line: BertTokenizer numbers lines, keeping the last duplicate
+    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "the", "sat", "", "on", "mat", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
+    ours = load_tokenizer(tmp_path / "vocab.txt")
+    hf = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=True)
+    text = "the cats sat on the mat"
+    assert ours.encode(text, add_special_tokens=False).ids == hf.convert_tokens_to_ids(hf.tokenize(text))
+    assert describe(ours)["vocab_size"] == len(lines)  # rows for every id, holes included
+    assert len(word_start_table(ours)) == len(lines)
+
+
+def test_a_bpe_without_word_start_markers_is_refused(tmp_path):
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(["some words to merge", "more words"] * 20,
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=specials, end_of_word_suffix="</w>"))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(UserError, match="does not mark where words start"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_a_vocab_with_holes_exports_with_the_same_ids(tmp_path):
+    from spanbert_ds.interop.hf import write_tokenizer_files
+    from tests.model.synthetic import tiny_config
+
+    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "the", "sat", "on", "mat", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
+    ours = load_tokenizer(tmp_path / "vocab.txt")
+    out = tmp_path / "hf"
+    out.mkdir()
+    write_tokenizer_files(ours, str(out), tiny_config(vocab_size=len(lines)))
+    hf = transformers.BertTokenizer(str(out / "vocab.txt"), do_lower_case=True)
+    text = "the cats sat on the mat"
+    assert hf.convert_tokens_to_ids(hf.tokenize(text)) == ours.encode(text, add_special_tokens=False).ids
