@@ -7,11 +7,13 @@ Modes (names from the RoBERTa paper):
   doc_offsets[d] + d + j, and the separator after document d at doc_offsets[d + 1] + d.
 - "doc" (DOC-SENTENCES): the same, but a block never crosses a document, so the last block of a
   document may be short (padded).
-- "pair" (SEGMENT-PAIR, BERT with NSP): [CLS] A [SEP] B [SEP] within max_seq_len. Each document's
-  sentences are grouped into chunks of about max_seq_len - 3 tokens; a chunk is split into A and B
-  at a random sentence boundary (or, for a one-sentence chunk, near its middle). With probability
-  1/2 B is the true continuation of A (label 0; A is truncated at its front and B at its end so
-  they stay adjacent), else it starts at a random sentence of another document (label 1).
+- "pair" (SEGMENT-PAIR, BERT with NSP): [CLS] A [SEP] B [SEP] within max_seq_len. Each document is
+  tiled with regions of at most max_seq_len - 3 tokens (cut as in "doc" mode); a region is split into
+  A and its continuation at a random sentence boundary (or, without one, at a word start near its
+  middle). With probability 1/2 B is that continuation (label 0), else (label 1) it is the
+  continuation of another document's random-next region, handed on around a random cycle so that
+  every continuation is used (or, failing that, a random sentence of another document onwards),
+  cut at its end to fit.
 
 Block cuts are moved back (by at most `word_start_window` positions) to the nearest word start,
 so blocks begin with whole words where possible; a block is therefore 0..window-1 positions
@@ -19,8 +21,8 @@ shorter than the nominal length. All sample boundaries are computed once, at con
 int64 arrays, so `len()` and `batch()` are O(1) per sample and `batch()` gathers every token of a
 batch with one fancy index into the memmap.
 
-Randomness (pair mode only) is a counter-based hash of (seed, sample index), so a sample never
-depends on which other samples exist or on batch composition.
+Randomness (pair mode only) is a counter-based hash of (seed, region index), and the pairs are all
+computed at construction, so a sample never depends on batch composition.
 """
 
 import numpy as np
@@ -81,51 +83,43 @@ class PackedSamples:
         if n_docs < 2:
             raise UserError(f"packing mode 'pair' needs at least 2 documents for its random next segments; "
                             f"{shards.path} has {n_docs} (separate documents by blank lines, or use mode 'full')")
+        ws = shards.word_starts
         sent = np.asarray(shards.sent_offsets, dtype=np.int64)
         doc_sent = shards.doc_sentence_index()
-        doc_of_sent = np.searchsorted(doc_sent, np.arange(len(sent) - 1), side="right") - 1
-        # Chunk = the sentences of one document that start in the same window of `target` tokens.
-        key = (sent[:-1] - self._doc_offsets[doc_of_sent]) // target
-        new = np.ones(len(key), dtype=bool)
-        new[1:] = (key[1:] != key[:-1]) | (doc_of_sent[1:] != doc_of_sent[:-1])
-        first = np.flatnonzero(new)
-        last = np.append(first[1:], len(key))  # exclusive sentence index
-        doc = doc_of_sent[first]
-        c0, c1 = sent[first], sent[last]
-        n = len(first)
-
+        # Regions of at most `target` tokens tiling each document, cut at word starts as in doc mode.
+        c0, c1 = _cut_blocks(int(self._doc_offsets[-1]), target, self._doc_offsets[1:],
+                             lambda a, b: np.asarray(ws[a:b], dtype=bool), window).T
+        n = len(c0)
+        doc = np.searchsorted(self._doc_offsets, c0, side="right") - 1
         index = np.arange(n, dtype=np.uint64)
-        u_split, u_label, u_doc, u_sent = (_uniform(self.seed, index, k) for k in range(4))
-        # A ends at a random inner sentence boundary, or near the middle of a one-sentence chunk.
-        n_sent = last - first
-        at_sentence = sent[first + 1 + (u_split * np.maximum(n_sent - 1, 1)).astype(np.int64)]
-        middle = _next_word_start(shards.word_starts, c0 + (c1 - c0) // 2, c1, window)
-        a1 = np.where(n_sent >= 2, at_sentence, middle)
+        u_split, u_label, u_order, u_doc, u_sent = (_uniform(self.seed, index, k) for k in range(5))
+
+        # A ends at a random sentence boundary inside the region, else at a word start near its middle.
+        lo = np.searchsorted(sent, c0, side="right")  # the first boundary after c0
+        inner = np.searchsorted(sent, c1, side="left") - lo  # boundaries strictly inside
+        at_sentence = sent[np.minimum(lo + (u_split * inner).astype(np.int64), len(sent) - 1)]
+        middle = _next_word_start(ws, c0 + (c1 - c0) // 2, c1, window)
         splittable = (c1 - c0) >= 2
-        a1 = np.where(splittable, np.clip(a1, c0 + 1, c1 - 1), c1)
+        a1 = np.where(splittable, np.clip(np.where(inner > 0, at_sentence, middle), c0 + 1, c1 - 1), c1)
         labels = ((u_label < 0.5) | ~splittable).astype(np.int64)  # 1 = random next
+        b0, b1 = a1.copy(), c1.copy()  # label 0: B is A's own continuation, which fits by construction
 
-        # Random B: from a random sentence of another document, as long as A leaves room for.
-        other = (doc + 1 + (u_doc * (n_docs - 1)).astype(np.int64)) % n_docs
-        r_sent = doc_sent[other] + (u_sent * (doc_sent[other + 1] - doc_sent[other])).astype(np.int64)
-        rb0 = sent[r_sent]
-        rb1 = np.minimum(self._doc_offsets[other + 1], rb0 + np.maximum(target - (a1 - c0), 1))
-        b0 = np.where(labels == 1, rb0, a1)
-        b1 = np.where(labels == 1, rb1, c1)
-
-        # Fit A + B into `target`: shorten the longer one first (as BERT does). A loses its front,
-        # B its end, so a true pair stays adjacent; A's new front moves to a word start if one is near.
-        la, lb = a1 - c0, b1 - b0
-        short = np.minimum(la, lb)
-        keep_short = np.minimum(short, target // 2)
-        keep_long = np.minimum(np.maximum(la, lb), target - keep_short)
-        la_fit = np.where(la <= lb, keep_short, keep_long)
-        lb_fit = np.where(la <= lb, keep_long, keep_short)
-        a0 = a1 - la_fit
-        cut = la_fit < la
-        a0[cut] = _next_word_start(shards.word_starts, a0[cut], a1[cut], window)
-        b1 = b0 + lb_fit
-        return np.stack([a0, a1, b0, b1], axis=1), labels
+        # Label 1: B is the continuation of another random-next region, handed on around a random cycle,
+        # so no continuation goes unused (BERT puts unused segments back for the same reason).
+        cycle = np.flatnonzero((labels == 1) & splittable)
+        cycle = cycle[np.argsort(u_order[cycle], kind="stable")]
+        donor = np.roll(cycle, -1)
+        other_doc = doc[donor] != doc[cycle]
+        b0[cycle[other_doc]], b1[cycle[other_doc]] = a1[donor[other_doc]], c1[donor[other_doc]]
+        # The rest (the cycle came round to the same document, or A is the whole region): a random
+        # sentence of another document onwards.
+        rest = np.flatnonzero(labels == 1)
+        rest = rest[~np.isin(rest, cycle[other_doc])]
+        other = (doc[rest] + 1 + (u_doc[rest] * (n_docs - 1)).astype(np.int64)) % n_docs
+        r_sent = doc_sent[other] + (u_sent[rest] * (doc_sent[other + 1] - doc_sent[other])).astype(np.int64)
+        b0[rest], b1[rest] = sent[r_sent], self._doc_offsets[other + 1]
+        b1 = np.minimum(b1, b0 + (target - (a1 - c0)))  # A + B within target: B loses its end
+        return np.stack([c0, a1, b0, b1], axis=1), labels
 
     def batch(self, indices):
         """Padded numpy arrays for the samples `indices` (the contract's dict; see module docstring)."""

@@ -114,6 +114,17 @@ def test_pair_labels_are_balanced_and_true_pairs_are_adjacent(shards):
     assert np.array_equal(row[2 + la[i]:2 + la[i] + lb[i]], shards.tokens[b0[i]:b1[i]])
 
 
+def test_pairs_use_nearly_every_token_of_the_corpus(shards):
+    # regions tile each document, and a random-next sample takes another region's unused continuation
+    s = PackedSamples(shards, "pair", T, seed=1).samples
+    edges = np.zeros(shards.n_tokens + 1, dtype=np.int64)
+    for start, end in ((s[:, 0], s[:, 1]), (s[:, 2], s[:, 3])):
+        np.add.at(edges, start, 1)
+        np.add.at(edges, end, -1)
+    covered = np.cumsum(edges)[:-1] > 0
+    assert covered.mean() > 0.9, covered.mean()
+
+
 def test_pairs_are_a_function_of_seed_and_index(shards):
     one, same, other = (PackedSamples(shards, "pair", T, seed=k) for k in (7, 7, 8))
     assert np.array_equal(one.samples, same.samples) and np.array_equal(one.nsp_labels, same.nsp_labels)
