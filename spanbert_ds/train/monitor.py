@@ -12,7 +12,7 @@ from tqdm import tqdm
 # Dense bf16/fp16 tensor-core peak of the GPUs we know, for model FLOPs utilisation, most specific
 # name first (an "L40S" must not match "L4"). Unknown devices get no MFU rather than a wrong one.
 PEAK_FLOPS = (
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
     ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12),
     ("L4", 121e12), ("V100", 125e12),
 )
