@@ -361,6 +361,9 @@ def optimizer_scalars(engine):
         scalars["grad_norm"] = float(grad_norm)
     if engine.fp16_enabled():
         scalars["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 0.0)))
+        # steps whose update fp16's loss scaling dropped (gradient overflow): they use up data but do not
+        # move the weights or the learning-rate schedule
+        scalars["skipped_steps"] = float(getattr(engine, "skipped_steps", 0))
     return scalars
 
 
