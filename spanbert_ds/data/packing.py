@@ -104,10 +104,12 @@ class PackedSamples:
         labels = ((u_label < 0.5) | ~splittable).astype(np.int64)  # 1 = random next
         b0, b1 = a1.copy(), c1.copy()  # label 0: B is A's own continuation, which fits by construction
 
-        # Label 1: B is the continuation of another random-next region, handed on around a random cycle,
-        # so no continuation goes unused (BERT puts unused segments back for the same reason).
+        # Label 1: B is the continuation of another random-next region, handed on around a cycle, so no
+        # continuation goes unused (BERT puts unused segments back for the same reason). The cycle runs in
+        # order of A's length, so a donor's A is about as long as the receiver's and a random pair fills
+        # its row as a true pair does: the row's length must not give the label away.
         cycle = np.flatnonzero((labels == 1) & splittable)
-        cycle = cycle[np.argsort(u_order[cycle], kind="stable")]
+        cycle = cycle[np.lexsort((u_order[cycle], a1[cycle] - c0[cycle]))]
         donor = np.roll(cycle, -1)
         other_doc = doc[donor] != doc[cycle]
         b0[cycle[other_doc]], b1[cycle[other_doc]] = a1[donor[other_doc]], c1[donor[other_doc]]

@@ -195,12 +195,17 @@ def vocab_size(tok):
 
 
 def _marks_word_starts(tok):
-    """Does a BPE tokenizer's pre-tokenizer put a word-start marker (Ġ or ▁) on tokens?"""
+    """Does a BPE tokenizer put a word-start marker (Ġ or ▁) on tokens: a ByteLevel or Metaspace
+    pre-tokenizer, or (older SentencePiece conversions) a normalizer that writes ▁ for spaces?"""
     def walk(node):
         if isinstance(node, dict):
-            return node.get("type") in ("ByteLevel", "Metaspace") or any(walk(v) for v in node.values())
+            marks = node.get("type") in ("ByteLevel", "Metaspace") or \
+                (node.get("type") == "Prepend" and node.get("prepend") == "▁") or \
+                (node.get("type") == "Replace" and node.get("content") == "▁")
+            return marks or any(walk(v) for v in node.values())
         return isinstance(node, list) and any(walk(v) for v in node)
-    return walk(json.loads(tok.to_str()).get("pre_tokenizer"))
+    spec = json.loads(tok.to_str())
+    return walk(spec.get("pre_tokenizer")) or walk(spec.get("normalizer"))
 
 
 def word_start_table(tok):

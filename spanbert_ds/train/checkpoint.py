@@ -80,7 +80,7 @@ def check_loadable(tag_dir):
     """
     files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")))
     if not files:
-        raise UserError(f"checkpoint {tag_dir} holds no .pt files; resume from another checkpoint or start afresh with --resume none")
+        raise UserError(f"checkpoint {tag_dir} holds no .pt files; delete that folder, then resume from the one before it with --resume auto")
     for path in files:
         try:
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):

@@ -112,7 +112,7 @@ def run_identity(args, s):
     the data and its order. Training settings that a resume may change (dropout, attention backend,
     activation checkpointing, learning rate, --steps) are left out. Stored in each checkpoint's marker."""
     model = {k: v for k, v in s.model_config.to_dict().items() if k not in RESUMABLE_MODEL_SETTINGS}
-    data = {k: s.shards.meta[k] for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size")}
+    data = {k: s.shards.meta.get(k) for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size", "tokenizer_sha256")}
     identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
                 "max_seq_len": args.max_seq_len, "masking": s.masking_config.to_dict()}
     return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
@@ -129,9 +129,9 @@ def check_same_run(tag, info, identity):
     changed = []
     for key, value in identity.items():
         before = saved.get(key, value)
-        if isinstance(value, dict) and isinstance(before, dict):
-            changed += [f"{key}.{k} {before.get(k)!r} -> {value.get(k)!r}" for k in sorted(set(value) | set(before))
-                        if before.get(k) != value.get(k)]
+        if isinstance(value, dict) and isinstance(before, dict):  # keys one side lacks: another version
+            changed += [f"{key}.{k} {before[k]!r} -> {value[k]!r}" for k in sorted(set(value) & set(before))
+                        if before[k] != value[k]]
         elif before != value:
             changed.append(f"{key} {before!r} -> {value!r}")
     if changed:

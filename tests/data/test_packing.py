@@ -125,6 +125,18 @@ def test_pairs_use_nearly_every_token_of_the_corpus(shards):
     assert covered.mean() > 0.9, covered.mean()
 
 
+@pytest.mark.parametrize("max_seq_len", [T, 512])
+def test_a_rows_length_does_not_give_its_nsp_label_away(shards, max_seq_len):
+    packed = PackedSamples(shards, "pair", max_seq_len, seed=1)
+    s, labels = packed.samples, packed.nsp_labels
+    length = (s[:, 1] - s[:, 0]) + (s[:, 3] - s[:, 2])
+    padded = length < max_seq_len - 3 - 8
+    # guessing "random next" for every padded row must be no better than a coin
+    accuracy = ((padded & (labels == 1)) | (~padded & (labels == 0))).mean()
+    assert abs(accuracy - 0.5) < 0.04, accuracy
+    assert abs(length[labels == 1].mean() / length[labels == 0].mean() - 1) < 0.05
+
+
 def test_pairs_are_a_function_of_seed_and_index(shards):
     one, same, other = (PackedSamples(shards, "pair", T, seed=k) for k in (7, 7, 8))
     assert np.array_equal(one.samples, same.samples) and np.array_equal(one.nsp_labels, same.nsp_labels)

@@ -46,3 +46,17 @@ def test_a_vocab_with_holes_exports_with_the_same_ids(tmp_path):
     hf = transformers.BertTokenizer(str(out / "vocab.txt"), do_lower_case=True)
     text = "the cats sat on the mat"
     assert hf.convert_tokens_to_ids(hf.tokenize(text)) == ours.encode(text, add_special_tokens=False).ids
+
+
+def test_a_sentencepiece_style_bpe_marking_words_in_its_normalizer_is_accepted(tmp_path):
+    from tokenizers import normalizers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(["some words to merge", "more words"] * 20, trainers.BpeTrainer(vocab_size=80, special_tokens=specials))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    table = word_start_table(loaded)
+    ids = loaded.encode("some words", add_special_tokens=False)
+    assert [bool(table[i]) for i in ids.ids].count(True) >= 1
