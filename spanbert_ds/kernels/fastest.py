@@ -57,12 +57,15 @@ def fastest(key, make_candidates, device, reps=5):
     forward + backward on its own copy of the inputs (see `trial`). Each is run once untimed
     (compilation, autotuning), then `reps` times in turns; the median decides. A candidate that raises
     is dropped (a kernel that does not take this shape); if all raise, the last one's error is raised,
-    so list PyTorch's own implementation last: its error is the one a user can act on.
+    so list PyTorch's own implementation last: its error is the one a user can act on. While torch.compile
+    traces or a CUDA graph is captured nothing can be timed: the last candidate is used, uncached.
     """
     if key in _CHOICES:
         return _CHOICES[key][0]
     candidates = make_candidates()
     device = torch.device(device)
+    if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return list(candidates)[-1]  # nothing can be timed while compiling or capturing a CUDA graph
     start, stop = _clock(device)
     times = {name: [] for name in candidates}
     errors = {}

@@ -186,3 +186,13 @@ def test_auto_gelu_layernorm_runs_what_the_timing_chose(monkeypatch, winner):
     assert names == {"triton", "reference"} and key[:4] == ("bias_gelu_layernorm", "cpu", torch.float32, 24)
     assert ("BiasGeluLayerNorm" in type(y.grad_fn).__name__) == (winner == "triton")
     torch.testing.assert_close(y, reference.bias_gelu_layernorm(x, *params, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_nothing_is_timed_while_torch_compile_traces(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+    def never():
+        raise AssertionError("a candidate ran")
+
+    assert fastest.fastest("k", lambda: {"ours": never, "pytorch": never}, "cpu") == "pytorch"
+    assert "k" not in fastest.choices()  # decided again once timing is possible
