@@ -53,6 +53,7 @@ class PackedSamples:
             n_docs = len(self._doc_offsets) - 1
             self._vdoc_start = self._doc_offsets[:-1] + np.arange(n_docs)  # virtual start of each document
             self._doc_len = np.diff(self._doc_offsets)
+            self._vsep = self._doc_offsets[1:-1] + np.arange(n_docs - 1)  # virtual position of each [SEP]
             length = int(self._doc_offsets[-1]) + n_docs - 1
             self.samples = _cut_blocks(length, max_seq_len - 2, np.array([length]), self._virtual_word_starts,
                                        self.window)
@@ -74,8 +75,12 @@ class PackedSamples:
         return np.where(is_sep, 0, self._doc_offsets[d] + offset), is_sep
 
     def _virtual_word_starts(self, a, b):
-        real, is_sep = self._virtual_to_real(np.arange(a, b))
-        return (np.asarray(self.shards.word_starts[real]) > 0) & ~is_sep
+        """Word-start flags of virtual positions [a, b): a slice of the real flags with False put in at
+        the separators (no per-position lookup: this runs over the whole corpus at start-up)."""
+        first, last = np.searchsorted(self._vsep, [a, b])
+        real_start = a - first  # every separator before a shifts the real stream by one
+        flags = np.asarray(self.shards.word_starts[real_start:real_start + (b - a) - (last - first)]) > 0
+        return np.insert(flags, self._vsep[first:last] - a - np.arange(last - first), False)
 
     def _pairs(self):
         shards, target, window = self.shards, self.max_seq_len - 3, self.window
