@@ -16,7 +16,7 @@ from spanbert_ds.train import checkpoint
 
 
 def add_arguments(parser):
-    parser.add_argument("run", help="a run folder written by train.py (holds run_config.json and checkpoints/)")
+    parser.add_argument("run", help="a run folder written by train.py (holds run_config.json and checkpoints/), or one of its checkpoints (RUN/checkpoints/stepN)")
     parser.add_argument("out", help="the Hugging Face model folder to write")
     parser.add_argument("--checkpoint", default=None, help="a checkpoint tag such as step1000 (default: the latest complete one)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -25,18 +25,43 @@ def add_arguments(parser):
 def run(args):
     from spanbert_ds.interop.hf import export_hf
 
-    objective, tag = load_run(args.run, args.checkpoint)
-    if os.path.exists(args.out):
-        if not args.overwrite:
-            raise UserError(f"{args.out} already exists; pass --overwrite to replace it")
-        shutil.rmtree(args.out)
-    tmp = f"{args.out.rstrip('/')}.tmp{os.getpid()}"
+    run_dir, tag = _run_and_tag(args.run, args.checkpoint)
+    _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
+    objective, tag = load_run(run_dir, tag)
+    tmp = f"{os.path.normpath(args.out)}.tmp{os.getpid()}"
     try:
-        export_hf(objective, objective.config, os.path.join(args.run, "tokenizer"), tmp)
+        export_hf(objective, objective.config, os.path.join(run_dir, "tokenizer"), tmp)
+        if os.path.exists(args.out):  # only now, with the new folder complete
+            shutil.rmtree(args.out)
         os.replace(tmp, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"exported {objective.name} model of {os.path.join(args.run, 'checkpoints', tag)} to {args.out} (load it with transformers.BertForPreTraining.from_pretrained)")
+    print(f"exported {objective.name} model of {os.path.join(run_dir, 'checkpoints', tag)} to {args.out} (load it with transformers.BertForPreTraining.from_pretrained)")
+
+
+def _run_and_tag(path, tag):
+    """RUN or RUN/checkpoints/stepN -> (RUN, tag or None)."""
+    path = os.path.normpath(path)
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == "checkpoints" and os.path.isfile(os.path.join(os.path.dirname(parent), "run_config.json")):
+        if tag is not None and tag != os.path.basename(path):
+            raise UserError(f"export: {path} is checkpoint {os.path.basename(path)} but --checkpoint says {tag}; give one of them")
+        return os.path.dirname(parent), os.path.basename(path)
+    return path, tag
+
+
+def _check_out(out, run_dir, overwrite):
+    out_abs, run_abs = os.path.abspath(out), os.path.abspath(run_dir)
+    if out_abs == run_abs or out_abs.startswith(run_abs + os.sep) or run_abs.startswith(out_abs + os.sep):
+        raise UserError(f"export: {out} is the run folder {run_dir}, or inside it, or holds it; write the Hugging Face "
+                        "folder somewhere else (e.g. next to the run)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"export: {out} is a file; the Hugging Face model is a folder: choose another path")
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(out_abs)
+    if not os.path.isdir(parent):
+        raise UserError(f"export: {parent} is not a folder; create it, or choose another place for {out}")
 
 
 def load_run(run_dir, tag=None):
@@ -56,6 +81,9 @@ def load_run(run_dir, tag=None):
             raise UserError(f"{run_dir} has no complete checkpoint yet; train for at least --save-every steps first")
         tag = checkpoint.tag_of(found[-1]["step"])
     tag_dir = os.path.join(ckpt_root, tag)
+    if not os.path.isdir(tag_dir):
+        found = [checkpoint.tag_of(c["step"]) for c in checkpoint.complete_checkpoints(ckpt_root)]
+        raise UserError(f"{run_dir} has no checkpoint {tag}; its complete checkpoints are: {', '.join(found) or 'none yet'}")
     info = checkpoint.read_marker(tag_dir)
     checkpoint.check_loadable(tag_dir)
 

@@ -205,6 +205,22 @@ def test_export_of_a_zero3_run_opens_in_transformers(work, two_rank_runs):
     assert torch.allclose(theirs, mine, atol=1e-5)
 
 
+def test_export_never_writes_over_its_run_and_takes_a_checkpoint_path(work, two_rank_runs, capsys):
+    from spanbert_ds.cli import main
+
+    tmp, _ = work
+    run = two_rank_runs[2]
+    before = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    for out in (run, os.path.join(run, "checkpoints"), os.path.dirname(run)):
+        assert main(["export", run, out, "--overwrite"]) == 2
+        assert "is the run folder" in capsys.readouterr().err
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == before
+    assert main(["export", run, str(tmp / "hf_x"), "--checkpoint", "step99"]) == 2
+    assert "its complete checkpoints are: step2, step4, step6" in capsys.readouterr().err
+    assert main(["export", os.path.join(run, "checkpoints", "step4"), str(tmp / "hf_step4")]) == 0
+    assert "checkpoints/step4 to" in capsys.readouterr().out
+
+
 def test_accumulated_deepspeed_steps_equal_a_plain_pytorch_loop(work, reference):
     """The 1-rank run (micro 4 x accumulation 2, ZeRO-2) against the textbook loop on the same batches."""
     import torch
