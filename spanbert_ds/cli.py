@@ -7,6 +7,7 @@ never pays for importing DeepSpeed.
 
 import argparse
 import importlib
+import os
 import sys
 
 from spanbert_ds.errors import UserError
@@ -47,6 +48,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"spanbert-ds {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        return 0
 
 
 if __name__ == "__main__":

@@ -23,10 +23,14 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of sample choice and masking (default: 0)")
     parser.add_argument("--epoch", type=int, default=0, help="epoch the masks are drawn for (default: 0)")
     defaults = MaskingConfig()
-    parser.add_argument("--mask-ratio", type=float, default=defaults.mask_ratio)
-    parser.add_argument("--geometric-p", type=float, default=defaults.geometric_p)
-    parser.add_argument("--max-span-words", type=int, default=defaults.max_span_words)
-    parser.add_argument("--max-span-targets", type=int, default=defaults.max_span_targets)
+    parser.add_argument("--mask-ratio", type=float, default=defaults.mask_ratio,
+                        help="share of maskable tokens to mask (default: %(default)s)")
+    parser.add_argument("--geometric-p", type=float, default=defaults.geometric_p,
+                        help="p of the geometric span length in words (default: %(default)s)")
+    parser.add_argument("--max-span-words", type=int, default=defaults.max_span_words,
+                        help="longest span in words; lengths are renormalised over 1..this (default: %(default)s)")
+    parser.add_argument("--max-span-targets", type=int, default=defaults.max_span_targets,
+                        help="most SBO targets per span (default: %(default)s)")
 
 
 def spans_in(out, T):
@@ -42,7 +46,7 @@ def collect(masker, packed, n_batches, batch_size, epoch, seed):
     """Mask n_batches batches of distinct samples and count what happened."""
     n = min(n_batches * batch_size, len(packed))
     if n == 0:
-        raise UserError("mask-stats: the shard folder yields no samples; check it with `spanbert-ds prepare`")
+        raise UserError("the shard folder yields no samples; check it with `spanbert-ds prepare`")
     order = np.random.default_rng(seed).permutation(len(packed))[:n]
     T = packed.max_seq_len
     c = {"sequences": 0, "maskable": 0, "masked": 0, "spans": 0, "drawn": 0, "dropped": 0, "sbo": 0,
@@ -115,7 +119,7 @@ def run(args):
 
     for name in ("batch_size", "batches"):
         if getattr(args, name) < 1:
-            raise UserError(f"mask-stats: --{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
     config = MaskingConfig(mask_ratio=args.mask_ratio, geometric_p=args.geometric_p,
                            max_span_words=args.max_span_words, max_span_targets=args.max_span_targets)
     shards = Shards(args.shards)

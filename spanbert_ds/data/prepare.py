@@ -63,11 +63,14 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} is a file; the output is a folder: choose another path")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"output {out}: {out.absolute().parent} is not a folder; create it or choose another path")
     if out.exists() and not overwrite:
         raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
     corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
-    if tokenizer in ("wordpiece", "bpe") and vocab_size < 64:
-        raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least 64")
+    if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
+        raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
+                        f"{tokenizers_.MIN_TRAINED_VOCAB}")
 
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

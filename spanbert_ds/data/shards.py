@@ -94,6 +94,13 @@ class Shards:
 
     def __init__(self, path):
         self.path = Path(path)
+        if not self.path.is_dir():
+            what = "is a file (a corpus?)" if self.path.exists() else "does not exist"
+            raise UserError(f"shard folder {self.path} {what}; make shards with "
+                            f"`spanbert-ds prepare CORPUS SHARD_FOLDER` and pass that folder")
+        if (self.path / "run_config.json").is_file():
+            raise UserError(f"{self.path} is a training run's folder, not a shard folder; pass the shards it was "
+                            f"trained on (its run_config.json names them under args.data)")
         for name in FILES:
             if not (self.path / name).is_file():
                 raise UserError(f"shard folder {self.path} has no {name}; "

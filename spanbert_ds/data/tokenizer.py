@@ -57,13 +57,16 @@ def train_tokenizer(kind, sentences, vocab_size, lowercase=False, min_frequency=
     return tok
 
 
+MIN_TRAINED_VOCAB = 64  # the smallest --vocab-size prepare trains
+
+
 def check_vocab_size(tok, vocab_size):
     """Training stops early when the corpus has no more pairs to merge: say so instead of going on."""
     reached = tok.get_vocab_size(with_added_tokens=True)
     if reached < vocab_size:
+        smaller = f"pass --vocab-size {reached} or less, " if reached >= MIN_TRAINED_VOCAB else ""
         raise UserError(f"the corpus supports a vocabulary of only {reached} tokens but --vocab-size is "
-                        f"{vocab_size}; pass --vocab-size {reached} or less, use a larger corpus, "
-                        f"or pass --allow-smaller-vocab to accept {reached}")
+                        f"{vocab_size}; {smaller}use a larger corpus, or pass --allow-smaller-vocab to accept {reached}")
 
 
 def load_tokenizer(path):

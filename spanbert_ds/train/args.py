@@ -59,7 +59,15 @@ def check_run_args(args):
     if args.num_workers < 0:
         raise UserError("--num-workers must be 0 or more")
     if not os.path.isdir(args.data):
+        if os.path.exists(args.data):
+            raise UserError(f"--data {args.data} is a file; --data takes a shard folder: make one with "
+                            f"`spanbert-ds prepare {args.data} SHARD_FOLDER`")
         raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS {args.data}`")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a file; the run's output is a folder: choose another path")
+    data, output = os.path.abspath(args.data), os.path.abspath(args.output)
+    if output == data or output.startswith(data + os.sep) or data.startswith(output + os.sep):
+        raise UserError(f"--output {args.output} and --data {args.data} overlap; give the run its own folder")
 
 
 def load_ds_config(path, world_size, total_steps, notes=None):

@@ -66,6 +66,9 @@ def prepare(args, world_size, rank):
     s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
     s.shards = Shards(args.data)
     s.model_config = model_config_for(args.model, s.shards, args.init_from)
+    if args.max_seq_len > s.model_config.max_position_embeddings:
+        raise UserError(f"--max-seq-len {args.max_seq_len} is longer than the model's {s.model_config.max_position_embeddings} "
+                        "positions; lower --max-seq-len or pass --model ...,max_position_embeddings=N")
     if args.attention:
         s.model_config.attention_backend = args.attention
     s.objective_class = OBJECTIVES[args.objective]
@@ -256,6 +259,8 @@ def train(args, s, rank, world_size, stop):
         batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
         out = engine(batch)
         engine.backward(out["loss"])
+        if (micro_index + 1) % accumulation == 0:
+            lr = engine.get_lr()[0]  # the rate this step's update uses: step() moves the schedule on
         engine.step()
         sums[: len(PARTS)] += torch.stack([out[p].detach().double() if p in out else sums.new_zeros(()) for p in PARTS])
         sums[TOKENS] += batch["attention_mask"].sum()
@@ -276,7 +281,7 @@ def train(args, s, rank, world_size, stop):
         bad_steps = 0 if finite else bad_steps + 1
         if step % args.log_every == 0 or step == args.steps or not finite or stop_requested:
             scalars = {p: v for p, v in zip(PARTS, parts) if p in out}
-            scalars.update(optimizer_scalars(engine))
+            scalars.update(optimizer_scalars(engine), lr=lr)
             monitor.log(step, scalars)
         if bad_steps >= args.max_bad_steps:
             monitor.message(
@@ -287,7 +292,9 @@ def train(args, s, rank, world_size, stop):
             break
         saved = bad_steps == 0 and (step % args.save_every == 0 or step == args.steps or stop_requested)
         if saved:
+            started = time.perf_counter()
             save(engine, s, args, step, world_size)
+            monitor.exclude(time.perf_counter() - started)
         if stop_requested and step < args.steps:  # at the last step the run is simply done
             what = f"saved {checkpoint.tag_of(step)}" if saved else "the loss is not finite, so nothing was saved and the latest checkpoint stays"
             monitor.message(f"stop requested ({stop.signal or 'by another rank'}): {what}; resume with --resume auto")
@@ -355,7 +362,7 @@ def parameter_groups(objective, ds_config):
 
 
 def optimizer_scalars(engine):
-    scalars = {"lr": engine.get_lr()[0]}
+    scalars = {}
     grad_norm = engine.get_global_grad_norm()
     if grad_norm is not None:
         scalars["grad_norm"] = float(grad_norm)

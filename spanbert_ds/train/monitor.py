@@ -79,6 +79,10 @@ class Monitor:
         self.bar.update(step - self.bar.n)
         return metrics
 
+    def exclude(self, seconds):
+        """Leave `seconds` of work that is not training (a checkpoint save) out of the next throughput."""
+        self.last_time += seconds
+
     def message(self, text):
         if self.enabled:
             self.bar.write(text, file=sys.stderr)

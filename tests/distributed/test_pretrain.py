@@ -243,8 +243,9 @@ def test_accumulated_deepspeed_steps_equal_a_plain_pytorch_loop(work, reference)
     objective = OBJECTIVES["spanbert"](model_config_for("tiny,attention_backend=eager", shards))
     optimizer = torch.optim.AdamW(parameter_groups(objective, {"optimizer": {"params": {"weight_decay": 0.01}}}), lr=5e-3)
     schedule = WarmupDecayLR(optimizer, total_num_steps=STEPS, warmup_min_lr=0, warmup_max_lr=5e-3, warmup_num_steps=2, warmup_type="linear")
-    losses_plain = []
+    losses_plain, lrs_plain = [], []
     for step in range(STEPS):
+        lrs_plain.append(optimizer.param_groups[0]["lr"])  # the rate this step's update uses
         total = 0.0
         for k in range(plan.accumulation):
             micro_index = step * plan.accumulation + k
@@ -258,6 +259,8 @@ def test_accumulated_deepspeed_steps_equal_a_plain_pytorch_loop(work, reference)
         optimizer.zero_grad()
         losses_plain.append(total)
     assert losses_plain == pytest.approx(loss_list(reference), rel=1e-5)
+    rows = losses(reference)
+    assert [rows[step]["lr"] for step in range(1, STEPS + 1)] == pytest.approx(lrs_plain)
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])

@@ -89,3 +89,21 @@ def test_moving_to_or_from_zero_stages_0_and_3_is_refused(run_args, saved):
     with pytest.raises(UserError, match=f"saved under ZeRO stage {saved} and the config asks for stage 2: "
                                         "a checkpoint moves between stages 1 and 2 only"):
         loop.prepare(run_args(), 1, 0)
+
+
+def test_plausible_path_mistakes_are_one_line_errors_before_any_work(run_args, tmp_path, python_docs_shards):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Some text.\n")
+    run = tmp_path / "oldrun"
+    run.mkdir()
+    (run / "run_config.json").write_text("{}")
+    cases = [
+        (["--data", str(corpus)], "is a file; --data takes a shard folder"),
+        (["--data", str(run)], "is a training run's folder, not a shard folder"),
+        (["--output", str(python_docs_shards.path)], "overlap; give the run its own folder"),
+        (["--output", str(corpus)], "is a file; the run's output is a folder"),
+        (["--max-seq-len", "1024"], "longer than the model's 512 positions"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(UserError, match=message):
+            loop.prepare(run_args(*flags), 1, 0)
