@@ -87,27 +87,32 @@ def prepare(args, world_size, rank):
     s.identity = run_identity(args, s)
     s.resume_tag, s.resume_info = find_resume_point(args, s.ckpt_root)
     if s.resume_info:
-        check_same_run(s.resume_tag, s.resume_info, s.identity)
-        if s.resume_info.get("train_batch_size") != s.plan.global_batch:
-            raise UserError(
-                f"checkpoint {s.resume_tag} was trained with train_batch_size {s.resume_info.get('train_batch_size')}, "
-                f"the config asks for {s.plan.global_batch}: keep the global batch when resuming (change the micro batch instead)"
-            )
-        stage, saved_stage = s.ds_config.get("zero_optimization", {}).get("stage", 0), s.resume_info["zero_stage"]
-        if stage != saved_stage and not {stage, saved_stage} <= {1, 2}:
-            # DeepSpeed 0.19's universal checkpoints load across stages 1 and 2 only (its ZeRO-3 loader looks
-            # for ZeRO-3's own file names), and stage 0 keeps no partitioned optimizer state to convert.
-            raise UserError(
-                f"checkpoint {s.resume_tag} was saved under ZeRO stage {saved_stage} and the config asks for stage {stage}: "
-                "a checkpoint moves between stages 1 and 2 only; keep zero_optimization.stage "
-                f"{saved_stage} for this run"
-            )
-        if s.resume_info["step"] >= args.steps:
-            raise UserError(f"the run in {args.output} already reached step {s.resume_info['step']} of --steps {args.steps}; raise --steps to train longer")
+        check_resumable(args, s)
     if rank == 0:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     return s
+
+
+def check_resumable(args, s):
+    """Can this run continue from the checkpoint found (s.resume_tag)? UserError saying why not."""
+    check_same_run(s.resume_tag, s.resume_info, s.identity)
+    if s.resume_info.get("train_batch_size") != s.plan.global_batch:
+        raise UserError(
+            f"checkpoint {s.resume_tag} was trained with train_batch_size {s.resume_info.get('train_batch_size')}, "
+            f"the config asks for {s.plan.global_batch}: keep the global batch when resuming (change the micro batch instead)"
+        )
+    stage, saved_stage = s.ds_config.get("zero_optimization", {}).get("stage", 0), s.resume_info["zero_stage"]
+    if stage != saved_stage and not {stage, saved_stage} <= {1, 2}:
+        # DeepSpeed 0.19's universal checkpoints load across stages 1 and 2 only (its ZeRO-3 loader looks
+        # for ZeRO-3's own file names), and stage 0 keeps no partitioned optimizer state to convert.
+        raise UserError(
+            f"checkpoint {s.resume_tag} was saved under ZeRO stage {saved_stage} and the config asks for stage {stage}: "
+            "a checkpoint moves between stages 1 and 2 only; keep zero_optimization.stage "
+            f"{saved_stage} for this run"
+        )
+    if s.resume_info["step"] >= args.steps:
+        raise UserError(f"the run in {args.output} already reached step {s.resume_info['step']} of --steps {args.steps}; raise --steps to train longer")
 
 
 def run_identity(args, s):
