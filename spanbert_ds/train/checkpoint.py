@@ -32,10 +32,11 @@ def save(engine, root, step, client_state, keep, info):
     tag = tag_of(step)
     # DeepSpeed needs this key to convert ZeRO 1/2 checkpoints to the universal format later.
     client_state = {**client_state, "universal_checkpoint_info": {}}
-    if dist.get_rank() == 0:  # saving over an existing tag: it is incomplete until marked again
-        for stale in (os.path.join(root, tag, MARKER), os.path.join(root, tag + UNIVERSAL_SUFFIX, MARKER)):
-            if os.path.exists(stale):
-                os.remove(stale)
+    if dist.get_rank() == 0:
+        # A folder already there is what a killed save left (a run only saves past its latest checkpoint):
+        # clear it, so no shard from another number of ranks stays beside the new ones.
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+        shutil.rmtree(os.path.join(root, tag + UNIVERSAL_SUFFIX), ignore_errors=True)
     dist.barrier()
     engine.save_checkpoint(root, tag=tag, client_state=client_state)
     dist.barrier()
