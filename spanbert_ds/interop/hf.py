@@ -227,7 +227,9 @@ def write_tokenizer_files(source, out_dir, model_config):
     lowercase, strip_accents = _lowercases(spec.get("normalizer"))
     if meta is not None and "lowercase" in meta:
         lowercase = bool(meta["lowercase"])  # the shard folder records what it was prepared with
-    rows = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1  # ids may leave holes (a vocab.txt)
+    from spanbert_ds.data.tokenizer import vocab_size
+
+    rows = vocab_size(tokenizer)  # ids may leave holes (a vocab.txt with a duplicate line)
     if rows != model_config.vocab_size:
         model_config.check_vocab(rows, where="the tokenizer")
     written = [os.path.join(out_dir, "tokenizer.json")]
