@@ -1,10 +1,19 @@
-"""Session fixtures shared by every test folder: shard folders built once per run."""
+"""Session settings and fixtures shared by every test folder: shard folders built once per run."""
 
 import os
 
 import pytest
+import torch
 
 from spanbert_ds.data.prepare import prepare
+
+# Set here, once, before any test module is imported, so that no test depends on which file was
+# collected first. Triton decides when a kernel module is imported whether it interprets it on the CPU;
+# tests of what happens without the interpreter unset it for themselves (kernels.interpreting() reads it
+# at each call). On a GPU, `TRITON_INTERPRET=0 pytest tests/kernels` runs the kernels for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers never looks for a hub: nothing is fetched
 
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog.
 It was the best of times, it was the worst of times.

@@ -6,7 +6,6 @@ q, k, v: (B, H, T, D); key_padding_mask: bool (B, T), True for real tokens.
 They give the same numbers (tests/model/test_attention_backends.py); pick by speed.
 """
 
-import torch
 import torch.nn.functional as F
 
 from spanbert_ds import kernels

@@ -146,7 +146,7 @@ def test_a_document_longer_than_a_chunk_is_written_as_one(tmp_path, bert_vocab_f
     text = "".join(f"Line {i} says something about spans and boundaries.\n" for i in range(120)) + "\nLast one.\n"
     (tmp_path / "c.txt").write_text(text)
     streamed = prepare(tmp_path / "c.txt", tmp_path / "small", tokenizer=bert_vocab_file, chunk_bytes=500)
-    whole = prepare(tmp_path / "c.txt", tmp_path / "whole", tokenizer=bert_vocab_file)
+    prepare(tmp_path / "c.txt", tmp_path / "whole", tokenizer=bert_vocab_file)
     assert (streamed.meta["n_documents"], streamed.meta["n_sentences"]) == (2, 121)
     for name in ("tokens.bin", "word_starts.bin", "index.idx"):
         assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -12,7 +12,6 @@ from spanbert_ds.model.objectives import OBJECTIVES
 from tests.model.synthetic import synthetic_batch, tiny_config
 
 transformers = pytest.importorskip("transformers")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TEXTS = ["Hello World, this is SpanBERT.", "The Quick brown fox jumps over the lazy dog!",
          "Cased Words Matter Here, said Ada Lovelace."] * 10

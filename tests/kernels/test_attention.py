@@ -2,17 +2,14 @@
 through Triton's interpreter (16 x 16 blocks there, so small sequences already cross block edges)."""
 
 import math
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from spanbert_ds.kernels import attention, reference  # noqa: E402
-from tests.kernels.configs import for_each_config, gpu_configs  # noqa: E402
+from spanbert_ds.kernels import attention, reference
+from tests.kernels.configs import for_each_config, gpu_configs
 
 if not (attention._INTERPRET or torch.cuda.is_available()):
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU",

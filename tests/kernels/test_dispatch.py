@@ -1,17 +1,13 @@
 """spanbert_ds.kernels' dispatchers: which implementation runs where, and the errors when fused cannot."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from spanbert_ds import kernels  # noqa: E402
-from spanbert_ds.errors import UserError  # noqa: E402
-from spanbert_ds.kernels import gelu_layernorm, reference  # noqa: E402
+from spanbert_ds import kernels
+from spanbert_ds.errors import UserError
+from spanbert_ds.kernels import gelu_layernorm, reference
 
 if not gelu_layernorm._INTERPRET:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)

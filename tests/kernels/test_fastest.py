@@ -1,19 +1,15 @@
 """spanbert_ds/kernels/fastest.py and the `auto` choices built on it: the faster candidate wins, once per
 shape class, without disturbing the training RNG; on the CPU `auto` never times anything."""
 
-import os
+import time
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+import pytest
+import torch
 
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from spanbert_ds import kernels  # noqa: E402
-from spanbert_ds.errors import UserError  # noqa: E402
-from spanbert_ds.kernels import fastest, reference  # noqa: E402
-from spanbert_ds.model import attention  # noqa: E402
+from spanbert_ds import kernels
+from spanbert_ds.errors import UserError
+from spanbert_ds.kernels import fastest, reference
+from spanbert_ds.model import attention
 
 
 @pytest.fixture(autouse=True)

@@ -1,19 +1,15 @@
 """The Triton bias+GeLU+LayerNorm (spanbert_ds/kernels/gelu_layernorm.py) against the PyTorch reference,
 run on CPU through Triton's interpreter."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from spanbert_ds import kernels  # noqa: E402
-from spanbert_ds.kernels import gelu_layernorm, reference  # noqa: E402
-from tests.kernels.configs import for_each_config, gpu_configs  # noqa: E402
+from spanbert_ds import kernels
+from spanbert_ds.kernels import gelu_layernorm, reference
+from tests.kernels.configs import for_each_config, gpu_configs
 
 if not (gelu_layernorm._INTERPRET or torch.cuda.is_available()):
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU",
