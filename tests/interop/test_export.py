@@ -1,0 +1,87 @@
+"""`spanbert-ds export` of ZeRO-0 checkpoints: the fp32 masters in every layout DeepSpeed 0.19 writes."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from spanbert_ds.cli import main
+from spanbert_ds.errors import UserError
+from spanbert_ds.interop.export import load_run
+from spanbert_ds.train import checkpoint
+from spanbert_ds.train.loop import parameter_groups
+from tests.interop.test_hf import trained, wordpiece
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return wordpiece(lowercase=False)
+
+
+@pytest.fixture
+def objective(tokenizer):
+    return trained("spanbert", tokenizer.get_vocab_size())[0]
+
+
+def zero0_run(tmp_path, objective, optimizer_state, tokenizer):
+    """A run folder whose one checkpoint is a ZeRO-0 save of `objective` in bf16 with `optimizer_state`."""
+    run = tmp_path / "run"
+    tag_dir = run / "checkpoints" / "step1"
+    tag_dir.mkdir(parents=True)
+    (run / "tokenizer").mkdir()
+    tokenizer.save(str(run / "tokenizer" / "tokenizer.json"))
+    (run / "run_config.json").write_text(json.dumps({"objective": objective.name}))
+    objective.config.to_json(run / "model_config.json")
+    module = {name: tensor.bfloat16() for name, tensor in objective.state_dict().items()}
+    torch.save({"module": module, "optimizer": optimizer_state}, tag_dir / "mp_rank_00_model_states.pt")
+    (tag_dir / checkpoint.MARKER).write_text(json.dumps({"step": 1, "zero_stage": 0, "world_size": 1}))
+    return str(run)
+
+
+def fused_fp16_optimizer_state(objective):
+    """What DeepSpeed's fused 16-bit optimizer (FP16_Optimizer, used with FusedAdam: the ZeRO-0 default on
+    GPUs) saves: its own state_dict, with fp32_groups_flat holding the trained fp32 weights."""
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+
+    low = copy_of(objective).bfloat16()
+    groups = parameter_groups(low, {"optimizer": {}})
+    wrapped = FP16_Optimizer(torch.optim.AdamW(groups, lr=1e-3), deepspeed=None, low_precision_dtype=torch.bfloat16,
+                             dynamic_loss_scale=False, static_loss_scale=1.0)
+    masters = parameter_groups(objective, {"optimizer": {}})
+    for flat, group in zip(wrapped.fp32_groups_flat, masters):  # the masters an optimizer step leaves behind
+        flat.data.copy_(torch.cat([p.detach().reshape(-1) for p in group["params"]]))
+    return wrapped.state_dict()
+
+
+def copy_of(objective):
+    copy = type(objective)(objective.config)
+    copy.load_state_dict(objective.state_dict())
+    return copy
+
+
+def test_a_fused_fp16_optimizers_flat_masters_are_exported_not_the_rounded_weights(tmp_path, objective, tokenizer):
+    run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
+    exported, _ = load_run(run)
+    for name, tensor in objective.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], tensor), name
+    assert main(["export", run, str(tmp_path / "hf")]) == 0
+
+
+def test_16_bit_weights_without_masters_are_refused_not_exported_rounded(tmp_path, capsys, objective, tokenizer):
+    run = zero0_run(tmp_path, objective, {"optimizer_state_dict": {}}, tokenizer)
+    with pytest.raises(UserError, match="16 bits .* and no fp32 master copy"):
+        load_run(run)
+    assert main(["export", run, str(tmp_path / "hf")]) == 2
+    assert "would lose precision silently" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "hf")
+
+
+def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(tmp_path, capsys, objective, tokenizer):
+    run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
+    assert main(["export", run, str(tmp_path / "new" / "deeper" / "hf")]) == 0
+    assert os.path.isfile(tmp_path / "new" / "deeper" / "hf" / "model.safetensors")
+    (tmp_path / "plain").write_text("a file")
+    assert main(["export", run, str(tmp_path / "plain" / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain is a file, so no folder can be made below it" in err
