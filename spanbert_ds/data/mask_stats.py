@@ -14,23 +14,19 @@ from spanbert_ds.errors import UserError
 
 def add_arguments(parser):
     parser.add_argument("shards", help="a shard folder made by `spanbert-ds prepare`")
-    parser.add_argument("--masking", choices=sorted(MASKERS), default="span", help="masker (default: span)")
+    parser.add_argument("--masker", choices=sorted(MASKERS), default="span",
+                        help="span (spanbert), token (bert, roberta) or wholeword (default: span)")
     parser.add_argument("--mode", choices=("full", "doc", "pair"), default="full",
-                        help="packing mode (default: full, SpanBERT's)")
+                        help="packing mode: full (spanbert, roberta), pair (bert) or doc (default: full)")
     parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample (default: 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per batch (default: 32)")
     parser.add_argument("--batches", type=int, default=20, help="number of batches to mask (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sample choice and masking (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of sample choice and masking; train.py's --seed gives its masks (default: 0)")
     parser.add_argument("--epoch", type=int, default=0, help="epoch the masks are drawn for (default: 0)")
-    defaults = MaskingConfig()
-    parser.add_argument("--mask-ratio", type=float, default=defaults.mask_ratio,
-                        help="share of maskable tokens to mask (default: %(default)s)")
-    parser.add_argument("--geometric-p", type=float, default=defaults.geometric_p,
-                        help="p of the geometric span length in words (default: %(default)s)")
-    parser.add_argument("--max-span-words", type=int, default=defaults.max_span_words,
-                        help="longest span in words; lengths are renormalised over 1..this (default: %(default)s)")
-    parser.add_argument("--max-span-targets", type=int, default=defaults.max_span_targets,
-                        help="most SBO targets per span (default: %(default)s)")
+    parser.add_argument("--masking", default="",
+                        help="masking parameters as train.py takes them, key=value,... e.g. "
+                             "mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
 
 
 def spans_in(out, T):
@@ -83,7 +79,7 @@ def collect(masker, packed, n_batches, batch_size, epoch, seed):
 def report(c, masker, packed, args):
     cfg = masker.config
     lines = [
-        f"mask-stats: {args.shards}: {args.masking} masking, mode {packed.mode}, T={packed.max_seq_len}, "
+        f"mask-stats: {args.shards}: {args.masker} masking, mode {packed.mode}, T={packed.max_seq_len}, "
         f"{c['sequences']} sequences (epoch {args.epoch}, seed {args.seed})",
         f"  masked fraction          {100 * c['masked'] / max(c['maskable'], 1):6.2f}%   "
         f"(target {100 * cfg.mask_ratio:.2f}% of {c['maskable']} non-special tokens)",
@@ -92,7 +88,7 @@ def report(c, masker, packed, args):
     lines.append(f"  80/10/10 per token       [MASK] {100 * tok[0]:.1f}% / random {100 * tok[1]:.1f}% / "
                  f"unchanged {100 * tok[2]:.1f}%   (target {100 * cfg.mask_prob:.0f}/{100 * cfg.random_prob:.0f}/"
                  f"{100 * cfg.keep_prob:.0f})")
-    if args.masking == "span":
+    if args.masker == "span":
         spn = c["action_spans"] / max(c["action_spans"].sum(), 1)
         probs = cfg.span_length_probs()
         hist = np.bincount(c["words"], minlength=cfg.max_span_words + 1)[cfg.min_span_words:] / max(c["spans"], 1)
@@ -120,10 +116,9 @@ def run(args):
     for name in ("batch_size", "batches"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-    config = MaskingConfig(mask_ratio=args.mask_ratio, geometric_p=args.geometric_p,
-                           max_span_words=args.max_span_words, max_span_targets=args.max_span_targets)
+    config = MaskingConfig.from_spec(args.masking)
     shards = Shards(args.shards)
-    masker = MASKERS[args.masking].from_meta(config, shards.meta)
+    masker = MASKERS[args.masker].from_meta(config, shards.meta)
     packed = PackedSamples(shards, args.mode, args.max_seq_len, seed=args.seed)
     counts = collect(masker, packed, args.batches, args.batch_size, args.epoch, args.seed)
     report(counts, masker, packed, args)

@@ -141,6 +141,21 @@ class MaskingConfig:
                 "BERT's split is 0.8 / 0.1 / 0.1"
             )
 
+    @classmethod
+    def from_spec(cls, spec):
+        """`key=value,...` (train's and mask-stats' --masking) over the defaults of the papers."""
+        kinds = {name: type(value) for name, value in asdict(cls()).items()}
+        values = {}
+        for pair in filter(None, (p.strip() for p in (spec or "").split(","))):
+            key, sep, text = (part.strip() for part in pair.partition("="))
+            if not sep or key not in kinds:
+                raise UserError(f"--masking {spec!r}: {pair!r} is not key=value with a key among {', '.join(kinds)}")
+            try:
+                values[key] = kinds[key](text)
+            except ValueError:
+                raise UserError(f"--masking: {key}={text!r} is not {'a whole number' if kinds[key] is int else 'a number'}") from None
+        return cls(**values)
+
     def span_length_probs(self):
         """P(length = k words) for k = min_span_words..max_span_words (truncated geometric)."""
         k = np.arange(self.min_span_words, self.max_span_words + 1)

@@ -27,6 +27,7 @@ computed at construction, so a sample never depends on batch composition.
 
 import numpy as np
 
+from spanbert_ds.data.hashing import uniform
 from spanbert_ds.errors import UserError
 
 MODES = ("full", "doc", "pair")
@@ -97,7 +98,7 @@ class PackedSamples:
         n = len(c0)
         doc = np.searchsorted(self._doc_offsets, c0, side="right") - 1
         index = np.arange(n, dtype=np.uint64)
-        u_split, u_label, u_order, u_doc, u_sent = (_uniform(self.seed, index, k) for k in range(5))
+        u_split, u_label, u_order, u_doc, u_sent = (uniform(self.seed, index, k) for k in range(5))
 
         # A ends at a random sentence boundary inside the region, else at a word start near its middle.
         lo = np.searchsorted(sent, c0, side="right")  # the first boundary after c0
@@ -230,13 +231,3 @@ def _next_word_start(word_starts, pos, limit, window):
     found = flags.any(axis=1)
     return np.where(found, pos + flags.argmax(axis=1), pos)
 
-
-def _uniform(seed, index, stream):
-    """Uniform [0, 1) floats, a pure function of (seed, index, stream): splitmix64 of a mixed key."""
-    with np.errstate(over="ignore"):
-        x = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
-             + index * np.uint64(0xD1B54A32D192ED03) + np.uint64(stream) * np.uint64(0x8CB92BA72F3D8DD7))
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53

@@ -1,4 +1,4 @@
-"""`spanbert-ds prepare INPUT OUT`: corpus -> tokenizer -> shard folder.
+"""`spanbert-ds prepare INPUT OUT`: corpus -> tokenizer -> shard folder (and its held-out split).
 
 Two streaming passes over the corpus: one trains the tokenizer (skipped when one is loaded),
 one encodes. The encoding pass reads about `chunk_bytes` of whole documents, encodes all their
@@ -6,6 +6,11 @@ sentences with one `encode_batch` call (parallel in Rust, over all cores unless
 TOKENIZERS_PARALLELISM=false), and appends the ids to the shard files, so memory holds one chunk
 at a time whatever the corpus size. Everything is written to OUT.tmp-<pid> and renamed to OUT
 only when complete; on any error the temporary folder is removed.
+
+A held-out split for evaluation goes to OUT/valid, a shard folder of its own with the same
+tokenizer: either whole documents of INPUT, each held out with probability --valid-fraction by a
+hash of (--seed, document number), or a second corpus (--valid). The tokenizer is trained on the
+training documents only.
 """
 
 import itertools
@@ -18,8 +23,10 @@ import numpy as np
 
 from spanbert_ds.data import tokenizer as tokenizers_
 from spanbert_ds.data.corpus import BUILTIN, DEFAULT_MAX_LINE_BYTES, Corpus, describe as describe_corpus
-from spanbert_ds.data.shards import ShardWriter, Shards, file_sha256
+from spanbert_ds.data.hashing import uniform
+from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import check_creatable, make_parents, remove_made
 
 # Text per encode_batch call. tokenizers' Encoding objects cost ~200 bytes a token (strings, offsets,
 # masks), so 256 KiB of text (~60k tokens) peaks at ~15 MB; bigger chunks were not faster here.
@@ -28,7 +35,7 @@ DEFAULT_CHUNK_BYTES = 256 << 10
 
 def add_arguments(parser):
     parser.add_argument("input", help=f"a text file, a .jsonl file, a folder of them, or {BUILTIN!r}")
-    parser.add_argument("out", help="the shard folder to create")
+    parser.add_argument("out", help="the shard folder to create (with its parent folders)")
     parser.add_argument("--tokenizer", default="wordpiece",
                         help="`wordpiece` (train a cased BERT WordPiece), `bpe` (train a byte-level BPE), "
                              "or a tokenizer.json / vocab.txt to load (default: wordpiece)")
@@ -43,6 +50,12 @@ def add_arguments(parser):
                         help=f"refuse lines longer than this (default: {DEFAULT_MAX_LINE_BYTES})")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                         help="text encoded per encode_batch call (default: 256 KiB)")
+    parser.add_argument("--valid-fraction", type=float, default=0.0,
+                        help="hold out this share of INPUT's documents (whole documents, chosen by --seed) as the "
+                             f"evaluation split in OUT/{VALID_FOLDER} (default: none)")
+    parser.add_argument("--valid", default=None, metavar="CORPUS",
+                        help=f"a second corpus to encode as the evaluation split in OUT/{VALID_FOLDER} instead")
+    parser.add_argument("--seed", type=int, default=0, help="seeds which documents --valid-fraction holds out (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -50,7 +63,8 @@ def run(args):
     shards = prepare(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                      lowercase=args.lowercase, overwrite=args.overwrite, encoding_errors=args.encoding_errors,
                      max_line_bytes=args.max_line_bytes, allow_smaller_vocab=args.allow_smaller_vocab,
-                     chunk_bytes=args.chunk_bytes, progress=not args.quiet)
+                     chunk_bytes=args.chunk_bytes, valid=args.valid, valid_fraction=args.valid_fraction, seed=args.seed,
+                     progress=not args.quiet)
     if not args.quiet:
         print(shards)
     return 0
@@ -58,68 +72,134 @@ def run(args):
 
 def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False, overwrite=False,
             encoding_errors="strict", max_line_bytes=DEFAULT_MAX_LINE_BYTES, allow_smaller_vocab=False,
-            chunk_bytes=DEFAULT_CHUNK_BYTES, progress=False):
-    """Build the shard folder `out` from `input`; returns the opened `Shards`."""
+            chunk_bytes=DEFAULT_CHUNK_BYTES, valid=None, valid_fraction=0.0, seed=0, progress=False):
+    """Build the shard folder `out` from `input` (and OUT/valid from `valid` or `valid_fraction`);
+    returns the opened `Shards`."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} is a file; the output is a folder: choose another path")
-    if not out.absolute().parent.is_dir():
-        raise UserError(f"output {out}: {out.absolute().parent} is not a folder; create it or choose another path")
+    check_creatable(out, "output")
     if out.exists() and not overwrite:
         raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction {valid_fraction} must be at least 0 and below 1 (0.01 to 0.05 is usual)")
+    if valid is not None and valid_fraction:
+        raise UserError("give --valid CORPUS or --valid-fraction F, not both: the held-out split comes from one of them")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
     corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
+    valid_corpus = None if valid is None else Corpus(valid, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
     if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
         raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
 
+    made = make_parents(out)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
+        split = DocumentSplit(valid_fraction, seed)
         if tokenizer in ("wordpiece", "bpe"):
-            tok = _train(corpus, tokenizer, vocab_size, lowercase, allow_smaller_vocab)
+            training = (s for piece, _, held_out in split(corpus.pieces()) if not held_out for s in piece)
+            source = corpus.source + (f" (outside the documents --valid-fraction {valid_fraction} holds out)"
+                                      if valid_fraction else "")
+            tok = _train(training, source, tokenizer, vocab_size, lowercase, allow_smaller_vocab)
         else:
             tok = tokenizers_.load_tokenizer(tokenizer)
         tok.save(str(tmp / "tokenizer.json"))
-        info = tokenizers_.describe(tok, source=tokenizer)
-        writer = ShardWriter(tmp, info["vocab_size"])
+        info = {**tokenizers_.describe(tok, source=tokenizer), "tokenizer_sha256": file_sha256(tmp / "tokenizer.json")}
+        held_out = valid_corpus is not None or valid_fraction > 0
+        writers = [ShardWriter(tmp, info["vocab_size"])]
+        if held_out:
+            (tmp / VALID_FOLDER).mkdir()
+            shutil.copy(tmp / "tokenizer.json", tmp / VALID_FOLDER / "tokenizer.json")
+            writers.append(ShardWriter(tmp / VALID_FOLDER, info["vocab_size"]))
         try:
-            _encode(corpus, tok, writer, chunk_bytes, progress)
+            total = corpus.total_bytes + (valid_corpus.total_bytes if valid_corpus else 0)
+            with _progress_bar(total, progress) as bar:
+                _encode(split(corpus.pieces(progress=bar.update, max_bytes=chunk_bytes)), tok, writers, chunk_bytes)
+                if valid_corpus is not None:
+                    pieces = valid_corpus.pieces(progress=bar.update, max_bytes=chunk_bytes)
+                    _encode(((s, ends, True) for s, ends in pieces), tok, writers, chunk_bytes)
+            _check_not_empty(writers, input, valid, valid_fraction, seed)
         except BaseException:
-            writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
-        if writer.n_tokens == 0:
-            raise UserError(f"input {input} contains no text (0 tokens after tokenization); "
-                            f"give a corpus with at least one non-empty line")
-        writer.close({**info, "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"),
-                      "corpus": describe_corpus(corpus.source)})
+        split_meta = {}
+        if held_out:
+            source = describe_corpus(valid_corpus.source) if valid_corpus else \
+                {"fraction": valid_fraction, "seed": seed, "of": describe_corpus(corpus.source)}
+            split_meta = {"valid_split": {"folder": VALID_FOLDER, "source": source}}
+            writers[1].close({**info, "corpus": source, "split": "valid"})
+        writers[0].close({**info, "corpus": describe_corpus(corpus.source), **split_meta})
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_made(made)
         raise
     return Shards(out)
 
 
-def _train(corpus, kind, vocab_size, lowercase, allow_smaller_vocab):
+class DocumentSplit:
+    """Marks each document of a piece stream as held out or not: document n is held out when
+    uniform(seed, n) < fraction, so the split is a function of the seed and the corpus alone."""
+
+    BLOCK = 1 << 16  # documents whose draws are made at once
+
+    def __init__(self, fraction, seed):
+        self.fraction, self.seed = fraction, seed
+
+    def __call__(self, pieces):
+        """(sentences, ends_document) pieces -> (sentences, ends_document, held_out)."""
+        document, block, flags = 0, -1, None
+        for sentences, ends in pieces:
+            if document // self.BLOCK != block:
+                block = document // self.BLOCK
+                flags = self.held_out(np.arange(block * self.BLOCK, (block + 1) * self.BLOCK))
+            yield sentences, ends, bool(flags[document % self.BLOCK])
+            document += bool(ends)
+
+    def held_out(self, documents):
+        """bool per document number."""
+        if self.fraction <= 0:
+            return np.zeros(len(documents), dtype=bool)
+        return uniform(self.seed, np.asarray(documents, dtype=np.uint64), 0x5EED) < self.fraction
+
+
+def _check_not_empty(writers, input, valid, valid_fraction, seed):
+    if writers[0].n_tokens == 0:
+        if valid_fraction:
+            raise UserError(f"--valid-fraction {valid_fraction} held out every document of {input} ({writers[1].n_documents}); "
+                            "lower it, or give a larger corpus")
+        raise UserError(f"input {input} contains no text (0 tokens after tokenization); "
+                        f"give a corpus with at least one non-empty line")
+    if len(writers) > 1 and writers[1].n_tokens == 0:
+        if valid is not None:
+            raise UserError(f"--valid {valid} contains no text (0 tokens after tokenization); give a corpus with at "
+                            "least one non-empty line")
+        raise UserError(f"--valid-fraction {valid_fraction} (--seed {seed}) held out none of the {writers[0].n_documents} "
+                        f"documents of {input}; raise it, or pass the held-out text as --valid CORPUS")
+
+
+def _train(sentences, source, kind, vocab_size, lowercase, allow_smaller_vocab):
     count = itertools.count()
 
-    def sentences():  # counts what the trainer saw, to tell an empty corpus from a too-large vocab
-        for s in corpus.sentences():
+    def counted():  # counts what the trainer saw, to tell an empty corpus from a too-large vocab
+        for s in sentences:
             next(count)
             yield s
 
-    tok = tokenizers_.train_tokenizer(kind, sentences(), vocab_size, lowercase=lowercase, min_frequency=2)
+    tok = tokenizers_.train_tokenizer(kind, counted(), vocab_size, lowercase=lowercase, min_frequency=2)
     if next(count) == 0:
-        raise UserError(f"input {corpus.source} contains no text; give a corpus with at least one non-empty line")
+        raise UserError(f"input {source} contains no text; give a corpus with at least one non-empty line")
     if not allow_smaller_vocab:
         tokenizers_.check_vocab_size(tok, vocab_size)
     return tok
 
 
 def _chunks(pieces, chunk_bytes):
-    """Group (sentences, ends_document) pieces into lists of about chunk_bytes of text."""
+    """Group (sentences, ends_document, held_out) pieces into lists of about chunk_bytes of text."""
     chunk, size = [], 0
     for piece in pieces:
         chunk.append(piece)
@@ -131,32 +211,44 @@ def _chunks(pieces, chunk_bytes):
         yield chunk
 
 
-def _encode(corpus, tok, writer, chunk_bytes, progress):
+def _progress_bar(total, progress):
     from tqdm import tqdm
 
+    return tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
+                disable=None if progress else True, mininterval=1.0)
+
+
+def _encode(pieces, tok, writers, chunk_bytes):
+    """Encode (sentences, ends_document, held_out) pieces into writers[0] (training) and writers[1] (held out)."""
     table = tokenizers_.word_start_table(tok).astype(np.uint8)
     first_of_line_starts_word = tokenizers_.kind_of(tok) == "bpe"  # no Ġ on a line's first token
     # "[MASK]" or "<s>" written in the text is text: only the packer and masker place control tokens.
     tok.encode_special_tokens = True
     # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we do not use.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
-               disable=None if progress else True, mininterval=1.0)
-    try:
-        for pieces in _chunks(corpus.pieces(progress=bar.update, max_bytes=chunk_bytes), chunk_bytes):
-            sentences = [s for piece, _ in pieces for s in piece]
-            ids = [e.ids for e in encode(sentences, add_special_tokens=False)]
-            sent_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(sent_len.sum()))
-            starts = table[flat]
-            if first_of_line_starts_word:
-                first = np.cumsum(sent_len) - sent_len
-                starts[first[sent_len > 0]] = 1
-            # Where the pieces that end a document end, in tokens; sentences (and documents) that encode to
+    for chunk in _chunks(pieces, chunk_bytes):
+        sentences = [s for piece, _, _ in chunk for s in piece]
+        ids = [e.ids for e in encode(sentences, add_special_tokens=False)]
+        sent_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(sent_len.sum()))
+        starts = table[flat]
+        if first_of_line_starts_word:
+            first = np.cumsum(sent_len) - sent_len
+            starts[first[sent_len > 0]] = 1
+        piece_sentences = np.fromiter((len(piece) for piece, _, _ in chunk), dtype=np.int64, count=len(chunk))
+        piece_ends = np.fromiter((ends for _, ends, _ in chunk), dtype=bool, count=len(chunk))
+        piece_held = np.fromiter((held for _, _, held in chunk), dtype=bool, count=len(chunk))
+        tokens_before = np.concatenate([[0], np.cumsum(sent_len)])
+        piece_tokens = np.diff(tokens_before[np.concatenate([[0], np.cumsum(piece_sentences)])])
+        sentence_held = np.repeat(piece_held, piece_sentences)
+        token_held = np.repeat(sentence_held, sent_len)
+        for writer, held in zip(writers, (False, True)):
+            mine = piece_held == held
+            if not mine.any():
+                continue
+            keep = token_held == held
+            lengths = sent_len[sentence_held == held]
+            # Where this split's documents end, in its tokens; sentences (and documents) that encode to
             # nothing are dropped.
-            tokens_before = np.concatenate([[0], np.cumsum(sent_len)])
-            piece_ends = tokens_before[np.cumsum([len(piece) for piece, _ in pieces])]
-            doc_ends = piece_ends[np.fromiter((ends for _, ends in pieces), dtype=bool, count=len(pieces))]
-            writer.append(flat, starts, sent_len[sent_len > 0], doc_ends)
-    finally:
-        bar.close()
+            doc_ends = np.cumsum(piece_tokens[mine])[piece_ends[mine]]
+            writer.append(flat[keep], starts[keep], lengths[lengths > 0], doc_ends)

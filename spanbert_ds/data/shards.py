@@ -12,6 +12,9 @@
                          token offsets: document i is tokens[doc_offsets[i]:doc_offsets[i+1]];
                          every document boundary is also a sentence boundary.
 
+A held-out split for evaluation, when prepared, is a shard folder of its own in OUT/valid (same
+tokenizer; meta.json "split": "valid"), named in the main meta.json under "valid_split".
+
 `ShardWriter` appends chunks and only keeps running counts in memory (the offsets go to side
 files that are joined into index.idx at the end), so writing streams. `Shards` opens a folder
 read-only; pickling it sends only the path, so each DataLoader worker maps the files itself.
@@ -28,6 +31,7 @@ import numpy as np
 from spanbert_ds.errors import UserError
 
 FORMAT_VERSION = 1
+VALID_FOLDER = "valid"
 FILES = ("meta.json", "tokenizer.json", "tokens.bin", "word_starts.bin", "index.idx")
 REQUIRED_META = ("tokenizer_kind", "tokenizer_sha256", "vocab_size", "lowercase", "cls_id", "sep_id", "mask_id",
                  "pad_id", "unk_id", "special_ids", "token_dtype", "n_tokens", "n_documents", "n_sentences")
@@ -139,6 +143,17 @@ class Shards:
                                 f"{offsets[-1]}, not from 0 to the {n} tokens; re-create the folder with "
                                 "`spanbert-ds prepare ... --overwrite`")
 
+    @property
+    def valid(self):
+        """The held-out split (a Shards), or None when the folder was prepared without one."""
+        if "valid_split" not in self.meta:
+            return None
+        valid = Shards(self.path / self.meta["valid_split"].get("folder", VALID_FOLDER))
+        if valid.meta["tokenizer_sha256"] != self.meta["tokenizer_sha256"]:
+            raise UserError(f"{valid.path} was tokenized with another tokenizer than {self.path}; re-create both with "
+                            "`spanbert-ds prepare ... --overwrite`")
+        return valid
+
     def _check_size(self, name, expected):
         actual = (self.path / name).stat().st_size
         if actual != expected:
@@ -169,8 +184,11 @@ class Shards:
 
     def __repr__(self):
         m = self.meta
+        held_out = ""
+        if "valid_split" in m:
+            held_out = f"; held out in {self.meta['valid_split'].get('folder', VALID_FOLDER)}/: {self.valid!r}"
         return (f"Shards({str(self.path)!r}: {m['n_documents']} documents, {m['n_sentences']} sentences, "
-                f"{m['n_tokens']} tokens, {m['tokenizer_kind']} vocab {m['vocab_size']})")
+                f"{m['n_tokens']} tokens, {m['tokenizer_kind']} vocab {m['vocab_size']}{held_out})")
 
     vocab_size = property(lambda self: self.meta["vocab_size"])
     cls_id = property(lambda self: self.meta["cls_id"])

@@ -410,13 +410,25 @@ def test_mask_stats_command_prints_the_masking_statistics(python_docs_shards, ca
 
 @pytest.mark.parametrize("kind", ["token", "wholeword"])
 def test_mask_stats_command_for_token_maskers(python_docs_shards, capsys, kind):
-    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masking", kind, "--mode", "pair",
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masker", kind, "--mode", "pair",
                    "--max-seq-len", "128", "--batches", "4"])
     out = capsys.readouterr().out
     assert rc == 0 and "80/10/10 per token" in out and "span length" not in out
 
 
-@pytest.mark.parametrize("argv", [["--mask-ratio", "1.5"], ["--batches", "0"], ["--max-span-words", "0"]])
+def test_mask_stats_takes_the_masking_string_of_train(python_docs_shards, capsys):
+    # the string a training run was given (train.py --masking ...) reproduces its masking here
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--max-seq-len", "256", "--batches", "8",
+                   "--masking", "mask_ratio=0.3,max_span_words=5"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert abs(float(out.split("masked fraction")[1].split("%")[0]) - 30.0) < 1.0
+    exact = MaskingConfig.from_spec("max_span_words=5").mean_span_words
+    assert f"exact {exact:.3f}" in out and "on 1..5)" in out
+
+
+@pytest.mark.parametrize("argv", [["--masking", "mask_ratio=1.5"], ["--batches", "0"], ["--masking", "max_span_words=0"],
+                                  ["--masking", "span_len=3"], ["--masking", "max_span_words=2.5"]])
 def test_mask_stats_command_rejects_bad_arguments_in_one_line(python_docs_shards, capsys, argv):
     rc = cli_main(["mask-stats", str(python_docs_shards.path), *argv])
     err = capsys.readouterr().err
