@@ -2,11 +2,16 @@
 
 One registry, OBJECTIVES, a plain dict from name to class. Each is built as
 `OBJECTIVES[name](model_config)`, says with class attributes which data it trains on
-(`masking`: "span" | "token" | "wholeword"; `packing`: "full" | "doc" | "pair"), and maps a
-batch (the masker's output, see the contract) to losses:
+(`masking`: "span" | "token" | "wholeword"; `packing`: "full" | "doc" | "pair") and which
+predictions it makes (`parts`: "mlm", "sbo", "nsp"), and maps a batch (the masker's output,
+see the contract) to losses:
 
     out = objective(batch)   # {"loss": scalar with grad, "mlm_loss": detached, ...}
     out["loss"].backward()
+
+or, for evaluation, to the sums that held-out scores are made of:
+
+    objective(batch, scores=True)   # {"mlm_loss_sum", "mlm_correct", "mlm_count", "sbo_...", ...}
 
 The training loop calls nothing else, so a new objective (ELECTRA, DeBERTa) is a new
 class here and one line in OBJECTIVES.
@@ -29,20 +34,43 @@ def mean(total, count):
     return total / max(count, 1)
 
 
+def score(part, logits, labels):
+    """Summed cross-entropy, correct argmax predictions and count of one part's rows (fp32 logits)."""
+    logits = logits.float()
+    return {f"{part}_loss_sum": F.cross_entropy(logits, labels, reduction="sum"),
+            f"{part}_correct": (logits.argmax(dim=-1) == labels).sum(),
+            f"{part}_count": torch.tensor(labels.numel(), device=labels.device)}
+
+
 class Objective(nn.Module):
     """What every objective shares: the encoder, the MLM head, and the batch checks."""
 
     name = None
     masking = None
     packing = None
+    parts = ("mlm",)  # the predictions it makes: "<part>_loss" in training, scores in evaluation
     needs = ("input_ids", "attention_mask") + MLM_KEYS  # batch keys forward reads
+    config_overrides = {}  # model settings the objective fixes, whatever --model says
+
+    @classmethod
+    def configure(cls, config):
+        """The model config this objective trains: `config` with the objective's overrides."""
+        return config.replace(**cls.config_overrides)
 
     def __init__(self, config):
         super().__init__()
+        config = self.configure(config)
         self.config = config
         self.encoder = Encoder(config)
         self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
         self._values_checked = False
+
+    def forward(self, batch, scores=False):
+        """Training losses ({"loss": with grad, "<part>_loss": detached}) or, with scores=True, each
+        part's summed loss, correct predictions and count (for held-out evaluation)."""
+        self.check_batch(batch)
+        hidden = self.encode(batch)
+        return self.scores(hidden, batch) if scores else self.losses(hidden, batch)
 
     def encode(self, batch):
         token_type_ids = batch.get("token_type_ids") if self.config.type_vocab_size else None
@@ -51,6 +79,9 @@ class Objective(nn.Module):
     def mlm_loss(self, hidden, batch):
         labels = batch["mlm_labels"]  # the head sees the (N, H) masked rows only
         return mean(self.mlm_head(gather_rows(hidden, batch["mlm_positions"]), labels), labels.shape[0])
+
+    def mlm_scores(self, hidden, batch):
+        return score("mlm", self.mlm_head(gather_rows(hidden, batch["mlm_positions"])), batch["mlm_labels"])
 
     # --- batch checks -----------------------------------------------------------------
 
@@ -142,23 +173,27 @@ class SpanBERT(Objective):
     name = "spanbert"
     masking = "span"
     packing = "full"  # SpanBERT trains on single full-length segments, without NSP
+    parts = ("mlm", "sbo")
     needs = Objective.needs + SBO_KEYS
 
     def __init__(self, config):
         super().__init__(config)
         self.sbo_head = SBOHead(config, self.encoder.embeddings.word)
 
-    def forward(self, batch):
-        self.check_batch(batch)
-        hidden = self.encode(batch)
-        mlm_loss = self.mlm_loss(hidden, batch)
+    def sbo_head_on(self, hidden, batch, labels=None):
         # Only real targets reach the head: the masker lists them flat, padding never appears.
+        return self.sbo_head(gather_rows(hidden, batch["sbo_left"]), gather_rows(hidden, batch["sbo_right"]),
+                             batch["sbo_rel_pos"], labels)
+
+    def losses(self, hidden, batch):
+        mlm_loss = self.mlm_loss(hidden, batch)
         labels = batch["sbo_labels"]
-        sbo_sum = self.sbo_head(gather_rows(hidden, batch["sbo_left"]), gather_rows(hidden, batch["sbo_right"]),
-                                batch["sbo_rel_pos"], labels)
-        sbo_loss = mean(sbo_sum, labels.shape[0])
+        sbo_loss = mean(self.sbo_head_on(hidden, batch, labels), labels.shape[0])
         loss = mlm_loss + sbo_loss
         return {"loss": loss, "mlm_loss": mlm_loss.detach(), "sbo_loss": sbo_loss.detach()}
+
+    def scores(self, hidden, batch):
+        return {**self.mlm_scores(hidden, batch), **score("sbo", self.sbo_head_on(hidden, batch), batch["sbo_labels"])}
 
 
 class BERT(Objective):
@@ -167,19 +202,21 @@ class BERT(Objective):
     name = "bert"
     masking = "token"
     packing = "pair"
+    parts = ("mlm", "nsp")
     needs = Objective.needs + ("nsp_labels",)
 
     def __init__(self, config):
         super().__init__(config)
         self.nsp_head = NSPHead(config)
 
-    def forward(self, batch):
-        self.check_batch(batch)
-        hidden = self.encode(batch)
+    def losses(self, hidden, batch):
         mlm_loss = self.mlm_loss(hidden, batch)
         nsp_loss = F.cross_entropy(self.nsp_head(hidden[:, 0]).float(), batch["nsp_labels"])  # [CLS] is position 0
         loss = mlm_loss + nsp_loss
         return {"loss": loss, "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach()}
+
+    def scores(self, hidden, batch):
+        return {**self.mlm_scores(hidden, batch), **score("nsp", self.nsp_head(hidden[:, 0]), batch["nsp_labels"])}
 
 
 class RoBERTa(Objective):
@@ -188,14 +225,14 @@ class RoBERTa(Objective):
     name = "roberta"
     masking = "token"
     packing = "full"
+    config_overrides = {"type_vocab_size": 0}
 
-    def __init__(self, config):
-        super().__init__(config.replace(type_vocab_size=0))
-
-    def forward(self, batch):
-        self.check_batch(batch)
-        mlm_loss = self.mlm_loss(self.encode(batch), batch)
+    def losses(self, hidden, batch):
+        mlm_loss = self.mlm_loss(hidden, batch)
         return {"loss": mlm_loss, "mlm_loss": mlm_loss.detach()}
+
+    def scores(self, hidden, batch):
+        return self.mlm_scores(hidden, batch)
 
 
 OBJECTIVES = {

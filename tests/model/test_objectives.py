@@ -140,3 +140,20 @@ def test_malformed_batches_are_user_errors(name, change, words):
 def test_sequences_longer_than_the_positions_are_a_user_error():
     with pytest.raises(UserError, match="sequences of 24 tokens but the model has 16 positions"):
         build("roberta", max_position_embeddings=16)(batch_for("roberta"))
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_scores_are_the_training_losses_as_sums_with_the_argmax_accuracy(name):
+    objective = build(name).eval()  # no dropout: both calls see the same hidden states
+    batch = batch_for(name)
+    with torch.no_grad():
+        losses, scores = objective(batch), objective(batch, scores=True)
+    assert set(scores) == {f"{p}_{k}" for p in OBJECTIVES[name].parts for k in ("loss_sum", "correct", "count")}
+    for part in OBJECTIVES[name].parts:
+        count = scores[f"{part}_count"].item()
+        assert count == {"mlm": len(batch["mlm_labels"]), "sbo": len(batch.get("sbo_labels", [])),
+                         "nsp": len(batch["input_ids"])}[part]
+        assert scores[f"{part}_loss_sum"].item() / count == pytest.approx(losses[f"{part}_loss"].item(), rel=1e-5)
+    hidden = objective.encode(batch)
+    logits = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1])[batch["mlm_positions"]])
+    assert scores["mlm_correct"].item() == (logits.argmax(-1) == batch["mlm_labels"]).sum().item()
