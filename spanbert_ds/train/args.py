@@ -10,6 +10,7 @@ import json
 import os
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import check_creatable
 
 # Optimizers DeepSpeed can partition under ZeRO; LAMB and the 1-bit ones need ZeRO off.
 ZERO_INCOMPATIBLE_OPTIMIZERS = {"lamb", "onebitlamb", "onebitadam", "zerooneadam"}
@@ -24,7 +25,7 @@ def add_arguments(parser):
     run.add_argument("--model", default=None, help="a preset (tiny, small, bert-base, bert-large, spanbert-base, spanbert-large) or a model JSON file, with optional ,key=value overrides (default: spanbert-base, or the shape of --init-from)")
     run.add_argument("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM) (default: %(default)s)")
     run.add_argument("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
-    run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints (default: %(default)s)")
+    run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints; made with its parents (default: %(default)s)")
     run.add_argument("--steps", type=int, default=10000, help="optimizer steps in the whole run; the learning-rate schedule spans them, so raising it on resume stretches the decay (default: %(default)s)")
     run.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample including [CLS]/[SEP] (default: %(default)s)")
     run.add_argument("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout (default: %(default)s)")
@@ -32,6 +33,8 @@ def add_arguments(parser):
     run.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (default: %(default)s)")
     run.add_argument("--log-every", type=int, default=10, help="log every N steps (default: %(default)s)")
     run.add_argument("--resume", default="auto", help="auto: continue from the latest complete checkpoint in --output if any; none: start afresh; or a checkpoint folder (default: %(default)s)")
+    run.add_argument("--eval-every", type=int, default=None, help="score the shards' held-out split every N steps and at the end (default: at each checkpoint when the shards have a held-out split; 0: never)")
+    run.add_argument("--eval-samples", type=int, default=512, help="held-out blocks in the fixed evaluation set (default: %(default)s)")
     run.add_argument("--masking", default="", help="masking parameters as key=value,... e.g. mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
     run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder (its vocabulary must be the shards')")
     run.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank that mask batches (default: %(default)s)")
@@ -56,6 +59,10 @@ def check_run_args(args):
         raise UserError(f"--max-seq-len {args.max_seq_len} is too short; use at least 8")
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more, got {args.seed}")
+    if args.eval_every is not None and args.eval_every < 0:
+        raise UserError(f"--eval-every must be 0 (never) or more, got {args.eval_every}")
+    if args.eval_samples < 1:
+        raise UserError(f"--eval-samples must be at least 1, got {args.eval_samples}")
     if args.num_workers < 0:
         raise UserError("--num-workers must be 0 or more")
     if not os.path.isdir(args.data):
@@ -63,8 +70,7 @@ def check_run_args(args):
             raise UserError(f"--data {args.data} is a file; --data takes a shard folder: make one with "
                             f"`spanbert-ds prepare {args.data} SHARD_FOLDER`")
         raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS {args.data}`")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UserError(f"--output {args.output} is a file; the run's output is a folder: choose another path")
+    check_creatable(args.output, "--output")  # made with its parents by rank 0 once the run starts
     data, output = os.path.abspath(args.data), os.path.abspath(args.output)
     if output == data or output.startswith(data + os.sep) or data.startswith(output + os.sep):
         raise UserError(f"--output {args.output} and --data {args.data} overlap; give the run its own folder")
@@ -83,7 +89,7 @@ def load_ds_config(path, world_size, total_steps, notes=None):
 
     if not isinstance(config, dict):
         raise UserError(f"DeepSpeed config {path} must be a JSON object ({{...}}), not a {type(config).__name__}")
-    for block in ("fp16", "bf16", "zero_optimization", "optimizer", "scheduler"):
+    for block in ("fp16", "bf16", "zero_optimization", "optimizer", "scheduler", "checkpoint"):
         if block in config and not isinstance(config[block], dict):
             raise UserError(f"{path}: {block} must be an object ({{...}}), got {config[block]!r}")
     _resolve_batch_sizes(config, path, world_size)
@@ -119,18 +125,19 @@ def load_ds_config(path, world_size, total_steps, notes=None):
 
 
 def _resolve_batch_sizes(config, path, world_size):
-    """Fill in the one missing batch size as DeepSpeed would, and check that the three agree."""
+    """Fill in the missing batch sizes as DeepSpeed would (accumulation 1 unless derivable), and check that
+    the three agree."""
     names = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
     for name in names:
         value = config.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{path}: {name} must be a whole number of at least 1, got {value!r}")
     total, micro, accumulation = (config.get(name) for name in names)
-    given = sum(value is not None for value in (total, micro, accumulation))
-    if given == 0 or (given == 1 and total is None):
-        raise UserError(f"{path}: set train_batch_size (and train_micro_batch_size_per_gpu or gradient_accumulation_steps)")
+    if total is None and micro is None:  # as DeepSpeed: either alone is enough, accumulation alone is not
+        raise UserError(f"{path}: set train_batch_size or train_micro_batch_size_per_gpu (or both)")
     if total is None:
-        total = micro * (accumulation or 1) * world_size
+        accumulation = accumulation or 1
+        total = micro * accumulation * world_size
     elif micro is None:
         accumulation = accumulation or 1
         if total % (accumulation * world_size):

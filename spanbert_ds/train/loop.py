@@ -55,25 +55,26 @@ class Setup:
 
 def prepare(args, world_size, rank):
     from spanbert_ds.data.loader import BatchPlan
-    from spanbert_ds.data.masking import MASKERS
+    from spanbert_ds.data.masking import MASKERS, MaskingConfig
     from spanbert_ds.data.packing import PackedSamples
     from spanbert_ds.data.shards import Shards
     from spanbert_ds.model.objectives import OBJECTIVES
+    from spanbert_ds.train.evaluate import HeldOutEvaluation
 
     check_run_args(args)
     s = Setup()
     notes = []
     s.ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
     s.shards = Shards(args.data)
-    s.model_config = model_config_for(args.model, s.shards, args.init_from)
+    s.objective_class = OBJECTIVES[args.objective]
+    s.model_config = s.objective_class.configure(model_config_for(args.model, s.shards, args.init_from))
     if args.max_seq_len > s.model_config.max_position_embeddings:
         raise UserError(f"--max-seq-len {args.max_seq_len} is longer than the model's {s.model_config.max_position_embeddings} "
                         "positions; lower --max-seq-len or pass --model ...,max_position_embeddings=N")
     if args.attention:
         s.model_config.attention_backend = args.attention
-    s.objective_class = OBJECTIVES[args.objective]
     s.samples = PackedSamples(s.shards, s.objective_class.packing, args.max_seq_len, args.seed)
-    s.masking_config = masking_config(args.masking)
+    s.masking_config = MaskingConfig.from_spec(args.masking)
     s.masker = MASKERS[s.objective_class.masking](s.masking_config, s.shards.vocab_size, s.shards.mask_id, s.shards.special_ids)
     s.plan = BatchPlan(
         n_samples=len(s.samples),
@@ -83,11 +84,24 @@ def prepare(args, world_size, rank):
         rank=rank,
         seed=args.seed,
     )
+    # Evaluation is on by default where the shards hold out text: at every checkpoint.
+    s.eval_every = args.eval_every if args.eval_every is not None else (args.save_every if s.shards.valid else 0)
+    s.evaluation = None
+    if s.eval_every:
+        s.evaluation = HeldOutEvaluation(s.shards, s.samples, s.masker, s.objective_class.parts, args.seed,
+                                         args.eval_samples, s.plan.micro_batch, world_size, rank)
     s.ckpt_root = os.path.join(args.output, "checkpoints")
     s.identity = run_identity(args, s)
     s.resume_tag, s.resume_info = find_resume_point(args, s.ckpt_root)
+    s.load_universal = False
     if s.resume_info:
         check_resumable(args, s)
+        saved, stage = s.resume_info, s.ds_config.get("zero_optimization", {}).get("stage", 0)
+        # Another number of ranks or another ZeRO stage: DeepSpeed loads through its universal format,
+        # which the user's checkpoint block is told to read (the rest of the block stays as they set it).
+        s.load_universal = saved["zero_stage"] > 0 and (saved["world_size"] != world_size or saved["zero_stage"] != stage)
+        if s.load_universal:
+            s.ds_config["checkpoint"] = {**s.ds_config.get("checkpoint", {}), "load_universal": True}
     if rank == 0:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -96,7 +110,7 @@ def prepare(args, world_size, rank):
 
 def check_resumable(args, s):
     """Can this run continue from the checkpoint found (s.resume_tag)? UserError saying why not."""
-    check_same_run(s.resume_tag, s.resume_info, s.identity)
+    check_same_run(s.resume_tag, s.resume_info, s.identity, s.objective_class.config_overrides)
     if s.resume_info.get("train_batch_size") != s.plan.global_batch:
         raise UserError(
             f"checkpoint {s.resume_tag} was trained with train_batch_size {s.resume_info.get('train_batch_size')}, "
@@ -130,10 +144,13 @@ RESUMABLE_MODEL_SETTINGS = ("hidden_dropout", "attention_dropout", "attention_ba
                             "initializer_range")
 
 
-def check_same_run(tag, info, identity):
+def check_same_run(tag, info, identity, config_overrides=None):
     saved = info.get("identity")
     if saved is None:  # a checkpoint from before markers held it
         return
+    if config_overrides and isinstance(saved.get("model"), dict):
+        # markers written before the objective's overrides were applied to the recorded config
+        saved = {**saved, "model": {**saved["model"], **config_overrides}}
     changed = []
     for key, value in identity.items():
         before = saved.get(key, value)
@@ -165,25 +182,6 @@ def model_config_for(spec, shards, init_from=None):
         return config.replace(vocab_size=shards.vocab_size, pad_token_id=shards.pad_id)
     config.check_vocab(shards.vocab_size, where=f"the shards in {shards.path}")
     return config
-
-
-def masking_config(spec):
-    """`--masking key=value,...` over the defaults of the papers."""
-    import dataclasses
-
-    from spanbert_ds.data.masking import MaskingConfig
-
-    fields = {f.name: f.type for f in dataclasses.fields(MaskingConfig)}
-    values = {}
-    for pair in filter(None, (p.strip() for p in (spec or "").split(","))):
-        key, sep, text = pair.partition("=")
-        if not sep or key.strip() not in fields:
-            raise UserError(f"--masking {spec!r}: {pair!r} is not key=value with a key among {', '.join(fields)}")
-        try:
-            values[key.strip()] = (int if fields[key.strip()] in (int, "int") else float)(text)
-        except ValueError:
-            raise UserError(f"--masking: {key.strip()}={text!r} is not a number") from None
-    return MaskingConfig(**values)
 
 
 def find_resume_point(args, ckpt_root):
@@ -284,9 +282,17 @@ def train(args, s, rank, world_size, stop):
 
         finite = all(map(math.isfinite, parts))
         bad_steps = 0 if finite else bad_steps + 1
-        if step % args.log_every == 0 or step == args.steps or not finite or stop_requested:
+        # (every rank takes the same decision: the evaluation's sums are all-reduced)
+        evaluate = s.evaluation is not None and finite and not stop_requested and (step % s.eval_every == 0 or step == args.steps)
+        if evaluate:
+            started = time.perf_counter()
+            held_out = s.evaluation(engine)
+            monitor.exclude(time.perf_counter() - started)
+        if step % args.log_every == 0 or step == args.steps or not finite or stop_requested or evaluate:
             scalars = {p: v for p, v in zip(PARTS, parts) if p in out}
             scalars.update(optimizer_scalars(engine), lr=lr)
+            if evaluate:
+                scalars.update(held_out)
             monitor.log(step, scalars)
         if bad_steps >= args.max_bad_steps:
             monitor.message(
@@ -306,7 +312,7 @@ def train(args, s, rank, world_size, stop):
             exit_code = EXIT_PREEMPTED
             break
         if step == args.steps and bad_steps:
-            monitor.message(f"the run ended on a non-finite loss, so its last step was not saved; the latest checkpoint is kept")
+            monitor.message("the run ended on a non-finite loss, so its last step was not saved; the latest checkpoint is kept")
             exit_code = EXIT_DIVERGED
 
     monitor.close()
@@ -331,9 +337,7 @@ def prepare_resume(s, world_size, rank):
     if rank == 0:
         try:
             checkpoint.check_loadable(os.path.join(s.ckpt_root, tag))
-            stage = s.ds_config.get("zero_optimization", {}).get("stage", 0)
-            saved = s.resume_info
-            if saved["zero_stage"] > 0 and (saved["world_size"] != world_size or saved["zero_stage"] != stage):
+            if s.load_universal:
                 tag = checkpoint.to_universal(s.ckpt_root, tag)
         except UserError as e:
             error = str(e)
@@ -344,8 +348,6 @@ def prepare_resume(s, world_size, rank):
         if rank == 0:
             raise UserError(error)
         raise SystemExit(UserError.exit_code)
-    if tag.endswith(checkpoint.UNIVERSAL_SUFFIX):
-        s.ds_config["checkpoint"] = {"load_universal": True}
     return tag
 
 

@@ -38,6 +38,7 @@ class Monitor:
         self.peak = device_peak_flops()
         self.last_time, self.last_step = time.perf_counter(), first_step
         self.tokens = self.samples = self.decoded = 0
+        self.held_out = {}  # the last evaluation's scores, kept in the progress bar until the next one
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -72,9 +73,13 @@ class Monitor:
         if not self.enabled:
             return metrics
         for name, value in metrics.items():
-            self.writer.add_scalar(f"{_group(name)}/{name}", value, step)
+            self.writer.add_scalar(_tag(name), value, step)
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        if "eval_loss" in metrics:
+            self.held_out = {"eval_loss": metrics["eval_loss"], "eval_mlm_acc": metrics.get("eval_mlm_accuracy")}
+            self.bar.write(_held_out_line(step, metrics), file=sys.stderr)
         shown = {k: metrics[k] for k in ("loss", "mlm_loss", "sbo_loss", "nsp_loss", "lr", "tokens_per_s") if k in metrics}
+        shown.update({k: v for k, v in self.held_out.items() if v is not None})
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self.bar.update(step - self.bar.n)
         return metrics
@@ -92,6 +97,27 @@ class Monitor:
             self.bar.close()
             self.writer.close()
             self.jsonl.close()
+
+
+def _held_out_line(step, metrics):
+    """e.g. `step 500 held out: mlm loss 4.02 accuracy 31.5% (unigram 5.9% / 6.81); sbo ...`"""
+    parts = []
+    for part in ("mlm", "sbo", "nsp"):
+        if f"eval_{part}_loss" not in metrics:
+            continue
+        text = f"{part} loss {metrics[f'eval_{part}_loss']:.3f} accuracy {100 * metrics[f'eval_{part}_accuracy']:.1f}%"
+        if f"eval_{part}_unigram_accuracy" in metrics:
+            text += (f" (unigram baseline: {100 * metrics[f'eval_{part}_unigram_accuracy']:.1f}%, "
+                     f"loss {metrics[f'eval_{part}_unigram_loss']:.3f})")
+        parts.append(text)
+    return f"step {step} held out: " + "; ".join(parts)
+
+
+def _tag(name):
+    """TensorBoard's name for a metric: eval_mlm_loss -> eval/mlm_loss, mlm_loss -> loss/mlm_loss."""
+    if name.startswith("eval_"):
+        return f"eval/{name[len('eval_'):]}"
+    return f"{_group(name)}/{name}"
 
 
 def _group(name):

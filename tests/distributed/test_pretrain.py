@@ -79,6 +79,49 @@ def two_rank_runs(work):
     return runs
 
 
+@pytest.fixture(scope="module")
+def held_out_runs(work, tmp_path_factory):
+    """Shards with a held-out split; one rank evaluating by default (at each checkpoint: steps 2, 4, 6), one rank
+    with evaluation off, two ranks evaluating every 2 steps."""
+    from spanbert_ds.data.prepare import prepare
+
+    tmp, _ = work
+    shards = str(prepare("python-docs", tmp_path_factory.mktemp("held_out") / "shards", vocab_size=8000,
+                         valid_fraction=0.05).path)
+    runs = {}
+    for name, ranks, launcher, flags in (("default", 1, "python", {}), ("off", 1, "python", {"eval_every": 0}),
+                                         ("two", 2, "deepspeed", {"eval_every": 2})):
+        out = str(tmp / f"held_out_{name}")
+        check(launch(train_args(shards, out, ds_config(tmp, 2), eval_samples=48, **flags), ranks=ranks, launcher=launcher))
+        runs[name] = out
+    return runs
+
+
+def test_evaluation_changes_no_training_loss_and_agrees_on_one_and_two_ranks(held_out_runs):
+    default, off, two = (losses(held_out_runs[name]) for name in ("default", "off", "two"))
+    assert [default[s]["loss"] for s in range(1, STEPS + 1)] == [off[s]["loss"] for s in range(1, STEPS + 1)]
+    assert not any("eval_loss" in row for row in off.values())
+    evaluated = {s: row for s, row in default.items() if "eval_loss" in row}
+    assert sorted(evaluated) == [2, 4, 6] and sorted(s for s, row in two.items() if "eval_loss" in row) == [2, 4, 6]
+    for s, row in evaluated.items():
+        for part in ("mlm", "sbo"):
+            assert two[s][f"eval_{part}_loss"] == pytest.approx(row[f"eval_{part}_loss"], rel=1e-4)
+            assert two[s][f"eval_{part}_accuracy"] == pytest.approx(row[f"eval_{part}_accuracy"], abs=0.01)
+            assert two[s][f"eval_{part}_unigram_accuracy"] == row[f"eval_{part}_unigram_accuracy"]  # the same masks
+        assert row["eval_loss"] == pytest.approx(row["eval_mlm_loss"] + row["eval_sbo_loss"])
+    assert evaluated[6]["eval_mlm_loss"] < evaluated[2]["eval_mlm_loss"]
+    assert 0.0 < evaluated[6]["eval_mlm_unigram_accuracy"] < 0.2
+
+
+def test_evaluation_is_in_tensorboard_under_eval(held_out_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(held_out_runs["default"], "tensorboard"))
+    events.Reload()
+    for name in ("eval/loss", "eval/mlm_loss", "eval/mlm_accuracy", "eval/sbo_accuracy", "eval/mlm_unigram_accuracy"):
+        assert [e.step for e in events.Scalars(name)] == [2, 4, 6], name
+
+
 def test_loss_falls_and_zero_stages_on_two_ranks_match_one_rank(reference, two_rank_runs):
     ref = loss_list(reference)
     assert ref[-1] < ref[0] - 0.3, ref

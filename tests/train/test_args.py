@@ -24,6 +24,16 @@ def test_accumulation_is_derived_from_the_batch_sizes_and_world_size(tmp_path):
     assert config["train_micro_batch_size_per_gpu"] == 4
 
 
+def test_a_micro_batch_alone_is_accepted_as_deepspeed_accepts_it(tmp_path):
+    # DeepSpeed's HelloDeepSpeed config sets only train_micro_batch_size_per_gpu: accumulation 1, the global
+    # batch micro x ranks
+    only_micro = {"train_micro_batch_size_per_gpu": 8, "optimizer": GOOD["optimizer"]}
+    config = load_ds_config(write(tmp_path, only_micro), world_size=2, total_steps=100)
+    assert (config["train_batch_size"], config["gradient_accumulation_steps"]) == (16, 1)
+    config = load_ds_config(write(tmp_path, {**only_micro, "gradient_accumulation_steps": 3}), world_size=2, total_steps=100)
+    assert config["train_batch_size"] == 48
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -38,6 +48,8 @@ def test_accumulation_is_derived_from_the_batch_sizes_and_world_size(tmp_path):
         ({"train_batch_size": -8, "train_micro_batch_size_per_gpu": -4}, "train_batch_size must be a whole number"),
         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be a whole number of at least 1, got 0"),
         ({"zero_optimization": "2"}, "zero_optimization must be an object"),
+        ({"train_batch_size": None, "train_micro_batch_size_per_gpu": None, "gradient_accumulation_steps": 2},
+         "set train_batch_size or train_micro_batch_size_per_gpu"),
     ],
 )
 def test_bad_configs_are_refused_with_a_message_that_says_what_to_fix(tmp_path, change, message):

@@ -101,9 +101,36 @@ def test_plausible_path_mistakes_are_one_line_errors_before_any_work(run_args, t
         (["--data", str(corpus)], "is a file; --data takes a shard folder"),
         (["--data", str(run)], "is a training run's folder, not a shard folder"),
         (["--output", str(python_docs_shards.path)], "overlap; give the run its own folder"),
-        (["--output", str(corpus)], "is a file; the run's output is a folder"),
+        (["--output", str(corpus)], "--output .*corpus.txt is a file; it must be a folder"),
+        (["--output", str(corpus / "run")], "corpus.txt is a file, so no folder can be made below it"),
         (["--max-seq-len", "1024"], "longer than the model's 512 positions"),
     ]
     for flags, message in cases:
         with pytest.raises(UserError, match=message):
             loop.prepare(run_args(*flags), 1, 0)
+
+
+def test_a_resume_on_another_world_size_keeps_the_users_checkpoint_block(run_args, tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({**DS_CONFIG, "checkpoint": {"tag_validation": "Fail", "parallel_write": {}}}))
+    args = run_args()
+    mark(args, 4, world_size=2)
+    setup = loop.prepare(args, 1, 0)
+    assert setup.load_universal
+    assert setup.ds_config["checkpoint"] == {"tag_validation": "Fail", "parallel_write": {}, "load_universal": True}
+    same_world = run_args("--output", str(tmp_path / "run1"))
+    mark(same_world, 4)
+    assert "load_universal" not in loop.prepare(same_world, 1, 0).ds_config["checkpoint"]  # a plain load
+
+
+def test_roberta_records_the_model_it_trains_which_has_no_segment_embeddings(run_args):
+    setup = loop.prepare(run_args("--objective", "roberta"), 1, 0)
+    assert setup.model_config.type_vocab_size == 0
+    assert setup.identity["model"]["type_vocab_size"] == 0
+    assert setup.objective_class(setup.model_config).config == setup.model_config
+
+
+def test_a_roberta_checkpoint_whose_marker_recorded_segments_is_still_resumed(run_args):
+    args = run_args("--objective", "roberta")
+    identity = loop.prepare(args, 1, 0).identity
+    mark(args, 4, identity={**identity, "model": {**identity["model"], "type_vocab_size": 2}})  # as written before
+    assert loop.prepare(args, 1, 0).resume_tag == "step4"

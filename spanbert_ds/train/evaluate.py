@@ -1,0 +1,107 @@
+"""Held-out evaluation during pretraining (`--eval-every N`).
+
+The set is fixed for the whole run: up to `--eval-samples` blocks of the shards' held-out split
+(`spanbert-ds prepare --valid-fraction F` or `--valid CORPUS`), packed as the objective trains and
+masked once, with masks that depend only on the seed. Every evaluation scores the same predictions,
+so the points of a run, and of two runs on the same data with the same seed and masking, compare.
+
+Each rank scores its share of the blocks; the sums (summed loss, correct predictions and count of
+each part: MLM, SBO, NSP) are all-reduced, so the figures do not depend on the number of ranks.
+Beside them, the unigram baseline on the same masks: predicting every masked token from the
+training split's token frequencies alone (accuracy: always its most frequent token; loss: the
+cross-entropy of the add-one-smoothed unigram distribution), which is what a model that learned
+nothing about context scores. Evaluation runs in eval mode (no dropout) without gradients and
+draws no random numbers, so it does not change training.
+"""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from spanbert_ds.errors import UserError
+
+MASK_EPOCH = 0  # the masks of held-out block i are those training would draw for it in epoch 0
+COUNT_CHUNK = 1 << 24  # tokens counted at once for the unigram baseline
+SCORES = ("loss_sum", "correct", "count")
+
+
+class HeldOutEvaluation:
+    """`evaluation(engine)` -> {"eval_loss", "eval_<part>_loss", "eval_<part>_accuracy", baselines...}."""
+
+    def __init__(self, shards, samples, masker, parts, seed, n_samples, micro_batch, world_size, rank):
+        from spanbert_ds.data.packing import PackedSamples
+
+        valid = shards.valid
+        if valid is None:
+            raise UserError(f"--eval-every: the shards in {shards.path} have no held-out split; prepare them with "
+                            "`spanbert-ds prepare CORPUS OUT --valid-fraction 0.02` (or --valid CORPUS), or leave "
+                            "evaluation off with --eval-every 0")
+        held_out = PackedSamples(valid, samples.mode, samples.max_seq_len, seed)
+        if len(held_out) < world_size:
+            raise UserError(f"the held-out split {valid.path} packs into {len(held_out)} blocks of {samples.max_seq_len} "
+                            f"tokens, fewer than the {world_size} ranks; hold out more text (--valid-fraction)")
+        n = min(n_samples, len(held_out))
+        chosen = np.sort(np.random.default_rng([seed, 0xE7A1]).permutation(len(held_out))[:n])
+        self.n_samples, self.parts = n, parts
+        self.batches = [self._masked(held_out, masker, seed, indices)
+                        for indices in _micro_batches(chosen[rank::world_size], micro_batch)]
+        self.baseline = {}
+        if rank == 0:  # the baseline is a fact of the data: one rank computes it, on the whole set
+            everything = [self._masked(held_out, masker, seed, indices) for indices in _micro_batches(chosen, 1024)]
+            self.baseline = unigram_baseline(shards, everything, [p for p in parts if p in ("mlm", "sbo")])
+
+    @staticmethod
+    def _masked(held_out, masker, seed, indices):
+        batch = masker(held_out.batch(indices), indices, MASK_EPOCH, seed)
+        return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+
+    @torch.no_grad()
+    def __call__(self, engine):
+        training = engine.module.training
+        engine.eval()
+        sums = torch.zeros(len(self.parts) * len(SCORES), dtype=torch.float64, device=engine.device)
+        try:
+            for batch in self.batches:
+                out = engine({name: t.to(engine.device, non_blocking=True) for name, t in batch.items()}, scores=True)
+                sums += torch.stack([out[f"{part}_{score}"].double() for part in self.parts for score in SCORES])
+        finally:
+            engine.train(training)
+        dist.all_reduce(sums)
+        metrics, total = {}, 0.0
+        for part, (loss_sum, correct, count) in zip(self.parts, sums.view(-1, len(SCORES)).tolist()):
+            metrics[f"eval_{part}_loss"] = loss_sum / max(count, 1)
+            metrics[f"eval_{part}_accuracy"] = correct / max(count, 1)
+            total += metrics[f"eval_{part}_loss"]
+        return {"eval_loss": total, **metrics, **self.baseline}
+
+
+def _micro_batches(indices, size):
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def unigram_counts(shards):
+    """How often each id occurs in the training split (read in chunks: memory stays flat)."""
+    counts = np.zeros(shards.vocab_size, dtype=np.int64)
+    for start in range(0, shards.n_tokens, COUNT_CHUNK):
+        chunk = np.asarray(shards.tokens[start:start + COUNT_CHUNK])
+        counts += np.bincount(chunk, minlength=shards.vocab_size)[:shards.vocab_size]
+    return counts
+
+
+def unigram_baseline(shards, batches, parts):
+    """{"eval_<part>_unigram_accuracy", "eval_<part>_unigram_loss"} of the unigram model on these batches' labels."""
+    special = shards.special_ids  # never a label: special tokens are not masked
+    counts = unigram_counts(shards).astype(np.float64)
+    counts[special] = 0.0
+    probs = counts + 1.0  # add-one smoothing, so held-out tokens the training split lacks get a probability
+    probs[special] = 0.0
+    probs /= probs.sum()
+    most_frequent = int(np.argmax(counts))
+    baseline = {}
+    for part in parts:
+        labels = np.concatenate([b[f"{part}_labels"].numpy() for b in batches])
+        if labels.size == 0:
+            continue
+        baseline[f"eval_{part}_unigram_accuracy"] = float(np.mean(labels == most_frequent))
+        baseline[f"eval_{part}_unigram_loss"] = float(-np.mean(np.log(probs[labels])))
+    return baseline
