@@ -1,8 +1,9 @@
 """`spanbert-ds demo`: the README's main command.
 
-Prepares the built-in corpus, pretrains a small SpanBERT on CPU for a few minutes
-through the deepspeed launcher (2 ranks, ZeRO-2), exports it to the Hugging Face
-format and says where everything is.
+Prepares the built-in corpus with a held-out split, pretrains a tiny SpanBERT on CPU for about four
+minutes through the deepspeed launcher (2 ranks, ZeRO-2), scoring the held-out split as it goes,
+exports it to the Hugging Face format, and shows what it learned: its held-out MLM accuracy against
+the unigram baseline, and transformers' fill-mask on held-out sentences from the exported folder.
 """
 
 import json
@@ -12,61 +13,151 @@ import subprocess
 import sys
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import check_creatable
 from spanbert_ds.train.distributed import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VALID_FRACTION = 0.05  # of the built-in corpus's 572 documents: about 25 (20k tokens) held out
 
 
 def add_arguments(parser):
-    parser.add_argument("--workdir", default="runs/demo", help="where shards, the run and the exported model go (default: %(default)s)")
+    parser.add_argument("--workdir", default="runs/demo", help="where shards, the run and the exported model go; made with its parents (default: %(default)s)")
     parser.add_argument("--ranks", type=int, default=2, help="processes started by the deepspeed launcher (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=250, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--model", default="small", help="model preset (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--model", default="tiny", help="model preset (default: %(default)s)")
     parser.add_argument("--max-seq-len", type=int, default=128, help="(default: %(default)s)")
     parser.add_argument("--deepspeed-config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="(default: ds_configs/cpu_zero2.json)")
+    parser.add_argument("--examples", type=int, default=3, help="held-out sentences shown with their fill-mask predictions (default: %(default)s)")
 
 
 def run(args):
+    for name in ("ranks", "steps", "max_seq_len"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.examples < 0:
+        raise UserError(f"--examples must be 0 or more, got {args.examples}")
     train_script = os.path.join(REPO, "train.py")
     if not os.path.isfile(train_script):
         raise UserError(f"the demo runs {train_script}, which is not there: run it from a source checkout of spanbert_ds")
+    check_creatable(args.workdir, "--workdir")
     shards = os.path.join(args.workdir, "shards")
     run_dir = os.path.join(args.workdir, "run")
     hf_dir = os.path.join(args.workdir, "hf")
+    launcher = _deepspeed_launcher()
 
-    if not os.path.isfile(os.path.join(shards, "meta.json")):
-        _step(f"1/4 preparing the built-in corpus (CPython's docs and docstrings) into {shards}")
-        _call([sys.executable, "-m", "spanbert_ds.cli", "prepare", "python-docs", shards, "--tokenizer", "wordpiece", "--vocab-size", "8000"])
+    if _has_held_out_split(shards):
+        _step(f"1/5 using the prepared corpus in {shards}")
     else:
-        _step(f"1/4 using the prepared corpus in {shards}")
-    _step("2/4 masking statistics of the SpanBERT span masker on it")
+        _step(f"1/5 preparing the built-in corpus (CPython's docs and docstrings) into {shards}, "
+              f"{VALID_FRACTION:.0%} of its documents held out")
+        _call([sys.executable, "-m", "spanbert_ds.cli", "prepare", "python-docs", shards, "--tokenizer", "wordpiece",
+               "--vocab-size", "8000", "--valid-fraction", str(VALID_FRACTION), "--overwrite"])
+    _step("2/5 masking statistics of the SpanBERT span masker on it")
     _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--max-seq-len", str(args.max_seq_len), "--batches", "20"])
 
-    _step(f"3/4 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, {args.ranks} CPU ranks, ZeRO-2")
+    _step(f"3/5 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, "
+          f"{args.ranks} CPU rank{'s' if args.ranks > 1 else ''}, ZeRO-2, the held-out split scored every "
+          f"{_eval_every(args.steps)} steps")
     command = [
-        _deepspeed_launcher(), "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        launcher, "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         train_script, "--deepspeed_config", args.deepspeed_config, "--model", args.model, "--objective", "spanbert",
         "--data", shards, "--output", run_dir, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
-        "--save-every", str(args.steps), "--log-every", "5", "--num-workers", "1", "--resume", "none",
+        "--save-every", str(args.steps), "--eval-every", str(_eval_every(args.steps)), "--log-every", "10",
+        "--num-workers", "1", "--resume", "none",
     ]
     if os.path.isdir(run_dir):  # each demo trains afresh (--resume none refuses a folder with checkpoints)
         print(f"(replacing the previous demo run in {run_dir})", flush=True)
         shutil.rmtree(run_dir)
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS=str(max(1, os.cpu_count() // args.ranks)))
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.ranks)))
     _call(command, env=env)
 
-    _step(f"4/4 exporting to the Hugging Face format in {hf_dir}")
+    _step(f"4/5 exporting to the Hugging Face format in {hf_dir}")
     _call([sys.executable, "-m", "spanbert_ds.cli", "export", run_dir, hf_dir, "--overwrite"])
 
-    losses = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    first, last = losses[0], losses[-1]
+    _step("5/5 what it learned")
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    first, last = rows[0], rows[-1]
+    held_out = [row for row in rows if "eval_mlm_accuracy" in row][-1]
     print(
-        f"\nloss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} (step {last['step']}); "
+        f"training loss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} (step {last['step']}); "
         f"mlm {first['mlm_loss']:.3f} -> {last['mlm_loss']:.3f}, sbo {first['sbo_loss']:.3f} -> {last['sbo_loss']:.3f}\n"
-        f"TensorBoard logs: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}\n"
+        f"held-out MLM accuracy {100 * held_out['eval_mlm_accuracy']:.1f}% (loss {held_out['eval_mlm_loss']:.3f}) against "
+        f"{100 * held_out['eval_mlm_unigram_accuracy']:.1f}% for the unigram baseline (loss "
+        f"{held_out['eval_mlm_unigram_loss']:.3f}); SBO accuracy {100 * held_out['eval_sbo_accuracy']:.1f}%"
+    )
+    if args.examples:
+        show_fill_mask(hf_dir, shards, args.examples)
+    print(
+        f"\nTensorBoard logs: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}\n"
         f"metrics:          {os.path.join(run_dir, 'metrics.jsonl')}\n"
         f"Hugging Face:     {hf_dir}  (transformers.BertForPreTraining.from_pretrained({hf_dir!r}))"
     )
+
+
+def _eval_every(steps):
+    return max(1, steps // 6)
+
+
+def _has_held_out_split(shards):
+    try:
+        with open(os.path.join(shards, "meta.json")) as f:
+            return "valid_split" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+def held_out_examples(shards_path, count, min_tokens=8, max_tokens=40):
+    """Up to `count` held-out sentences as (ids, position of one whole single-piece word to mask).
+
+    The word is the middle one among the sentence's alphabetic words of at least 3 letters that are a
+    single token, so that [MASK] stands for exactly the word. Deterministic: the first sentences that
+    qualify (mostly words, not code) in a fixed shuffle of the held-out split."""
+    import numpy as np
+
+    from spanbert_ds.data.shards import Shards
+
+    valid = Shards(shards_path).valid
+    tokenizer = valid.tokenizer()
+    offsets = np.asarray(valid.sent_offsets)
+    found = []
+    for i in np.random.default_rng(0).permutation(len(offsets) - 1):
+        ids = np.asarray(valid.tokens[offsets[i]:offsets[i + 1]]).astype(int)
+        if not min_tokens <= len(ids) <= max_tokens:
+            continue
+        starts = np.append(np.asarray(valid.word_starts[offsets[i]:offsets[i + 1]]) > 0, True)
+        pieces = [tokenizer.id_to_token(int(t)) for t in ids]
+        if sum(piece.isalpha() for piece in pieces) < 0.75 * len(pieces):
+            continue  # code or markup rather than a sentence
+        words = [t for t in range(len(ids)) if starts[t] and starts[t + 1] and _is_word(pieces[t])]
+        if words:
+            found.append((ids, words[len(words) // 2]))
+        if len(found) == count:
+            break
+    return found, tokenizer, valid.mask_id
+
+
+def _is_word(piece):
+    return piece.isalpha() and len(piece) >= 3
+
+
+def show_fill_mask(hf_dir, shards, count):
+    """transformers' fill-mask pipeline, from the exported folder, on held-out sentences."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    fill = transformers.pipeline("fill-mask", model=hf_dir, tokenizer=hf_dir, device="cpu")
+    examples, tokenizer, mask_id = held_out_examples(shards, count)
+    print(f"\nfill-mask on held-out sentences (transformers.pipeline('fill-mask', model={hf_dir!r})):")
+    for ids, position in examples:
+        truth = tokenizer.id_to_token(int(ids[position]))
+        masked = ids.copy()
+        masked[position] = mask_id
+        text = tokenizer.decode(masked.tolist(), skip_special_tokens=False)
+        guesses = fill(text, top_k=5)
+        shown = ", ".join(f"{g['token_str']} {g['score']:.2f}" for g in guesses)
+        rank = next((f"ranked {k}" for k, g in enumerate(guesses, 1) if g["token_str"] == truth), "not in the top 5")
+        print(f"  {text}\n      true: {truth} ({rank})   predicted: {shown}")
 
 
 def _deepspeed_launcher():
