@@ -32,7 +32,14 @@ def main():
     if not failures:
         import transformers
 
-        model = transformers.BertForPreTraining.from_pretrained(hf_dir)
+        transformers.logging.set_verbosity_error()
+        # the masked LM with every weight of it from the folder (SpanBERT trains no NSP head, so a
+        # BertForPreTraining would initialise that one)
+        model, info = transformers.BertForMaskedLM.from_pretrained(hf_dir, output_loading_info=True)
+        if info["missing_keys"] or info["mismatched_keys"]:
+            failures.append(f"transformers' BertForMaskedLM finds no {info['missing_keys'] + info['mismatched_keys']} "
+                            f"in {hf_dir}")
+    if not failures:
         print(f"demo check: {sum(p.numel() for p in model.parameters())} parameters load in transformers; loss "
               f"{first['loss']:.3f} -> {last['loss']:.3f}; held-out MLM accuracy {held_out[-1]['eval_mlm_accuracy']:.3f} "
               f"(unigram {held_out[-1]['eval_mlm_unigram_accuracy']:.3f})")
