@@ -32,7 +32,7 @@ def main():
     from spanbert_ds.data.shards import Shards
     from spanbert_ds.model.objectives import OBJECTIVES
     from spanbert_ds.train.distributed import fill_rank_environment
-    from spanbert_ds.train.loop import model_config_for, parameter_groups
+    from spanbert_ds.model.config import model_config_for
 
     if args.data is None:
         args.data = os.path.join(tempfile.mkdtemp(), "shards")
@@ -42,7 +42,7 @@ def main():
     masker = SpanMasker(MaskingConfig(), shards.vocab_size, shards.mask_id, shards.special_ids)
     plan = BatchPlan(len(samples), args.batch, args.batch, 1, 0, 0)
     batches = MicroBatches(samples, masker, plan, 0, args.steps + 2)
-    config = model_config_for(args.model, shards)
+    config = model_config_for(args.model, shards.vocab_size, shards.pad_id, "the shards")
 
     fill_rank_environment()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
@@ -55,7 +55,7 @@ def main():
     engine, *_ = deepspeed.initialize(model=OBJECTIVES["spanbert"](config), model_parameters=None, config=ds_config)
     torch.manual_seed(0)
     plain = OBJECTIVES["spanbert"](config)
-    optimizer = torch.optim.AdamW(parameter_groups(plain, ds_config), lr=1e-4)
+    optimizer = torch.optim.AdamW(plain.parameter_groups(0.01), lr=1e-4)
 
     def deepspeed_step(batch):
         loss = engine(batch)["loss"]

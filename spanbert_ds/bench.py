@@ -30,7 +30,6 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.kernels import fastest
 from spanbert_ds.model.config import ATTENTION_BACKEND_NAMES, ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES
-from spanbert_ds.train.loop import training_flops
 from spanbert_ds.train.monitor import device_peak_flops
 
 log = logging.getLogger(__name__)
@@ -42,24 +41,25 @@ WORD_START_RATE = 0.75  # about 1.3 WordPiece tokens per word in English text
 
 def add_arguments(parser):
     parser.add_argument("--model", default="spanbert-base",
-                        help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON file (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sample (default: %(default)s)")
+                        help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON file")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sample")
     parser.add_argument("--batch", type=int, default=None, help="samples per step (default: 32 on CUDA, 4 on CPU)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per backend; the median is reported (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, at least 1 (compilation, autotuning, caches) (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per backend; the median is reported")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling, autotuning), at least 1")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="autocast precision (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--backends", default=",".join(("eager", "sdpa", "fused", "auto")),
-                        help="comma-separated attention backends to time (default: %(default)s)")
+                        help="comma-separated attention backends to time")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when there is one)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the batch and the initial weights (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the batch and the initial weights")
 
 
 # --------------------------------------------------------------------------------------------------
 # the batch
 
 def spanbert_batch(vocab_size, batch_size, seq_len, seed=0):
-    """One packed FULL-SENTENCES batch masked by the real SpanMasker: the contract's model input, as torch tensors."""
+    """One packed FULL-SENTENCES batch masked by the real SpanMasker, as torch tensors (the batch
+    data/masking.py defines)."""
     rng = np.random.default_rng(seed)
     B, T = batch_size, seq_len
     input_ids = rng.integers(MASK + 1, vocab_size, (B, T))
@@ -144,10 +144,11 @@ def time_backend(config, batch, device, amp_dtype, steps, warmup, seed):
             step()
             seconds.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    per_token, per_row = training_flops(objective, batch["input_ids"].shape[1])
+    per_token, per_row = objective.training_flops(batch["input_ids"].shape[1])
     rows = batch["mlm_positions"].numel() + batch["sbo_labels"].numel()
     flops = per_token * int(batch["attention_mask"].sum()) + per_row * rows
-    return {"seconds": statistics.median(seconds), "loss": float(first_loss), "peak_bytes": peak, "flops_per_step": flops}
+    return {"seconds": statistics.median(seconds), "loss": float(first_loss), "peak_bytes": peak,
+            "flops_per_step": flops}
 
 
 def free(device):
@@ -169,7 +170,8 @@ def resolve(args):
         except RuntimeError:
             raise UserError(f"--device {args.device!r} is not a device; use cuda, cuda:N or cpu") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+            raise UserError(f"--device {args.device}: this machine has no CUDA GPU that torch can use; use "
+                            "--device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if args.batch is None:
@@ -243,10 +245,12 @@ def print_table(args, config, device, backends, results, tokens, auto_name):
           f"{args.dtype}, fwd+bwd+AdamW, median of {args.steps} steps after {args.warmup} warmup")
     print(f"device: {describe_device(device)}; torch {torch.__version__}")
     if timed:
-        print(f"FLOPs per step (encoder matmuls and attention per token, decoders per masked row): {timed[0]['flops_per_step'] / 1e12:.3f} T; MFU against "
+        print("FLOPs per step (encoder matmuls and attention per token, decoders per masked row): "
+              f"{timed[0]['flops_per_step'] / 1e12:.3f} T; MFU against "
               + (f"{peak / 1e12:.0f} TFLOP/s (dense bf16 peak)" if peak else "n/a (no known peak for this device)"))
     eager = results.get("eager")
-    header = f"{'backend':<8} {'runs':<6} {'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'vs eager':>8} {'peak mem':>9} {'loss':>8}"
+    header = (f"{'backend':<8} {'runs':<6} {'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'vs eager':>8} "
+              f"{'peak mem':>9} {'loss':>8}")
     print(header)
     print("-" * len(header))
     for name in backends:

@@ -22,6 +22,16 @@ COMMANDS = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the help says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="spanbert-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -37,7 +47,8 @@ def main(argv=None):
         top.parse_args(argv)  # prints usage / the unknown-command error and exits
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1])
+    parser = argparse.ArgumentParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
+                                     formatter_class=_HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

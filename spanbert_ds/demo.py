@@ -21,13 +21,14 @@ VALID_FRACTION = 0.05  # of the built-in corpus's 572 documents: about 25 (20k t
 
 
 def add_arguments(parser):
-    parser.add_argument("--workdir", default="runs/demo", help="where shards, the run and the exported model go; made with its parents (default: %(default)s)")
-    parser.add_argument("--ranks", type=int, default=2, help="processes started by the deepspeed launcher (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--model", default="tiny", help="model preset (default: %(default)s)")
-    parser.add_argument("--max-seq-len", type=int, default=128, help="(default: %(default)s)")
-    parser.add_argument("--deepspeed-config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="(default: ds_configs/cpu_zero2.json)")
-    parser.add_argument("--examples", type=int, default=3, help="held-out sentences shown with their fill-mask predictions (default: %(default)s)")
+    arg = parser.add_argument
+    arg("--workdir", default="runs/demo", help="where the shards, the run and the exported model go (made if missing)")
+    arg("--ranks", type=int, default=2, help="processes the deepspeed launcher starts")
+    arg("--steps", type=int, default=1000, help="optimizer steps")
+    arg("--model", default="tiny", help="model preset")
+    arg("--max-seq-len", type=int, default=128, help="tokens per sample")
+    arg("--deepspeed-config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="the DeepSpeed config")
+    arg("--examples", type=int, default=3, help="held-out sentences shown with their fill-mask predictions")
 
 
 def run(args):
@@ -38,7 +39,8 @@ def run(args):
         raise UserError(f"--examples must be 0 or more, got {args.examples}")
     train_script = os.path.join(REPO, "train.py")
     if not os.path.isfile(train_script):
-        raise UserError(f"the demo runs {train_script}, which is not there: run it from a source checkout of spanbert_ds")
+        raise UserError(f"the demo runs {train_script}, which is not there: run it from a source checkout of "
+                        "spanbert_ds")
     check_creatable(args.workdir, "--workdir")
     shards = os.path.join(args.workdir, "shards")
     run_dir = os.path.join(args.workdir, "run")
@@ -53,7 +55,8 @@ def run(args):
         _call([sys.executable, "-m", "spanbert_ds.cli", "prepare", "python-docs", shards, "--tokenizer", "wordpiece",
                "--vocab-size", "8000", "--valid-fraction", str(VALID_FRACTION), "--overwrite"])
     _step("2/5 masking statistics of the SpanBERT span masker on it")
-    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--max-seq-len", str(args.max_seq_len), "--batches", "20"])
+    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--max-seq-len", str(args.max_seq_len),
+           "--batches", "20"])
 
     _step(f"3/5 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, "
           f"{args.ranks} CPU rank{'s' if args.ranks > 1 else ''}, ZeRO-2, the held-out split scored every "
@@ -78,13 +81,12 @@ def run(args):
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     first, last = rows[0], rows[-1]
     held_out = [row for row in rows if "eval_mlm_accuracy" in row][-1]
-    print(
-        f"training loss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} (step {last['step']}); "
-        f"mlm {first['mlm_loss']:.3f} -> {last['mlm_loss']:.3f}, sbo {first['sbo_loss']:.3f} -> {last['sbo_loss']:.3f}\n"
-        f"held-out MLM accuracy {100 * held_out['eval_mlm_accuracy']:.1f}% (loss {held_out['eval_mlm_loss']:.3f}) against "
-        f"{100 * held_out['eval_mlm_unigram_accuracy']:.1f}% for the unigram baseline (loss "
-        f"{held_out['eval_mlm_unigram_loss']:.3f}); SBO accuracy {100 * held_out['eval_sbo_accuracy']:.1f}%"
-    )
+    print(f"training loss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} "
+          f"(step {last['step']}); mlm {first['mlm_loss']:.3f} -> {last['mlm_loss']:.3f}, "
+          f"sbo {first['sbo_loss']:.3f} -> {last['sbo_loss']:.3f}")
+    print(f"held-out MLM accuracy {100 * held_out['eval_mlm_accuracy']:.1f}% (loss {held_out['eval_mlm_loss']:.3f}) "
+          f"against {100 * held_out['eval_mlm_unigram_accuracy']:.1f}% for the unigram baseline "
+          f"(loss {held_out['eval_mlm_unigram_loss']:.3f}); SBO accuracy {100 * held_out['eval_sbo_accuracy']:.1f}%")
     if args.examples:
         show_fill_mask(hf_dir, shards, args.examples)
     print(
@@ -165,7 +167,8 @@ def _deepspeed_launcher():
     beside = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     found = beside if os.path.isfile(beside) else shutil.which("deepspeed")
     if not found:
-        raise UserError("the `deepspeed` launcher is not installed in this environment; run `make demo`, or `pip install deepspeed`")
+        raise UserError("the `deepspeed` launcher is not installed in this environment; run `make demo`, or "
+                        "`pip install deepspeed`")
     return found
 
 

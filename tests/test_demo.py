@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.distributed.launch import environment
+
+pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
 
 
 def demo(cwd, *args, timeout=600):

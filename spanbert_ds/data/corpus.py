@@ -219,6 +219,6 @@ def _paragraphs(text):
     return out
 
 
-def describe(source):
+def source_name(source):
     """A short name for meta.json: the built-in name or the absolute input path."""
     return source if source == BUILTIN else os.path.abspath(source)

@@ -13,8 +13,6 @@ exactly the batches it would have seen.
 
 from dataclasses import dataclass
 
-import signal
-
 import numpy as np
 import torch
 
@@ -53,6 +51,11 @@ class BatchPlan:
     def order(self, epoch):
         return np.random.default_rng([self.seed, epoch, 0x5A5A]).permutation(self.n_samples)
 
+    def dropout_seed(self, micro_index):
+        """The seed of a micro-batch's dropout masks: a function of where it sits in the data order, so a
+        resumed run, or a run on another number of ranks with the same micro batch, draws the same masks."""
+        return hash((self.seed, *self.locate(micro_index))) & 0x7FFF_FFFF_FFFF_FFFF
+
     def locate(self, micro_index):
         """(epoch, start) of this rank's micro-batch number `micro_index` of the run in order(epoch)."""
         step, k = divmod(micro_index, self.accumulation)
@@ -84,8 +87,9 @@ class MicroBatches(torch.utils.data.Dataset):
         return epoch, self._orders[epoch][start : start + self.plan.micro_batch]
 
 
-def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers):
-    """A DataLoader yielding this rank's micro-batches first_micro .. first_micro + n_micro - 1 in order."""
+def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers, worker_init_fn=None):
+    """A DataLoader yielding this rank's micro-batches first_micro .. first_micro + n_micro - 1 in order;
+    `worker_init_fn` runs in each worker process (the trainer's: leave stop signals to the trainer)."""
     dataset = MicroBatches(samples, masker, plan, first_micro, n_micro)
     return torch.utils.data.DataLoader(
         dataset,
@@ -95,12 +99,6 @@ def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers)
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
-        worker_init_fn=_leave_stop_signals_to_the_trainer,
+        worker_init_fn=worker_init_fn,
     )
 
-
-def _leave_stop_signals_to_the_trainer(worker_id):
-    # A scheduler signals the whole process group. Workers that died of it would take the training
-    # process down with them before it could save; the trainer decides when to stop, and ends them.
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)

@@ -35,25 +35,31 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from spanbert_ds.data.hashing import GOLDEN, mix
 from spanbert_ds.errors import UserError
 
 # ---------------------------------------------------------------------------------------
-# Counter-based random numbers: splitmix64 (Steele et al. 2014), vectorised over numpy.
+# The batch: what every masker returns and every objective reads (the contract). B rows of T
+# positions; "flat" positions index the (B*T) batch, b*T + t. All int64.
+#   input_ids, attention_mask (1 real, 0 padding), token_type_ids    (B, T)
+#   mlm_positions (N,) flat positions of the masked tokens, ascending; mlm_labels (N,) their ids
+#   sbo_positions, sbo_left, sbo_right (M,) flat positions of each SBO target x_i and its span's
+#       boundary tokens x_{s-1}, x_{e+1}; sbo_rel_pos (M,) i-s+1 in 1..max_span_targets; sbo_labels (M,)
+#       (empty for maskers without spans)
+#   nsp_labels (B,) 0 = B follows A, 1 = random next (pair packing only)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MLM_KEYS = ("mlm_positions", "mlm_labels")
+SBO_KEYS = ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")
+NSP_KEYS = ("nsp_labels",)
+
+
+# ---------------------------------------------------------------------------------------
+# Counter-based random numbers (data/hashing.py): one stream per kind of draw, so that no two
+# draws ever share a counter.
+
 _U53 = 1.0 / (1 << 53)
-
-# One stream per kind of draw, so that no two draws ever share a counter.
 _COUNT, _LENGTH, _SEGMENT, _PLACE, _ACTION, _RANDOM_ID, _TOKEN, _ORDER = range(1, 9)
-
-
-def _mix(x):
-    """splitmix64's finaliser: a bijection of uint64 that looks random (x: uint64 array)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def sample_keys(sample_indices, epoch, seed, batch_size=None):
@@ -62,9 +68,9 @@ def sample_keys(sample_indices, epoch, seed, batch_size=None):
     if batch_size is not None and index.size != batch_size:
         raise ValueError(f"{index.size} sample indices for a batch of {batch_size} rows")
     with np.errstate(over="ignore"):
-        head = _mix(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
-        head = _mix(head ^ np.uint64(int(epoch) & 0xFFFFFFFFFFFFFFFF))
-        return _mix(head ^ _mix(index + _GOLDEN))
+        head = mix(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + GOLDEN)
+        head = mix(head ^ np.uint64(int(epoch) & 0xFFFFFFFFFFFFFFFF))
+        return mix(head ^ mix(index + GOLDEN))
 
 
 def _bits(keys, stream, counter):
@@ -73,8 +79,8 @@ def _bits(keys, stream, counter):
     keys and counter broadcast against each other (e.g. keys[rows] with a counter per item).
     """
     with np.errstate(over="ignore"):
-        stream_key = _mix(keys ^ np.uint64((stream * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF))
-        return _mix(stream_key + np.asarray(counter).astype(np.uint64) * _GOLDEN)
+        stream_key = mix(keys ^ np.uint64((stream * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF))
+        return mix(stream_key + np.asarray(counter).astype(np.uint64) * GOLDEN)
 
 
 def _uniform(keys, stream, counter):
@@ -153,7 +159,8 @@ class MaskingConfig:
             try:
                 values[key] = kinds[key](text)
             except ValueError:
-                raise UserError(f"--masking: {key}={text!r} is not {'a whole number' if kinds[key] is int else 'a number'}") from None
+                raise UserError(f"--masking: {key}={text!r} is not "
+                                f"{'a whole number' if kinds[key] is int else 'a number'}") from None
         return cls(**values)
 
     def span_length_probs(self):
@@ -187,7 +194,8 @@ class _Masker:
         if not 0 <= self.mask_id < self.vocab_size:
             raise UserError(f"masking: mask_id={self.mask_id} is outside the vocabulary of {self.vocab_size} ids")
         if special.size and (special.min() < 0 or special.max() >= self.vocab_size):
-            raise UserError(f"masking: special ids {special.tolist()} fall outside the vocabulary of {self.vocab_size} ids")
+            raise UserError(f"masking: special ids {special.tolist()} fall outside the vocabulary of "
+                            f"{self.vocab_size} ids")
         # Random replacements are drawn uniformly from the ids that are not special tokens.
         self.random_ids = np.setdiff1d(np.arange(self.vocab_size, dtype=np.int64), special)
         if self.random_ids.size == 0:
@@ -229,7 +237,7 @@ class _Masker:
             "mlm_labels": labels,
         }
         sbo = sbo or {}
-        for key in ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos"):
+        for key in SBO_KEYS[:-1]:
             out[key] = sbo.get(key, empty)
         out["sbo_labels"] = flat[out["sbo_positions"]]
         if "nsp_labels" in batch:

@@ -130,7 +130,8 @@ class PackedSamples:
         return np.stack([c0, a1, b0, b1], axis=1), labels
 
     def batch(self, indices):
-        """Padded numpy arrays for the samples `indices` (the contract's dict; see module docstring)."""
+        """The masker's input for the samples `indices`, padded numpy (B, T) arrays: input_ids,
+        attention_mask, token_type_ids, word_starts, special_mask, and nsp_labels (B,) in pair mode."""
         idx = np.asarray(indices, dtype=np.int64)
         T = self.max_seq_len
         s = self.samples[idx]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_ds.data import tokenizer as tokenizers_
-from spanbert_ds.data.corpus import BUILTIN, DEFAULT_MAX_LINE_BYTES, Corpus, describe as describe_corpus
+from spanbert_ds.data.corpus import BUILTIN, DEFAULT_MAX_LINE_BYTES, Corpus, source_name
 from spanbert_ds.data.hashing import uniform
 from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
 from spanbert_ds.errors import UserError
@@ -55,7 +55,7 @@ def add_arguments(parser):
                              f"evaluation split in OUT/{VALID_FOLDER} (default: none)")
     parser.add_argument("--valid", default=None, metavar="CORPUS",
                         help=f"a second corpus to encode as the evaluation split in OUT/{VALID_FOLDER} instead")
-    parser.add_argument("--seed", type=int, default=0, help="seeds which documents --valid-fraction holds out (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds which documents --valid-fraction holds out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -82,11 +82,12 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     if not 0.0 <= valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be at least 0 and below 1 (0.01 to 0.05 is usual)")
     if valid is not None and valid_fraction:
-        raise UserError("give --valid CORPUS or --valid-fraction F, not both: the held-out split comes from one of them")
+        raise UserError("give --valid CORPUS or --valid-fraction F, not both: the held-out split comes from one of "
+                        "them")
     if seed < 0:
         raise UserError(f"--seed must be 0 or more, got {seed}")
     corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
-    valid_corpus = None if valid is None else Corpus(valid, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
+    valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes)
     if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
         raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
@@ -105,7 +106,8 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
         else:
             tok = tokenizers_.load_tokenizer(tokenizer)
         tok.save(str(tmp / "tokenizer.json"))
-        info = {**tokenizers_.describe(tok, source=tokenizer), "tokenizer_sha256": file_sha256(tmp / "tokenizer.json")}
+        info = {**tokenizers_.tokenizer_meta(tok, source=tokenizer),
+                "tokenizer_sha256": file_sha256(tmp / "tokenizer.json")}
         held_out = valid_corpus is not None or valid_fraction > 0
         writers = [ShardWriter(tmp, info["vocab_size"])]
         if held_out:
@@ -126,11 +128,11 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
             raise
         split_meta = {}
         if held_out:
-            source = describe_corpus(valid_corpus.source) if valid_corpus else \
-                {"fraction": valid_fraction, "seed": seed, "of": describe_corpus(corpus.source)}
+            source = source_name(valid_corpus.source) if valid_corpus else \
+                {"fraction": valid_fraction, "seed": seed, "of": source_name(corpus.source)}
             split_meta = {"valid_split": {"folder": VALID_FOLDER, "source": source}}
             writers[1].close({**info, "corpus": source, "split": "valid"})
-        writers[0].close({**info, "corpus": describe_corpus(corpus.source), **split_meta})
+        writers[0].close({**info, "corpus": source_name(corpus.source), **split_meta})
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -170,7 +172,8 @@ class DocumentSplit:
 def _check_not_empty(writers, input, valid, valid_fraction, seed):
     if writers[0].n_tokens == 0:
         if valid_fraction:
-            raise UserError(f"--valid-fraction {valid_fraction} held out every document of {input} ({writers[1].n_documents}); "
+            raise UserError(f"--valid-fraction {valid_fraction} held out every document of {input} "
+                            f"({writers[1].n_documents}); "
                             "lower it, or give a larger corpus")
         raise UserError(f"input {input} contains no text (0 tokens after tokenization); "
                         f"give a corpus with at least one non-empty line")
@@ -178,7 +181,8 @@ def _check_not_empty(writers, input, valid, valid_fraction, seed):
         if valid is not None:
             raise UserError(f"--valid {valid} contains no text (0 tokens after tokenization); give a corpus with at "
                             "least one non-empty line")
-        raise UserError(f"--valid-fraction {valid_fraction} (--seed {seed}) held out none of the {writers[0].n_documents} "
+        raise UserError(f"--valid-fraction {valid_fraction} (--seed {seed}) held out none of the "
+                        f"{writers[0].n_documents} "
                         f"documents of {input}; raise it, or pass the held-out text as --valid CORPUS")
 
 

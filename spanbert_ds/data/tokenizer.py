@@ -1,4 +1,4 @@
-"""Train or load a `tokenizers` tokenizer, and describe it for the shard folder.
+"""Train or load a `tokenizers` tokenizer, and say what the shard folder records of it (tokenizer_meta).
 
 Two kinds, named after what the model code needs to know:
 - "wordpiece" (BERT / SpanBERT): [PAD]=0, [UNK], [CLS], [SEP], [MASK]; a token continues a word
@@ -16,7 +16,6 @@ Loaded tokenizers always have truncation and padding switched off: a tokenizer.j
 inference (MiniLM's truncates at 128) would otherwise cut every sentence silently.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -66,7 +65,8 @@ def check_vocab_size(tok, vocab_size):
     if reached < vocab_size:
         smaller = f"pass --vocab-size {reached} or less, " if reached >= MIN_TRAINED_VOCAB else ""
         raise UserError(f"the corpus supports a vocabulary of only {reached} tokens but --vocab-size is "
-                        f"{vocab_size}; {smaller}use a larger corpus, or pass --allow-smaller-vocab to accept {reached}")
+                        f"{vocab_size}; {smaller}use a larger corpus, or pass --allow-smaller-vocab to accept "
+                        f"{reached}")
 
 
 def load_tokenizer(path):
@@ -92,7 +92,7 @@ def load_tokenizer(path):
                             f"saved by tokenizers' Tokenizer.save, a BERT vocab.txt, or `wordpiece`/`bpe`") from None
     tok.no_truncation()
     tok.no_padding()
-    describe(tok, source=path)  # validates kind and special tokens now, with the file name in the message
+    tokenizer_meta(tok, source=path)  # validates kind and special tokens now, with the file name in the message
     return tok
 
 
@@ -153,20 +153,33 @@ def kind_of(tok):
     return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model)
 
 
-def is_lowercase(tok):
-    """True when the normalizer lowercases (BertNormalizer(lowercase=True) or a Lowercase step)."""
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("type") == "Lowercase" or (node.get("type") == "BertNormalizer" and node.get("lowercase")):
-                return True
-            return any(walk(v) for v in node.values())
+def casing(tok):
+    """(lowercases, strip_accents) of the tokenizer's normalizer: a BertNormalizer's settings, or
+    Lowercase / StripAccents steps (also inside a Sequence). strip_accents is None where nothing says."""
+    lowercase, strip_accents = False, None
+
+    def visit(node):
+        nonlocal lowercase, strip_accents
         if isinstance(node, list):
-            return any(walk(v) for v in node)
-        return False
-    return walk(json.loads(tok.to_str()).get("normalizer"))
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "BertNormalizer":
+                lowercase = lowercase or bool(node.get("lowercase"))
+                strip_accents = node.get("strip_accents") if strip_accents is None else strip_accents
+            elif kind == "Lowercase":
+                lowercase = True
+            elif kind == "StripAccents":
+                strip_accents = True
+            for child in node.values():
+                visit(child)
+
+    visit(json.loads(tok.to_str()).get("normalizer"))
+    return lowercase, strip_accents
 
 
-def describe(tok, source="the tokenizer"):
+def tokenizer_meta(tok, source="the tokenizer"):
     """The tokenizer's part of meta.json: kind, casing, vocab size, special ids."""
     kind = kind_of(tok)
     if kind is None:
@@ -185,7 +198,7 @@ def describe(tok, source="the tokenizer"):
     added = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
     return {
         "tokenizer_kind": kind,
-        "lowercase": is_lowercase(tok),
+        "lowercase": casing(tok)[0],
         "vocab_size": vocab_size(tok),
         **ids,
         "special_ids": sorted(set(added) | set(ids.values())),
@@ -222,9 +235,6 @@ def word_start_table(tok):
     else:
         starts = np.fromiter((t.startswith(("Ġ", "▁")) for t in vocab), dtype=bool, count=len(vocab))
     table[ids] = starts
-    table[describe(tok)["special_ids"]] = False
+    table[tokenizer_meta(tok)["special_ids"]] = False
     return table
 
-
-def sha256(tok):
-    return hashlib.sha256(tok.to_str().encode()).hexdigest()

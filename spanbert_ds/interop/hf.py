@@ -25,8 +25,10 @@ import re
 import torch
 from torch import nn
 
+from spanbert_ds.data.tokenizer import SPECIALS, casing, kind_of, vocab_size
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import ModelConfig
+from spanbert_ds.model.objectives import TIED
 
 # Our objective's parameter names -> Hugging Face BertForPreTraining's. "{i}" is a layer index;
 # a tuple is one of our tensors that HF keeps as several, concatenated along dim 0 (Q, K, V).
@@ -60,8 +62,6 @@ HF_NAMES = {
     "nsp_head.classifier.weight": "cls.seq_relationship.weight",
     "nsp_head.classifier.bias": "cls.seq_relationship.bias",
 }
-# Our names that are the word embeddings under another name (tied decoders): never stored twice.
-TIED = ("mlm_head.decoder_weight", "sbo_head.decoder_weight")
 # Tensors whose rows are the vocabulary: padded_vocab_size rows here, vocab_size in HF files.
 VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
 # HF names that carry no weights of their own (buffers and tied copies).
@@ -111,7 +111,8 @@ def to_hf_state_dict(state, config):
                and (hf_name[0] if isinstance(hf_name, tuple) else hf_name) not in hf]
     if missing:
         raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} "
-                        f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's objective?")
+                        f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's "
+                        "objective?")
     sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
     return hf, sbo
 
@@ -176,12 +177,16 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
 
 # --- tokenizer files ----------------------------------------------------------------------------
 
-BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                 "mask_token": "[MASK]"}
-BPE_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
-META_SPECIAL_IDS = {"unk_token": "unk_id", "sep_token": "sep_id", "pad_token": "pad_id", "cls_token": "cls_id",
-                    "mask_token": "mask_id"}
+# HF's names of the special tokens, from the one table of them (data/tokenizer.py's SPECIALS)
+ROLES = ("unk", "sep", "pad", "cls", "mask")
+META_SPECIAL_IDS = {f"{role}_token": f"{role}_id" for role in ROLES}
+
+
+def _hf_special_tokens(kind):
+    tokens = {f"{role}_token": SPECIALS[kind][role] for role in ROLES}
+    if kind == "bpe":  # RoBERTa's: sequences begin with <s> and end with </s>
+        tokens.update(bos_token=tokens["cls_token"], eos_token=tokens["sep_token"])
+    return tokens
 
 
 def _tokenizer_and_meta(source):
@@ -203,54 +208,36 @@ def _tokenizer_and_meta(source):
     return Tokenizer.from_file(file), meta
 
 
-def _lowercases(normalizer):
-    """Whether a tokenizers normalizer (as JSON) lower-cases, and its strip_accents setting."""
-    if not normalizer:
-        return False, None
-    kind = normalizer.get("type")
-    if kind == "BertNormalizer":
-        return bool(normalizer.get("lowercase")), normalizer.get("strip_accents")
-    if kind == "Lowercase":
-        return True, None
-    if kind == "Sequence":
-        found = [_lowercases(n) for n in normalizer.get("normalizers", [])]
-        strips = any(n.get("type") == "StripAccents" for n in normalizer.get("normalizers", []))
-        return any(lc for lc, _ in found), True if strips else next((s for _, s in found if s is not None), None)
-    return False, None
-
-
 def write_tokenizer_files(source, out_dir, model_config):
     """tokenizer.json, vocab.txt (WordPiece), tokenizer_config.json, special_tokens_map.json."""
     tokenizer, meta = _tokenizer_and_meta(source)
     spec = json.loads(tokenizer.to_str())
-    kind = spec["model"]["type"]
-    lowercase, strip_accents = _lowercases(spec.get("normalizer"))
+    kind = kind_of(tokenizer) or "bpe"
+    lowercase, strip_accents = casing(tokenizer)
     if meta is not None and "lowercase" in meta:
         lowercase = bool(meta["lowercase"])  # the shard folder records what it was prepared with
-    from spanbert_ds.data.tokenizer import vocab_size
-
     rows = vocab_size(tokenizer)  # ids may leave holes (a vocab.txt with a duplicate line)
     if rows != model_config.vocab_size:
         model_config.check_vocab(rows, where="the tokenizer")
     written = [os.path.join(out_dir, "tokenizer.json")]
     tokenizer.save(written[0])
 
-    specials = dict(BERT_SPECIALS if kind == "WordPiece" else BPE_SPECIALS)
+    specials = _hf_special_tokens(kind)
     if meta is not None:
         for field, id_key in META_SPECIAL_IDS.items():
             if id_key in meta:
                 specials[field] = tokenizer.id_to_token(int(meta[id_key]))
-        if kind != "WordPiece":
+        if kind == "bpe":
             specials["bos_token"], specials["eos_token"] = specials["cls_token"], specials["sep_token"]
     absent = sorted(t for t in set(specials.values()) if tokenizer.token_to_id(t) is None)
     if absent:
         raise UserError(f"export: the tokenizer has no special tokens {absent}; prepare the shards with "
                         "spanbert-ds prepare, which adds them")
 
-    config = {"tokenizer_class": "BertTokenizer" if kind == "WordPiece" else "PreTrainedTokenizerFast",
+    config = {"tokenizer_class": "BertTokenizer" if kind == "wordpiece" else "PreTrainedTokenizerFast",
               "do_lower_case": lowercase, "model_max_length": model_config.max_position_embeddings,
               "clean_up_tokenization_spaces": False, **specials}
-    if kind == "WordPiece":
+    if kind == "wordpiece":
         config.update(strip_accents=strip_accents, tokenize_chinese_chars=True, do_basic_tokenize=True)
         vocab = spec["model"]["vocab"]  # token -> id
         # a line per id, since BertTokenizer numbers the lines: an id no token has (a vocab.txt with a

@@ -97,7 +97,8 @@ def _bias_gelu_ln_fwd(X, B, W, BETA, Y, MEAN, RSTD, n_rows, eps,
 @triton.autotune(configs=_bwd_configs(), key=["N", "BLOCK_N"], prune_configs_by=_values_per_thread(32))
 @triton.jit
 def _bias_gelu_ln_bwd(DY, X, B, W, MEAN, RSTD, DX, PARTIAL, n_rows, SECTION,
-                      N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, PER_SM: tl.constexpr, STAGES: tl.constexpr):
+                      N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, PER_SM: tl.constexpr,
+                      STAGES: tl.constexpr):
     # persistent: program p handles row blocks p, p + n_programs, ... and keeps its share of
     # dbias, dw, dbeta in registers, stored at PARTIAL[k * SECTION + p * N] (k = 0, 1, 2) for the caller
     # to reduce. PER_SM is read by the launch grid only.

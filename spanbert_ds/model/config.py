@@ -64,10 +64,6 @@ class ModelConfig:
         """vocab_size rounded up to a multiple of 64, so the decoder GEMM fills tensor cores."""
         return (self.vocab_size + 63) // 64 * 64
 
-    @property
-    def head_size(self):
-        return self.hidden_size // self.num_heads
-
     def check_vocab(self, data_vocab_size, where="the shards"):
         """A clear error when the data's vocabulary is not the one the model was built for."""
         if data_vocab_size != self.vocab_size:
@@ -141,6 +137,21 @@ class ModelConfig:
         if unknown:
             raise UserError(f"model config: unknown keys {unknown}; the known keys are {sorted(known)}")
         return dataclasses.replace(self, **changes)
+
+
+def model_config_for(spec, vocab_size, pad_id, where, base=None):
+    """The model a run trains: `--model SPEC` (a preset takes the data's vocabulary size and padding id),
+    or `base` (e.g. the shape of an --init-from checkpoint) when no spec is given. A JSON config or
+    `base` must already have the data's vocabulary; `where` names the data in the error."""
+    if spec is None and base is not None:
+        config = base
+    else:
+        spec = spec or "spanbert-base"
+        config = ModelConfig.from_name_or_path(spec)
+        if spec.split(",")[0].strip() in PRESETS:
+            return config.replace(vocab_size=vocab_size, pad_token_id=pad_id)
+    config.check_vocab(vocab_size, where=where)
+    return config
 
 
 def _parse_value(config, key, text, spec):

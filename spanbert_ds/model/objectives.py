@@ -3,8 +3,8 @@
 One registry, OBJECTIVES, a plain dict from name to class. Each is built as
 `OBJECTIVES[name](model_config)`, says with class attributes which data it trains on
 (`masking`: "span" | "token" | "wholeword"; `packing`: "full" | "doc" | "pair") and which
-predictions it makes (`parts`: "mlm", "sbo", "nsp"), and maps a batch (the masker's output,
-see the contract) to losses:
+predictions it makes (`parts`: "mlm", "sbo", "nsp"), and maps a batch (the masker's output, whose
+keys data/masking.py defines) to losses:
 
     out = objective(batch)   # {"loss": scalar with grad, "mlm_loss": detached, ...}
     out["loss"].backward()
@@ -21,12 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spanbert_ds.data.masking import MLM_KEYS, NSP_KEYS, SBO_KEYS
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.encoder import Encoder
 from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead, gather_rows
 
-MLM_KEYS = ("mlm_positions", "mlm_labels")
-SBO_KEYS = ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")
+# Our names that are the word embeddings under another name (the decoders tied to them): one tensor,
+# which checkpoints and exports hold once, as the embedding.
+TIED = ("mlm_head.decoder_weight", "sbo_head.decoder_weight")
 
 
 def mean(total, count):
@@ -64,6 +66,28 @@ class Objective(nn.Module):
         self.encoder = Encoder(config)
         self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
         self._values_checked = False
+
+    def parameter_groups(self, weight_decay):
+        """Optimizer groups: no weight decay on biases and LayerNorm weights (BERT's recipe)."""
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def training_flops(self, seq_len):
+        """(FLOPs per token, FLOPs per decoded row) of a training step, forward and backward (x3).
+
+        Per token: 2 per encoder weight (the embeddings are lookups, not matmuls) plus attention's
+        2 * 2 * layers * hidden * seq. Per row through a vocabulary decoder (MLM and SBO run on the
+        masked positions only): 2 * padded vocab * hidden, plus the head's own dense layers.
+        """
+        c = self.config
+        embeddings = sum(p.numel() for p in self.encoder.embeddings.parameters())
+        encoder = sum(p.numel() for p in self.encoder.parameters()) - embeddings
+        per_token = 3 * (2 * encoder + 4 * c.num_layers * c.hidden_size * seq_len)
+        per_row = 3 * (2 * c.padded_vocab_size * c.hidden_size + 2 * 2 * c.hidden_size**2)
+        return per_token, per_row
 
     def forward(self, batch, scores=False):
         """Training losses ({"loss": with grad, "<part>_loss": detached}) or, with scores=True, each
@@ -203,7 +227,7 @@ class BERT(Objective):
     masking = "token"
     packing = "pair"
     parts = ("mlm", "nsp")
-    needs = Objective.needs + ("nsp_labels",)
+    needs = Objective.needs + NSP_KEYS
 
     def __init__(self, config):
         super().__init__(config)

@@ -22,24 +22,28 @@ def add_arguments(parser):
     import deepspeed
 
     run = parser.add_argument_group("run")
-    run.add_argument("--model", default=None, help="a preset (tiny, small, bert-base, bert-large, spanbert-base, spanbert-large) or a model JSON file, with optional ,key=value overrides (default: spanbert-base, or the shape of --init-from)")
-    run.add_argument("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM) (default: %(default)s)")
-    run.add_argument("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
-    run.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints; made with its parents (default: %(default)s)")
-    run.add_argument("--steps", type=int, default=10000, help="optimizer steps in the whole run; the learning-rate schedule spans them, so raising it on resume stretches the decay (default: %(default)s)")
-    run.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample including [CLS]/[SEP] (default: %(default)s)")
-    run.add_argument("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout (default: %(default)s)")
-    run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps, and always at the end (default: %(default)s)")
-    run.add_argument("--keep-checkpoints", type=int, default=3, help="keep the last K checkpoints (default: %(default)s)")
-    run.add_argument("--log-every", type=int, default=10, help="log every N steps (default: %(default)s)")
-    run.add_argument("--resume", default="auto", help="auto: continue from the latest complete checkpoint in --output if any; none: start afresh; or a checkpoint folder (default: %(default)s)")
-    run.add_argument("--eval-every", type=int, default=None, help="score the shards' held-out split every N steps and at the end (default: at each checkpoint when the shards have a held-out split; 0: never)")
-    run.add_argument("--eval-samples", type=int, default=512, help="held-out blocks in the fixed evaluation set (default: %(default)s)")
-    run.add_argument("--masking", default="", help="masking parameters as key=value,... e.g. mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
-    run.add_argument("--init-from", default=None, help="initialise the encoder and MLM head from a Hugging Face BERT folder (its vocabulary must be the shards')")
-    run.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank that mask batches (default: %(default)s)")
-    run.add_argument("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="override the model's attention backend")
-    run.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many consecutive non-finite losses (default: %(default)s)")
+    arg = run.add_argument
+    arg("--model", default=None,
+        help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON, with ,key=value overrides "
+             "(default: spanbert-base, or the shape of --init-from)")
+    arg("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM)")
+    arg("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
+    arg("--output", default="runs/pretrain", help="the run folder (config, logs, checkpoints), made if missing")
+    arg("--steps", type=int, default=10000, help="optimizer steps of the whole run; the schedule spans them")
+    arg("--max-seq-len", type=int, default=512, help="tokens per sample, [CLS] and [SEP] included")
+    arg("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout")
+    arg("--save-every", type=int, default=1000, help="checkpoint every N steps, and at the end")
+    arg("--keep-checkpoints", type=int, default=3, help="how many of the latest checkpoints to keep")
+    arg("--log-every", type=int, default=10, help="log every N steps")
+    arg("--resume", default="auto", help="auto (the latest checkpoint in --output), none, or a checkpoint folder")
+    arg("--eval-every", type=int, default=None,
+        help="score the held-out split every N steps (default: at each checkpoint if there is one; 0: never)")
+    arg("--eval-samples", type=int, default=512, help="held-out blocks in the fixed evaluation set")
+    arg("--masking", default="", help="masking parameters as key=value,... (e.g. mask_ratio=0.15,geometric_p=0.2)")
+    arg("--init-from", default=None, help="start from a Hugging Face BERT folder with the shards' vocabulary")
+    arg("--num-workers", type=int, default=2, help="DataLoader workers per rank that mask batches")
+    arg("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="the attention backend")
+    arg("--max-bad-steps", type=int, default=5, help="stop after this many non-finite losses in a row")
     run.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     deepspeed.add_config_arguments(parser)
     return parser
@@ -69,7 +73,8 @@ def check_run_args(args):
         if os.path.exists(args.data):
             raise UserError(f"--data {args.data} is a file; --data takes a shard folder: make one with "
                             f"`spanbert-ds prepare {args.data} SHARD_FOLDER`")
-        raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS {args.data}`")
+        raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS "
+                        f"{args.data}`")
     check_creatable(args.output, "--output")  # made with its parents by rank 0 once the run starts
     data, output = os.path.abspath(args.data), os.path.abspath(args.output)
     if output == data or output.startswith(data + os.sep) or data.startswith(output + os.sep):
@@ -103,9 +108,11 @@ def load_ds_config(path, world_size, total_steps, notes=None):
         raise UserError(f"{path}: zero_optimization.stage is {stage}; use 0, 1, 2 or 3")
     optimizer = config.get("optimizer", {}).get("type", "")
     if stage > 0 and optimizer.lower() in ZERO_INCOMPATIBLE_OPTIMIZERS:
-        raise UserError(f"{path}: DeepSpeed does not support optimizer {optimizer} under ZeRO stage {stage}; use AdamW, or set zero_optimization.stage to 0")
+        raise UserError(f"{path}: DeepSpeed does not support optimizer {optimizer} under ZeRO stage {stage}; "
+                        "use AdamW, or set zero_optimization.stage to 0")
     if not optimizer:
-        raise UserError(f"{path}: no optimizer block; add e.g. {{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
+        raise UserError(f"{path}: no optimizer block; add e.g. "
+                        f"{{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
 
     scheduler = config.get("scheduler", {})
     if scheduler.get("type") in SCHEDULERS_WITH_LENGTH:
@@ -118,9 +125,9 @@ def load_ds_config(path, world_size, total_steps, notes=None):
         if warmup >= total_steps:
             params["warmup_num_steps"] = max(1, total_steps // 10)
             if notes is not None:
+                shortened = params["warmup_num_steps"]
                 notes.append(f"{path}: warmup_num_steps {warmup} is not below --steps {total_steps}; warming up for "
-                             f"{params['warmup_num_steps']} steps in this run (a resume with a larger --steps goes back "
-                             f"to {warmup})")
+                             f"{shortened} steps in this run (a resume with a larger --steps goes back to {warmup})")
     return config
 
 
@@ -141,15 +148,19 @@ def _resolve_batch_sizes(config, path, world_size):
     elif micro is None:
         accumulation = accumulation or 1
         if total % (accumulation * world_size):
-            raise UserError(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps {accumulation} x {world_size} ranks")
+            raise UserError(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
+                            f"{accumulation} x {world_size} ranks")
         micro = total // (accumulation * world_size)
     elif accumulation is None:
         if total % (micro * world_size):
-            raise UserError(f"{path}: train_batch_size {total} is not divisible by train_micro_batch_size_per_gpu {micro} x {world_size} ranks; change one of them")
+            raise UserError(f"{path}: train_batch_size {total} is not divisible by "
+                            f"train_micro_batch_size_per_gpu {micro} x {world_size} ranks; change one of them")
         accumulation = total // (micro * world_size)
     if micro * accumulation * world_size != total:
         raise UserError(
             f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x gradient_accumulation_steps "
-            f"{accumulation} x {world_size} ranks; fix one of them (or drop gradient_accumulation_steps and let it be derived)"
+            f"{accumulation} x {world_size} ranks; fix one of them (or drop gradient_accumulation_steps and let it be "
+            "derived)"
         )
-    config.update(train_batch_size=total, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation)
+    config.update(train_batch_size=total, train_micro_batch_size_per_gpu=micro,
+                  gradient_accumulation_steps=accumulation)

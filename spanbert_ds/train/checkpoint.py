@@ -67,7 +67,8 @@ def read_marker(tag_dir):
         with open(os.path.join(tag_dir, MARKER)) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise UserError(f"{tag_dir} is not a complete checkpoint (no {MARKER}): it was cut short or is not ours; resume from another one") from None
+        raise UserError(f"{tag_dir} is not a complete checkpoint (no {MARKER}): it was cut short or is not "
+                        "ours; resume from another one") from None
     except json.JSONDecodeError:
         raise UserError(f"{tag_dir}/{MARKER} is damaged; resume from another checkpoint") from None
 
@@ -81,14 +82,62 @@ def check_loadable(tag_dir):
     """
     files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")))
     if not files:
-        raise UserError(f"checkpoint {tag_dir} holds no .pt files; delete that folder, then resume from the one before it with --resume auto")
+        raise UserError(f"checkpoint {tag_dir} holds no .pt files; delete that folder, then resume from the one "
+                        "before it with --resume auto")
     for path in files:
         try:
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):
                 torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any failure here means the file cannot be trusted
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise UserError(f"checkpoint file {path} cannot be loaded safely ({reason}); it is truncated or not a checkpoint of ours: delete {tag_dir} to resume from an earlier one") from None
+            raise UserError(f"checkpoint file {path} cannot be loaded safely ({reason}); it is truncated or not "
+                            f"a checkpoint of ours: delete {tag_dir} to resume from an earlier one") from None
+
+
+def fp32_state_dict(root, tag, objective):
+    """The fp32 weights of checkpoint root/tag of `objective`'s model (ZeRO shards consolidated)."""
+    if read_marker(os.path.join(root, tag))["zero_stage"] > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    return _zero0_fp32_state(objective, os.path.join(root, tag, "mp_rank_00_model_states.pt"))
+
+
+def _zero0_fp32_state(objective, path):
+    """The module's weights of a ZeRO-0 checkpoint, in fp32 even under bf16/fp16.
+
+    Under mixed precision the module copy is rounded to 16 bits; the optimizer keeps the fp32
+    masters in the order of the objective's parameter groups, which map them back. DeepSpeed
+    0.19 saves them as `fp32_groups_flat` (one flat tensor per group: its fused optimizer, the
+    default on GPUs) or `fp32_groups` (a list per group: any other optimizer, e.g. torch's AdamW).
+    A 16-bit module without masters is refused: exporting its rounded weights would be a silent loss.
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = dict(saved["module"])
+    optimizer = saved.get("optimizer") if isinstance(saved.get("optimizer"), dict) else {}
+    groups = [g["params"] for g in objective.parameter_groups(0.0) if g["params"]]
+    if optimizer.get("fp32_groups_flat") is not None:
+        flats = optimizer["fp32_groups_flat"]
+        masters = [list(flat.split([p.numel() for p in params])) for flat, params in zip(flats, groups)]
+    elif optimizer.get("fp32_groups") is not None:
+        masters = optimizer["fp32_groups"]
+    else:
+        rounded = sorted(name for name, tensor in state.items() if tensor.dtype in (torch.float16, torch.bfloat16))
+        if rounded:
+            raise UserError(f"checkpoint {os.path.dirname(path)} holds {len(rounded)} weights in 16 bits (e.g. "
+                            f"{rounded[0]}) and no fp32 master copy this exporter knows ({os.path.basename(path)} has "
+                            "neither fp32_groups_flat nor fp32_groups); exporting them would lose precision silently")
+        return state
+    name_of = {id(p): n for n, p in objective.named_parameters()}
+    sizes = [sum(p.numel() for p in params) for params in groups]
+    found = [sum(m.numel() for m in group_masters) for group_masters in masters]
+    if found != sizes:
+        raise UserError(f"checkpoint {os.path.dirname(path)}: the optimizer's fp32 masters hold {found} values per "
+                        f"parameter group, the run's model {sizes}; it is not a checkpoint of this run's model")
+    for params, group_masters in zip(groups, masters):
+        for param, master in zip(params, group_masters):
+            state[name_of[id(param)]] = master.view(param.shape)
+    return state
 
 
 def to_universal(root, tag):
@@ -97,7 +146,8 @@ def to_universal(root, tag):
     if os.path.exists(os.path.join(target, MARKER)):
         return tag + UNIVERSAL_SUFFIX
     shutil.rmtree(target, ignore_errors=True)
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source, "--output_folder", target, "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source,
+               "--output_folder", target, "--num_extract_workers", "1", "--num_merge_workers", "1"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no message"]

@@ -17,7 +17,8 @@ def fill_rank_environment():
             env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
             env["LOCAL_RANK"] = env["OMPI_COMM_WORLD_LOCAL_RANK"]
             if "MASTER_ADDR" not in env and env["OMPI_COMM_WORLD_SIZE"] != env.get("OMPI_COMM_WORLD_LOCAL_SIZE"):
-                raise UserError("mpirun across nodes needs the address of rank 0's host: add -x MASTER_ADDR=HOST (and -x MASTER_PORT=PORT)")
+                raise UserError("mpirun across nodes needs the address of rank 0's host: add -x MASTER_ADDR=HOST "
+                                "(and -x MASTER_PORT=PORT)")
         elif "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
             # An srun step (not the batch script itself, where SLURM_NTASKS describes the whole allocation).
             env["RANK"] = env["SLURM_PROCID"]

@@ -38,7 +38,8 @@ class HeldOutEvaluation:
                             "evaluation off with --eval-every 0")
         held_out = PackedSamples(valid, samples.mode, samples.max_seq_len, seed)
         if len(held_out) < world_size:
-            raise UserError(f"the held-out split {valid.path} packs into {len(held_out)} blocks of {samples.max_seq_len} "
+            raise UserError(f"the held-out split {valid.path} packs into {len(held_out)} blocks of "
+                            f"{samples.max_seq_len} "
                             f"tokens, fewer than the {world_size} ranks; hold out more text (--valid-fraction)")
         n = min(n_samples, len(held_out))
         chosen = np.sort(np.random.default_rng([seed, 0xE7A1]).permutation(len(held_out))[:n])

@@ -1,6 +1,7 @@
 """Everything a person watches during pretraining, written by rank 0 only:
 TensorBoard scalars, metrics.jsonl (one JSON object per logged step) and a progress bar."""
 
+import contextlib
 import json
 import os
 import sys
@@ -78,15 +79,20 @@ class Monitor:
         if "eval_loss" in metrics:
             self.held_out = {"eval_loss": metrics["eval_loss"], "eval_mlm_acc": metrics.get("eval_mlm_accuracy")}
             self.bar.write(_held_out_line(step, metrics), file=sys.stderr)
-        shown = {k: metrics[k] for k in ("loss", "mlm_loss", "sbo_loss", "nsp_loss", "lr", "tokens_per_s") if k in metrics}
+        shown = {k: metrics[k] for k in (*StepSums.PARTS, "lr", "tokens_per_s") if k in metrics}
         shown.update({k: v for k, v in self.held_out.items() if v is not None})
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self.bar.update(step - self.bar.n)
         return metrics
 
-    def exclude(self, seconds):
-        """Leave `seconds` of work that is not training (a checkpoint save) out of the next throughput."""
-        self.last_time += seconds
+    @contextlib.contextmanager
+    def paused(self):
+        """Work that is not training (a checkpoint save, an evaluation): left out of the throughput."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_time += time.perf_counter() - started
 
     def message(self, text):
         if self.enabled:
@@ -97,6 +103,53 @@ class Monitor:
             self.bar.close()
             self.writer.close()
             self.jsonl.close()
+
+
+class StepSums:
+    """One optimizer step's sums on this rank: the objective's parts (over its micro-batches), real tokens,
+    samples and rows through the vocabulary decoders. `reduce` all-reduces them together with the stop
+    flag: one collective per step, and every rank learns that some rank was asked to stop."""
+
+    PARTS = ("loss", "mlm_loss", "sbo_loss", "nsp_loss")
+
+    def __init__(self, device):
+        self.sums = torch.zeros(len(self.PARTS) + 4, dtype=torch.float64, device=device)
+        self.present = list(self.PARTS)
+
+    def add(self, out, batch):
+        self.present = [part for part in self.PARTS if part in out]
+        n = len(self.PARTS)
+        zero = self.sums.new_zeros(())
+        self.sums[:n] += torch.stack([out[p].detach().double() if p in out else zero for p in self.PARTS])
+        self.sums[n] += batch["attention_mask"].sum()
+        self.sums[n + 1] += batch["input_ids"].shape[0]
+        self.sums[n + 2] += batch["mlm_positions"].numel() + batch["sbo_labels"].numel()
+
+    def reduce(self, stop, micro_batches):
+        """({part: mean over the step's `micro_batches` on all ranks}, [tokens, samples, decoded rows],
+        whether any rank was asked to stop)."""
+        n = len(self.PARTS)
+        self.sums[n + 3] = 1.0 if stop else 0.0
+        torch.distributed.all_reduce(self.sums)
+        values = self.sums.tolist()
+        self.sums.zero_()
+        parts = {p: v / micro_batches for p, v in zip(self.PARTS, values) if p in self.present}
+        return parts, values[n:n + 3], values[n + 3] > 0
+
+
+def optimizer_scalars(engine):
+    """Gradient norm, and under fp16 the loss scale and the steps its overflows skipped."""
+    scalars = {}
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        scalars["grad_norm"] = float(grad_norm)
+    if engine.fp16_enabled():
+        optimizer = engine.optimizer
+        scalars["loss_scale"] = float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", 0.0)))
+        # steps whose update fp16's loss scaling dropped (gradient overflow): they use up data but do not
+        # move the weights or the learning-rate schedule
+        scalars["skipped_steps"] = float(getattr(engine, "skipped_steps", 0))
+    return scalars
 
 
 def _held_out_line(step, metrics):

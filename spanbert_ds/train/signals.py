@@ -21,3 +21,10 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
 
+
+
+def leave_stop_signals_to_the_trainer(worker_id):
+    """For DataLoader workers: a scheduler signals the whole process group, and workers that died of it
+    would take the training process down before it could save; the trainer decides when to stop."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -51,6 +51,7 @@ def test_line_limit_counts_bytes_without_the_newline(tmp_path):
         list(Corpus(path, max_line_bytes=10).documents())
 
 
+@pytest.mark.slow  # reads the whole standard library: ~12 s
 def test_python_docs_is_about_two_megabytes_of_english_in_a_fixed_order_without_imports():
     docs = python_docs()
     size = sum(len(s) for d in docs for s in d)

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from spanbert_ds.cli import main as cli_main
-from spanbert_ds.data.masking import MaskingConfig, SpanMasker, TokenMasker, WholeWordMasker, word_unit_starts
+from spanbert_ds.data.masking import (MLM_KEYS, MODEL_INPUTS, NSP_KEYS, SBO_KEYS, MaskingConfig, SpanMasker,
+                                      TokenMasker, WholeWordMasker, word_unit_starts)
 from spanbert_ds.data.packing import PackedSamples
 from spanbert_ds.errors import UserError
 
@@ -338,9 +339,10 @@ def test_outputs_have_the_contract_keys_and_dtypes(text):
     batch["nsp_labels"] = np.arange(8) % 2
     for kind in (SpanMasker, TokenMasker, WholeWordMasker):
         out = text.masker(kind)(batch, idx, 0, 0)
-        for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert set(out) == {*MODEL_INPUTS, *MLM_KEYS, *SBO_KEYS, *NSP_KEYS}
+        for key in MODEL_INPUTS:
             assert out[key].shape == (8, 64) and out[key].dtype == np.int64
-        for key in ("mlm_positions", "mlm_labels", "sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels", "nsp_labels"):
+        for key in (*MLM_KEYS, *SBO_KEYS, *NSP_KEYS):
             assert out[key].dtype == np.int64 and out[key].ndim == 1
         assert out["mlm_positions"].size == out["mlm_labels"].size
         np.testing.assert_array_equal(out["nsp_labels"], batch["nsp_labels"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from spanbert_ds.data.shards import Shards
 
@@ -45,6 +46,7 @@ def peak_rss_mb(*argv):
     return usage.ru_maxrss / 1024  # kilobytes on Linux
 
 
+@pytest.mark.slow
 def test_peak_memory_is_flat_in_corpus_size(tmp_path):
     small, large = tmp_path / "small.txt", tmp_path / "large.txt"
     write_corpus(small, 5 << 20, seed=0)
@@ -59,6 +61,7 @@ def test_peak_memory_is_flat_in_corpus_size(tmp_path):
     assert rss_large < 1.3 * rss_small + 4 and rss_large - rss_small < 8
 
 
+@pytest.mark.slow
 def test_peak_memory_is_flat_for_a_corpus_that_is_one_document(tmp_path):
     small, large = tmp_path / "small.txt", tmp_path / "large.txt"
     write_corpus(small, 2 << 20, seed=0, documents=False)

@@ -4,7 +4,7 @@ whose word starts cannot be found."""
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from spanbert_ds.data.tokenizer import describe, load_tokenizer, word_start_table
+from spanbert_ds.data.tokenizer import load_tokenizer, tokenizer_meta, word_start_table
 from spanbert_ds.errors import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -18,7 +18,7 @@ def test_vocab_txt_ids_are_line_numbers_as_in_hugging_face(tmp_path):
     hf = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=True)
     text = "the cats sat on the mat"
     assert ours.encode(text, add_special_tokens=False).ids == hf.convert_tokens_to_ids(hf.tokenize(text))
-    assert describe(ours)["vocab_size"] == len(lines)  # rows for every id, holes included
+    assert tokenizer_meta(ours)["vocab_size"] == len(lines)  # rows for every id, holes included
     assert len(word_start_table(ours)) == len(lines)
 
 

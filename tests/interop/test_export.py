@@ -8,9 +8,8 @@ import torch
 
 from spanbert_ds.cli import main
 from spanbert_ds.errors import UserError
-from spanbert_ds.interop.export import load_run
+from spanbert_ds.train.run_folder import load_run
 from spanbert_ds.train import checkpoint
-from spanbert_ds.train.loop import parameter_groups
 from tests.interop.test_hf import trained, wordpiece
 
 
@@ -45,10 +44,10 @@ def fused_fp16_optimizer_state(objective):
     from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
 
     low = copy_of(objective).bfloat16()
-    groups = parameter_groups(low, {"optimizer": {}})
+    groups = low.parameter_groups(0.0)
     wrapped = FP16_Optimizer(torch.optim.AdamW(groups, lr=1e-3), deepspeed=None, low_precision_dtype=torch.bfloat16,
                              dynamic_loss_scale=False, static_loss_scale=1.0)
-    masters = parameter_groups(objective, {"optimizer": {}})
+    masters = objective.parameter_groups(0.0)
     for flat, group in zip(wrapped.fp32_groups_flat, masters):  # the masters an optimizer step leaves behind
         flat.data.copy_(torch.cat([p.detach().reshape(-1) for p in group["params"]]))
     return wrapped.state_dict()

@@ -174,6 +174,7 @@ def test_default_scale_is_one_over_sqrt_head_dim():
                                atol=atol, rtol=rtol)
 
 
+@pytest.mark.slow  # every config through the interpreter: ~30 s on a CPU
 def test_every_config_the_gpu_may_choose_gives_reference_numbers(monkeypatch):
     # T = 130 crosses the edges of 32-, 64- and 128-wide blocks; the padding starts inside a block
     shape = (1, 2, 130, 32)

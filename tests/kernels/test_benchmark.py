@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
+
 pytest.importorskip("triton")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"

@@ -1,4 +1,4 @@
-"""Small synthetic batches in exactly the masker's output format (see the contract).
+"""Small synthetic batches in exactly the masker's output format (data/masking.py lists the keys).
 
 Special ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK]; ordinary tokens are 5..vocab-1.
 Samples have random lengths, so most carry padding. Span masking marks a few

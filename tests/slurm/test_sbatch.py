@@ -12,7 +12,8 @@ import pytest
 from tests.distributed.launch import REPO, losses
 from tests.slurm.cluster import Cluster, available
 
-pytestmark = pytest.mark.skipif(not available(), reason="SLURM is not installed (apt-get install slurm-wlm) or not root")
+pytestmark = [pytest.mark.slow,  # launches processes: left out by `pytest -m "not slow"`
+              pytest.mark.skipif(not available(), reason="SLURM is not installed (apt-get install slurm-wlm) or not root")]
 
 STEPS = 40
 

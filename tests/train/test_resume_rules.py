@@ -104,6 +104,7 @@ def test_plausible_path_mistakes_are_one_line_errors_before_any_work(run_args, t
         (["--output", str(corpus)], "--output .*corpus.txt is a file; it must be a folder"),
         (["--output", str(corpus / "run")], "corpus.txt is a file, so no folder can be made below it"),
         (["--max-seq-len", "1024"], "longer than the model's 512 positions"),
+        (["--resume", str(tmp_path / "nowhere")], "no such checkpoint folder; use auto, none, or a folder like"),
     ]
     for flags, message in cases:
         with pytest.raises(UserError, match=message):

@@ -1,0 +1,185 @@
+"""Resuming a run: which checkpoint, whether this run may continue it, and how DeepSpeed loads it.
+
+A run folder holds one line of training. A resume must keep what made its batches and its model:
+the objective, the model's shape, the data, the seed, the sequence length and the masking (the
+run's identity, stored in every checkpoint's marker). It may change the training settings: dropout,
+attention backend, activation checkpointing, learning rate, --steps, the number of ranks, and the
+ZeRO stage between 1 and 2. Starting afresh over checkpoints, or going back past later ones, is
+refused: the new run would prune or overwrite them, and --resume auto or export could later take an
+old one for the latest.
+
+Another number of ranks or another ZeRO stage loads through DeepSpeed's universal format: rank 0
+converts the checkpoint once (checkpoint.to_universal) and the ds_config's checkpoint block gets
+load_universal. checkpoint.py is the mechanism (saving, markers, conversion); this file the policy.
+"""
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.train import checkpoint
+
+# Model settings a resume may change: they do not change the shapes or the data.
+RESUMABLE_MODEL_SETTINGS = ("hidden_dropout", "attention_dropout", "attention_backend", "activation_checkpointing",
+                            "initializer_range")
+
+
+def run_identity(args, model_config, shards, masking_config):
+    """What a resumed run must share with the checkpoint it continues (see the module docstring)."""
+    model = {k: v for k, v in model_config.to_dict().items() if k not in RESUMABLE_MODEL_SETTINGS}
+    data = {k: shards.meta.get(k) for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size", "tokenizer_sha256")}
+    identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
+                "max_seq_len": args.max_seq_len, "masking": masking_config.to_dict()}
+    return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
+
+
+def find_resume_point(args, ckpt_root):
+    """(tag, marker) to resume from, or (None, None), as --resume says: auto, none or a checkpoint folder."""
+    found = checkpoint.complete_checkpoints(ckpt_root)
+    if args.resume == "none":
+        if found:
+            latest = checkpoint.tag_of(found[-1]["step"])
+            raise UserError(f"--resume none, but {ckpt_root} holds checkpoints of an earlier run (the latest "
+                            f"{latest}); continue it with --resume auto, or give this run its own --output")
+        return None, None
+    if args.resume == "auto":
+        return (checkpoint.tag_of(found[-1]["step"]), found[-1]) if found else (None, None)
+    tag_dir = os.path.normpath(args.resume)
+    if not os.path.isdir(tag_dir):
+        raise UserError(f"--resume {args.resume}: no such checkpoint folder; use auto, none, or a folder like "
+                        f"{ckpt_root}/step1000")
+    if tag_dir.endswith(checkpoint.UNIVERSAL_SUFFIX):
+        raise UserError(f"--resume {args.resume} is a converted copy; pass the checkpoint it was made from, "
+                        f"{tag_dir[: -len(checkpoint.UNIVERSAL_SUFFIX)]}")
+    marker = checkpoint.read_marker(tag_dir)
+    if os.path.abspath(os.path.dirname(tag_dir)) != os.path.abspath(ckpt_root):
+        raise UserError(f"--resume {args.resume} is not under this run's checkpoints ({ckpt_root}); pass the run "
+                        "folder it belongs to as --output")
+    later = [checkpoint.tag_of(f["step"]) for f in found if f["step"] > marker["step"]]
+    if later:
+        raise UserError(f"--resume {args.resume}: {ckpt_root} also holds the later checkpoints {', '.join(later)}, "
+                        "which this run would overwrite and which --resume auto and export would take for the latest; "
+                        f"move them out of {ckpt_root} first (e.g. into {os.path.join(args.output, 'abandoned')})")
+    return os.path.basename(tag_dir), marker
+
+
+def check_resumable(args, tag, marker, identity, config_overrides, global_batch, stage):
+    """UserError unless this run may continue checkpoint `tag` (its `marker`)."""
+    check_same_run(tag, marker, identity, config_overrides)
+    if marker.get("train_batch_size") != global_batch:
+        raise UserError(f"checkpoint {tag} was trained with train_batch_size {marker.get('train_batch_size')}, the "
+                        f"config asks for {global_batch}: keep the global batch when resuming (change the micro "
+                        "batch instead)")
+    saved_stage = marker["zero_stage"]
+    if stage != saved_stage and not {stage, saved_stage} <= {1, 2}:
+        # DeepSpeed 0.19's universal checkpoints load across stages 1 and 2 only (its ZeRO-3 loader looks
+        # for ZeRO-3's own file names), and stage 0 keeps no partitioned optimizer state to convert.
+        raise UserError(f"checkpoint {tag} was saved under ZeRO stage {saved_stage} and the config asks for stage "
+                        f"{stage}: a checkpoint moves between stages 1 and 2 only; keep zero_optimization.stage "
+                        f"{saved_stage} for this run")
+    if marker["step"] >= args.steps:
+        raise UserError(f"the run in {args.output} already reached step {marker['step']} of --steps {args.steps}; "
+                        "raise --steps to train longer")
+
+
+def check_same_run(tag, marker, identity, config_overrides=None):
+    saved = marker.get("identity")
+    if saved is None:  # a checkpoint from before markers held it
+        return
+    if config_overrides and isinstance(saved.get("model"), dict):
+        # markers written before the objective's overrides were applied to the recorded config
+        saved = {**saved, "model": {**saved["model"], **config_overrides}}
+    changed = []
+    for key, value in identity.items():
+        before = saved.get(key, value)
+        if isinstance(value, dict) and isinstance(before, dict):  # keys one side lacks: another version
+            changed += [f"{key}.{k} {before[k]!r} -> {value[k]!r}" for k in sorted(set(value) & set(before))
+                        if before[k] != value[k]]
+        elif before != value:
+            changed.append(f"{key} {before!r} -> {value!r}")
+    if changed:
+        raise UserError(f"checkpoint {tag} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
+                        "the same --model, --objective, --data, --seed, --max-seq-len and --masking, or give the new "
+                        "run its own --output")
+
+
+def loads_universal(marker, world_size, stage):
+    """Does resuming from `marker` on `world_size` ranks under ZeRO `stage` go through the universal format?"""
+    return bool(marker) and marker["zero_stage"] > 0 and (marker["world_size"] != world_size
+                                                          or marker["zero_stage"] != stage)
+
+
+def with_universal_load(ds_config):
+    """The ds_config with load_universal added to the user's checkpoint block (the rest kept as set)."""
+    return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+
+
+def tag_to_load(run, rank):
+    """The tag to hand DeepSpeed (None to start afresh): rank 0 checks every file of the checkpoint and
+    converts it when needed; every rank learns the result or leaves with rank 0's error."""
+    if not run.resume_tag:
+        return None
+    error, tag = None, run.resume_tag
+    if rank == 0:
+        try:
+            checkpoint.check_loadable(os.path.join(run.ckpt_root, tag))
+            if run.load_universal:
+                tag = checkpoint.to_universal(run.ckpt_root, tag)
+        except UserError as e:
+            error = str(e)
+    shared = [error, tag]
+    dist.broadcast_object_list(shared, src=0)
+    error, tag = shared
+    if error:
+        if rank == 0:
+            raise UserError(error)
+        raise SystemExit(UserError.exit_code)
+    return tag
+
+
+def load(engine, ckpt_root, tag):
+    """Load checkpoint `tag` into the engine; returns the step it was saved at."""
+    load_path, client_state = engine.load_checkpoint(ckpt_root, tag=tag)
+    if load_path is None:
+        raise UserError(f"DeepSpeed could not load checkpoint {os.path.join(ckpt_root, tag)}; delete it to resume "
+                        "from an earlier one")
+    if tag.endswith(checkpoint.UNIVERSAL_SUFFIX):
+        # DeepSpeed 0.19.8's universal load under ZeRO-3 gives every parameter group the same `step`
+        # tensor, which torch's Adam then increments once per group at each step: give each its own.
+        _set_adam_step(engine, client_state.get("adam_step"))
+    return client_state["step"]
+
+
+def save(engine, run, args, step, world_size):
+    """A checkpoint of `step`, with what a resume needs to continue it and to check that it may."""
+    client_state = {"step": step, "samples_seen": step * run.plan.global_batch, "seed": args.seed,
+                    "adam_step": _adam_step(engine)}
+    marker = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(),
+              "train_batch_size": run.plan.global_batch, "identity": run.identity}
+    checkpoint.save(engine, run.ckpt_root, step, client_state, args.keep_checkpoints, marker)
+
+
+def _adam_states(engine):
+    """The per-parameter states of the torch optimizer inside DeepSpeed's wrapper (if any)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer).state.values()
+
+
+def _adam_step(engine):
+    """The optimizer's own step count (lower than the global step when fp16 skipped steps)."""
+    for state in _adam_states(engine):
+        if "step" in state:
+            return float(state["step"])
+    return None
+
+
+def _set_adam_step(engine, value):
+    if value is None:
+        return
+    for state in _adam_states(engine):
+        if torch.is_tensor(state.get("step")):
+            state["step"] = torch.tensor(float(value), dtype=state["step"].dtype, device=state["step"].device)
+        elif "step" in state:
+            state["step"] = value

@@ -1,0 +1,96 @@
+"""The run folder: what a training run writes (`--output`) and what export reads back.
+
+    RUN/run_config.json    everything resolved: arguments, ds_config, objective, masking, world size,
+                           git commit, versions
+    RUN/model_config.json  the model (model/config.py's JSON)
+    RUN/tokenizer/         the shards' tokenizer.json and meta.json, so export needs no shards
+    RUN/metrics.jsonl, RUN/tensorboard/   monitor.py
+    RUN/checkpoints/       checkpoint.py
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+
+from spanbert_ds.errors import UserError
+from spanbert_ds.model.config import ModelConfig
+from spanbert_ds.model.objectives import OBJECTIVES, TIED
+from spanbert_ds.train import checkpoint
+
+
+def write(args, run, world_size):
+    """Rank 0, once the process group exists: the folder (with its parents) and its description."""
+    tokenizer_dir = os.path.join(args.output, "tokenizer")
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    for name in ("tokenizer.json", "meta.json"):
+        shutil.copy(os.path.join(args.data, name), os.path.join(tokenizer_dir, name))
+    run.model_config.to_json(os.path.join(args.output, "model_config.json"))
+    resolved = {
+        "args": {k: v for k, v in vars(args).items() if k != "deepspeed_config"},
+        "deepspeed_config_file": args.deepspeed_config,
+        "ds_config": run.ds_config,
+        "objective": args.objective,
+        "packing": run.objective_class.packing,
+        "masking": run.objective_class.masking,
+        "masking_config": run.masking_config.to_dict(),
+        "world_size": world_size,
+        "gradient_accumulation_steps": run.plan.accumulation,
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+    }
+    with open(os.path.join(args.output, "run_config.json"), "w") as f:
+        json.dump(resolved, f, indent=2, default=str)
+
+
+def load_run(run_dir, tag=None):
+    """(objective with the fp32 weights of checkpoint `tag`, default the latest complete one, tag)."""
+    config_path = os.path.join(run_dir, "run_config.json")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{run_dir} is not a run folder (no run_config.json); pass the --output folder of a "
+                        "training run")
+    with open(config_path) as f:
+        run_config = json.load(f)
+    root = os.path.join(run_dir, "checkpoints")
+    found = [checkpoint.tag_of(c["step"]) for c in checkpoint.complete_checkpoints(root)]
+    if tag is None:
+        if not found:
+            raise UserError(f"{run_dir} has no complete checkpoint yet; train for at least --save-every steps first")
+        tag = found[-1]
+    if not os.path.isdir(os.path.join(root, tag)):
+        raise UserError(f"{run_dir} has no checkpoint {tag}; its complete checkpoints are: "
+                        f"{', '.join(found) or 'none yet'}")
+    checkpoint.check_loadable(os.path.join(root, tag))
+
+    config = ModelConfig.from_json(os.path.join(run_dir, "model_config.json"))
+    objective = OBJECTIVES[run_config["objective"]](config)
+    state = checkpoint.fp32_state_dict(root, tag, objective)
+    # A tied decoder is the word embedding under another name: load it once, from the embedding (a
+    # 16-bit copy saved under the other name would otherwise overwrite the fp32 master).
+    missing, unexpected = objective.load_state_dict({k: v.float() for k, v in state.items() if k not in TIED},
+                                                    strict=False)
+    missing = [name for name in missing if name not in TIED]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {os.path.join(root, tag)} does not match the run's model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
+    return objective, tag
+
+
+def _git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions():
+    import deepspeed
+    import numpy
+    import tokenizers
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "tokenizers": tokenizers.__version__, "numpy": numpy.__version__}
