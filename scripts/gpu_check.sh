@@ -161,7 +161,7 @@ have_deepspeed() {
 
 stage_prepare() {
     have_deepspeed || return 4
-    "$PY" -m spanbert_ds.cli prepare python-docs "$WORK/shards" --vocab-size 8000
+    "$PY" -m spanbert_ds.cli prepare python-docs "$WORK/shards" --vocab-size 8000 --valid-fraction 0.05
 }
 
 stage_train() {
