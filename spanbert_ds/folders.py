@@ -12,17 +12,19 @@ import os
 from spanbert_ds.errors import UserError
 
 
-def check_creatable(path, what):
+def check_creatable(path, what, writes_beside=False):
     """UserError unless `path` is a folder or can be made one (with its parents). `what` names it for
-    the message, e.g. "output" or "--output"."""
+    the message, e.g. "output" or "--output"; `writes_beside`: the command writes a temporary sibling
+    of `path` (then renames it), so the parent must be writable too."""
     absolute = os.path.abspath(path)
-    if os.path.exists(absolute) and not os.path.isdir(absolute):
-        raise UserError(f"{what} {path} is a file; it must be a folder: choose another path")
-    existing = absolute
-    while not os.path.exists(existing):
+    if os.path.lexists(absolute) and not os.path.isdir(absolute):
+        raise UserError(f"{what} {path} is a file (or a broken link); it must be a folder: choose another path")
+    existing = os.path.dirname(absolute) if writes_beside else absolute
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f"{what} {path}: {existing} is a file, so no folder can be made below it; choose another path")
+        raise UserError(f"{what} {path}: {existing} is a file (or a broken link), so no folder can be made below it; "
+                        "choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: {existing} is not writable by this user; choose another path")
 

@@ -28,7 +28,7 @@ def test_the_demo_runs_in_a_work_folder_whose_parents_do_not_exist(tmp_path):
 def test_impossible_demo_settings_are_one_line_errors(tmp_path):
     (tmp_path / "a_file").write_text("")
     for args, message in ((["--ranks", "0"], "--ranks must be at least 1, got 0"),
-                          (["--workdir", str(tmp_path / "a_file" / "demo")], "a_file is a file, so no folder can be made")):
+                          (["--workdir", str(tmp_path / "a_file" / "demo")], "a_file is a file (or a broken link), so no folder can be made")):
         done = demo(tmp_path, *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -76,7 +76,7 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     """Build the shard folder `out` from `input` (and OUT/valid from `valid` or `valid_fraction`);
     returns the opened `Shards`."""
     out = Path(out)
-    check_creatable(out, "output")
+    check_creatable(out, "output", writes_beside=True)
     if out.exists() and not overwrite:
         raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
     if not 0.0 <= valid_fraction < 1.0:

@@ -58,6 +58,6 @@ def _check_out(out, run_dir, overwrite):
     if out_abs == run_abs or out_abs.startswith(run_abs + os.sep) or run_abs.startswith(out_abs + os.sep):
         raise UserError(f"export: {out} is the run folder {run_dir}, or inside it, or holds it; write the Hugging Face "
                         "folder somewhere else (e.g. next to the run)")
-    check_creatable(out, "export: output")
+    check_creatable(out, "export: output", writes_beside=True)
     if os.path.exists(out) and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")

@@ -118,7 +118,8 @@ def _zero0_fp32_state(objective, path):
     groups = [g["params"] for g in objective.parameter_groups(0.0) if g["params"]]
     if optimizer.get("fp32_groups_flat") is not None:
         flats = optimizer["fp32_groups_flat"]
-        masters = [list(flat.split([p.numel() for p in params])) for flat, params in zip(flats, groups)]
+        masters = [list(flat.split([p.numel() for p in params])) if flat.numel() == sum(p.numel() for p in params)
+                   else [flat] for flat, params in zip(flats, groups)]  # a mismatch is reported below
     elif optimizer.get("fp32_groups") is not None:
         masters = optimizer["fp32_groups"]
     else:

@@ -6,7 +6,9 @@ masked once, with masks that depend only on the seed. Every evaluation scores th
 so the points of a run, and of two runs on the same data with the same seed and masking, compare.
 
 Each rank scores its share of the blocks; the sums (summed loss, correct predictions and count of
-each part: MLM, SBO, NSP) are all-reduced, so the figures do not depend on the number of ranks.
+each part: MLM, SBO, NSP) are all-reduced, so the figures do not depend on the number of ranks. Every
+rank runs the same number of forward passes (a rank with a smaller share repeats one of its batches and
+drops the result), since under ZeRO-3 each forward gathers weights from all ranks.
 Beside them, the unigram baseline on the same masks: predicting every masked token from the
 training split's token frequencies alone (accuracy: always its most frequent token; loss: the
 cross-entropy of the add-one-smoothed unigram distribution), which is what a model that learned
@@ -37,15 +39,15 @@ class HeldOutEvaluation:
                             "`spanbert-ds prepare CORPUS OUT --valid-fraction 0.02` (or --valid CORPUS), or leave "
                             "evaluation off with --eval-every 0")
         held_out = PackedSamples(valid, samples.mode, samples.max_seq_len, seed)
-        if len(held_out) < world_size:
-            raise UserError(f"the held-out split {valid.path} packs into {len(held_out)} blocks of "
-                            f"{samples.max_seq_len} "
-                            f"tokens, fewer than the {world_size} ranks; hold out more text (--valid-fraction)")
         n = min(n_samples, len(held_out))
         chosen = np.sort(np.random.default_rng([seed, 0xE7A1]).permutation(len(held_out))[:n])
         self.n_samples, self.parts = n, parts
         self.batches = [self._masked(held_out, masker, seed, indices)
                         for indices in _micro_batches(chosen[rank::world_size], micro_batch)]
+        passes = -(-(-(-n // world_size)) // micro_batch)  # the largest share's micro-batches, on every rank
+        filler = self.batches[0] if self.batches else self._masked(held_out, masker, seed, chosen[:1])
+        self.ignored = passes - len(self.batches)  # forward passes whose scores are dropped
+        self.batches += [filler] * self.ignored
         self.baseline = {}
         if rank == 0:  # the baseline is a fact of the data: one rank computes it, on the whole set
             everything = [self._masked(held_out, masker, seed, indices) for indices in _micro_batches(chosen, 1024)]
@@ -62,9 +64,10 @@ class HeldOutEvaluation:
         engine.eval()
         sums = torch.zeros(len(self.parts) * len(SCORES), dtype=torch.float64, device=engine.device)
         try:
-            for batch in self.batches:
+            for i, batch in enumerate(self.batches):
                 out = engine({name: t.to(engine.device, non_blocking=True) for name, t in batch.items()}, scores=True)
-                sums += torch.stack([out[f"{part}_{score}"].double() for part in self.parts for score in SCORES])
+                if i < len(self.batches) - self.ignored:
+                    sums += torch.stack([out[f"{part}_{score}"].double() for part in self.parts for score in SCORES])
         finally:
             engine.train(training)
         dist.all_reduce(sums)

@@ -94,10 +94,6 @@ def prepare(args, world_size, rank):
     plan = BatchPlan(len(samples), global_batch=ds_config["train_batch_size"],
                      micro_batch=ds_config["train_micro_batch_size_per_gpu"], world_size=world_size, rank=rank,
                      seed=args.seed)
-    # Evaluation is on by default where the shards hold out text: at every checkpoint.
-    eval_every = args.eval_every if args.eval_every is not None else (args.save_every if shards.valid else 0)
-    evaluation = HeldOutEvaluation(shards, samples, masker, objective_class.parts, args.seed, args.eval_samples,
-                                   plan.micro_batch, world_size, rank) if eval_every else None
     ckpt_root = os.path.join(args.output, "checkpoints")
     identity = resume.run_identity(args, model_config, shards, masking_config)
     tag, marker = resume.find_resume_point(args, ckpt_root)
@@ -107,6 +103,11 @@ def prepare(args, world_size, rank):
     universal = resume.loads_universal(marker, world_size, stage)
     if universal:
         ds_config = resume.with_universal_load(ds_config)
+    # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: rank 0
+    # reads the whole training split for the unigram baseline.
+    eval_every = args.eval_every if args.eval_every is not None else (args.save_every if shards.valid else 0)
+    evaluation = HeldOutEvaluation(shards, samples, masker, objective_class.parts, args.seed, args.eval_samples,
+                                   plan.micro_batch, world_size, rank) if eval_every else None
     for note in notes if rank == 0 else ():
         print(f"note: {note}", file=sys.stderr)
     return Run(ds_config, shards, objective_class, model_config, masking_config, samples, masker, plan, evaluation,
@@ -162,7 +163,7 @@ def train(args, run, rank, world_size, stop):
         bad_steps = 0 if finite else bad_steps + 1
         last = step == args.steps
         scalars = {}
-        if run.evaluation and finite and not stop_requested and (step % run.eval_every == 0 or last):
+        if run.evaluation and finite and (step % run.eval_every == 0 or last) and (last or not stop_requested):
             with monitor.paused():
                 scalars = run.evaluation(engine)
         if scalars or step % args.log_every == 0 or last or not finite or stop_requested:

@@ -88,3 +88,18 @@ def test_output_parents_are_made_as_mkdir_p_does(tmp_path, corpus, bert_vocab_fi
     assert main(["prepare", str(corpus), str(tmp_path / "a" / "b" / "out"), "--tokenizer", bert_vocab_file,
                  "--quiet"]) == 0
     assert os.path.isfile(tmp_path / "a" / "b" / "out" / "meta.json")
+
+
+def test_every_rank_runs_as_many_evaluation_passes_and_all_blocks_count_once(tmp_path, corpus, bert_vocab_file):
+    # under ZeRO-3 each forward pass gathers weights from all ranks: a rank with one pass more would hang
+    from spanbert_ds.data.masking import MaskingConfig, TokenMasker
+    from spanbert_ds.data.packing import PackedSamples
+    from spanbert_ds.train.evaluate import HeldOutEvaluation
+
+    shards = prepare(corpus, tmp_path / "out", tokenizer=bert_vocab_file, valid_fraction=0.3, seed=1)
+    samples = PackedSamples(shards, "full", 16, seed=0)
+    masker = TokenMasker(MaskingConfig(), shards.vocab_size, shards.mask_id, shards.special_ids)
+    for n, world in ((3, 2), (1, 3), (5, 4)):
+        ranks = [HeldOutEvaluation(shards, samples, masker, ("mlm",), 0, n, 1, world, rank) for rank in range(world)]
+        assert len({len(r.batches) for r in ranks}) == 1
+        assert sum(len(r.batches) - r.ignored for r in ranks) == n == ranks[0].n_samples

@@ -76,6 +76,13 @@ def test_16_bit_weights_without_masters_are_refused_not_exported_rounded(tmp_pat
     assert not os.path.exists(tmp_path / "hf")
 
 
+def test_fused_masters_of_another_model_are_a_one_line_error(tmp_path, objective, tokenizer):
+    state = fused_fp16_optimizer_state(objective)
+    state["fp32_groups_flat"][0] = state["fp32_groups_flat"][0][:-5]
+    with pytest.raises(UserError, match="the optimizer's fp32 masters hold .* values per parameter group"):
+        load_run(zero0_run(tmp_path, objective, state, tokenizer))
+
+
 def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(tmp_path, capsys, objective, tokenizer):
     run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
     assert main(["export", run, str(tmp_path / "new" / "deeper" / "hf")]) == 0
@@ -83,4 +90,4 @@ def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(t
     (tmp_path / "plain").write_text("a file")
     assert main(["export", run, str(tmp_path / "plain" / "hf")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "plain is a file, so no folder can be made below it" in err
+    assert err.count("\n") == 1 and "plain is a file (or a broken link), so no folder can be made below it" in err

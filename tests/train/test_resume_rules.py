@@ -94,6 +94,7 @@ def test_moving_to_or_from_zero_stages_0_and_3_is_refused(run_args, saved):
 def test_plausible_path_mistakes_are_one_line_errors_before_any_work(run_args, tmp_path, python_docs_shards):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Some text.\n")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
     run = tmp_path / "oldrun"
     run.mkdir()
     (run / "run_config.json").write_text("{}")
@@ -101,8 +102,9 @@ def test_plausible_path_mistakes_are_one_line_errors_before_any_work(run_args, t
         (["--data", str(corpus)], "is a file; --data takes a shard folder"),
         (["--data", str(run)], "is a training run's folder, not a shard folder"),
         (["--output", str(python_docs_shards.path)], "overlap; give the run its own folder"),
-        (["--output", str(corpus)], "--output .*corpus.txt is a file; it must be a folder"),
-        (["--output", str(corpus / "run")], "corpus.txt is a file, so no folder can be made below it"),
+        (["--output", str(corpus)], "--output .*corpus.txt is a file \\(or a broken link\\); it must be a folder"),
+        (["--output", str(corpus / "run")], "corpus.txt is a file \\(or a broken link\\), so no folder can be made"),
+        (["--output", str(tmp_path / "dangling" / "run")], "dangling is a file \\(or a broken link\\)"),
         (["--max-seq-len", "1024"], "longer than the model's 512 positions"),
         (["--resume", str(tmp_path / "nowhere")], "no such checkpoint folder; use auto, none, or a folder like"),
     ]
