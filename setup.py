@@ -14,6 +14,7 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.4",
         "tqdm>=4.66",
+        "seqeval>=1.2",  # CoNLL entity-level precision/recall/F1 for fine-tuned NER
     ],
     extras_require={
         "hf": ["transformers>=4.45"],
