@@ -22,7 +22,7 @@ def add_arguments(parser):
 def run(args):
     from spanbert_ds.interop.hf import export_hf
 
-    run_dir, tag = _run_and_tag(args.run, args.checkpoint)
+    run_dir, tag = run_and_tag(args.run, args.checkpoint)
     _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
     objective, tag = load_run(run_dir, tag)
     made = make_parents(args.out)
@@ -40,7 +40,7 @@ def run(args):
           "it with transformers.BertForPreTraining.from_pretrained)")
 
 
-def _run_and_tag(path, tag):
+def run_and_tag(path, tag):
     """RUN or RUN/checkpoints/stepN -> (RUN, tag or None)."""
     path = os.path.normpath(path)
     parent = os.path.dirname(path)

@@ -409,3 +409,38 @@ def format_report(report):
         text += ", ...)" if len(report["ignored"]) > 4 else ")"
     return text
 
+
+
+# --- fine-tuned models ----------------------------------------------------------------------------
+
+# finetune/model.py's head names -> those of BertForQuestionAnswering, -SequenceClassification and
+# -TokenClassification (the encoder's are HF_NAMES').
+TASK_HEAD_NAMES = {
+    "qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias",
+    "pooler.weight": "bert.pooler.dense.weight", "pooler.bias": "bert.pooler.dense.bias",
+    "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias",
+}
+
+
+def export_task_hf(state, model_config, architecture, labels, tokenizer_source, out_dir):
+    """A fine-tuned model's state dict (finetune/model.py's names) as an HF folder of `architecture`
+    (BertForQuestionAnswering, BertForSequenceClassification or BertForTokenClassification); `labels`: the
+    label names in id order (None for QA). Returns the files written."""
+    from safetensors.torch import save_file
+
+    state = _strip_wrapper_prefix(state)
+    hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config)
+    hf.pop("cls.predictions.bias", None)
+    for ours, name in TASK_HEAD_NAMES.items():
+        if ours in state:
+            hf[name] = state[ours].detach().to("cpu", torch.float32).contiguous()
+    config = {**hf_config_dict(model_config), "architectures": [architecture]}
+    if labels is not None:
+        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
+    os.makedirs(out_dir, exist_ok=True)
+    written = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
+    with open(written[0], "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    save_file(hf, written[1], metadata={"format": "pt"})
+    return written + write_tokenizer_files(tokenizer_source, out_dir, model_config)

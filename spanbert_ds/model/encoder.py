@@ -89,10 +89,13 @@ class Encoder(nn.Module):
             # Rows past vocab_size only pad the table to a multiple of 64: no id reaches them.
             module.word.weight.data[self.config.vocab_size:].zero_()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
+        # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H).
+        # perturb: a function of the embeddings' output (B, T, H), for adversarial fine-tuning (SiFT)
         key_padding_mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embeddings(input_ids, token_type_ids)
+        if perturb is not None:
+            x = perturb(x)
         recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
         for layer in self.layers:
             if recompute == "torch":

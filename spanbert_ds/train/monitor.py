@@ -33,7 +33,8 @@ def peak_rss_gb():
 
 
 class Monitor:
-    def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token, flops_per_decoded_row):
+    def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token, flops_per_decoded_row,
+                 desc="pretraining"):
         self.enabled = enabled
         self.flops_per_token, self.flops_per_decoded_row = flops_per_token, flops_per_decoded_row
         self.peak = device_peak_flops()
@@ -46,7 +47,7 @@ class Monitor:
 
         self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
-        self.bar = tqdm(total=total_steps, initial=first_step, desc="pretraining", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=total_steps, initial=first_step, desc=desc, unit="step", dynamic_ncols=True)
 
     def count(self, tokens, samples, decoded_rows):
         """Add one global step's real (non-padding) tokens, samples and rows through the vocabulary decoders."""
@@ -112,28 +113,29 @@ class StepSums:
 
     PARTS = ("loss", "mlm_loss", "sbo_loss", "nsp_loss")
 
-    def __init__(self, device):
-        self.sums = torch.zeros(len(self.PARTS) + 4, dtype=torch.float64, device=device)
-        self.present = list(self.PARTS)
+    def __init__(self, device, parts=PARTS):
+        self.parts = parts
+        self.sums = torch.zeros(len(parts) + 4, dtype=torch.float64, device=device)
+        self.present = list(parts)
 
     def add(self, out, batch):
-        self.present = [part for part in self.PARTS if part in out]
-        n = len(self.PARTS)
+        self.present = [part for part in self.parts if part in out]
+        n = len(self.parts)
         zero = self.sums.new_zeros(())
-        self.sums[:n] += torch.stack([out[p].detach().double() if p in out else zero for p in self.PARTS])
+        self.sums[:n] += torch.stack([out[p].detach().double() if p in out else zero for p in self.parts])
         self.sums[n] += batch["attention_mask"].sum()
         self.sums[n + 1] += batch["input_ids"].shape[0]
-        self.sums[n + 2] += batch["mlm_positions"].numel() + batch["sbo_labels"].numel()
+        self.sums[n + 2] += sum(batch[key].numel() for key in ("mlm_positions", "sbo_labels") if key in batch)
 
     def reduce(self, stop, micro_batches):
         """({part: mean over the step's `micro_batches` on all ranks}, [tokens, samples, decoded rows],
         whether any rank was asked to stop)."""
-        n = len(self.PARTS)
+        n = len(self.parts)
         self.sums[n + 3] = 1.0 if stop else 0.0
         torch.distributed.all_reduce(self.sums)
         values = self.sums.tolist()
         self.sums.zero_()
-        parts = {p: v / micro_batches for p, v in zip(self.PARTS, values) if p in self.present}
+        parts = {p: v / micro_batches for p, v in zip(self.parts, values) if p in self.present}
         return parts, values[n:n + 3], values[n + 3] > 0
 
 

@@ -11,6 +11,7 @@ from spanbert_ds.train.distributed import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "train.py")
+FINETUNE = os.path.join(REPO, "finetune.py")
 BIN = os.path.dirname(sys.executable)
 
 
@@ -25,29 +26,29 @@ def environment():
     return env
 
 
-def command(train_args, ranks=1, launcher="python"):
+def command(train_args, ranks=1, launcher="python", script=TRAIN):
     port = str(free_port())
     if launcher == "python":
         assert ranks == 1
-        return [sys.executable, TRAIN, *train_args]
+        return [sys.executable, script, *train_args]
     if launcher == "deepspeed":
-        return [os.path.join(BIN, "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port", port, TRAIN, *train_args]
+        return [os.path.join(BIN, "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port", port, script, *train_args]
     if launcher == "torchrun":
-        return [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1", "--master_port", port, TRAIN, *train_args]
+        return [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1", "--master_port", port, script, *train_args]
     if launcher == "mpirun":
         return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), "-x", f"MASTER_PORT={port}", "-x", "MASTER_ADDR=127.0.0.1",
-                "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo", sys.executable, TRAIN, *train_args]
+                "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo", sys.executable, script, *train_args]
     raise ValueError(launcher)
 
 
-def launch(train_args, ranks=1, launcher="python", timeout=240):
+def launch(train_args, ranks=1, launcher="python", timeout=240, script=TRAIN):
     """Run to completion; returns the CompletedProcess (stdout and stderr captured as text)."""
-    return subprocess.run(command(train_args, ranks, launcher), env=environment(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(command(train_args, ranks, launcher, script), env=environment(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def start(train_args, ranks=1, launcher="python"):
+def start(train_args, ranks=1, launcher="python", script=TRAIN):
     """Start in its own process group (so the whole tree can be signalled or killed)."""
-    return subprocess.Popen(command(train_args, ranks, launcher), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(command(train_args, ranks, launcher, script), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=REPO, start_new_session=True)
 
 

@@ -1,0 +1,105 @@
+"""The encoder with one fine-tuning head, as BERT's paper describes them.
+
+- "span" (SQuAD): a Linear(H, 2) on every token gives the start and end logits; the loss is the mean
+  of the two cross-entropies over the window's positions (BertForQuestionAnswering).
+- "sequence" (classification): BERT's pooler (dense + tanh on [CLS]), dropout, Linear(H, C)
+  (BertForSequenceClassification).
+- "token" (NER): dropout, Linear(H, C) on every token; positions labelled -100 (later pieces of a
+  word, [CLS]/[SEP], padding) take no loss (BertForTokenClassification).
+
+`model(batch)` returns {"loss", "logits"} when the batch holds the task's targets, {"logits"}
+otherwise; logits are (B, T, 2), (B, C) or (B, T, C), in the encoder's dtype. With `sift` (finetune/sift.py)
+training adds the adversarial loss: {"loss": task + lambda * adversarial, "task_loss", "sift_loss"}.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spanbert_ds.model.encoder import Encoder
+
+HEADS = ("span", "sequence", "token")
+IGNORE = -100  # a token position without a label
+PAD_LOGIT = -1e4  # a logit that takes a padded position out of a softmax
+
+
+class TaskModel(nn.Module):
+    def __init__(self, config, head, num_labels=2, sift=None):
+        super().__init__()
+        self.sift = sift  # a finetune.sift.SiFT: adversarial training on the normalised embeddings
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.config, self.head, self.num_labels = config, head, num_labels
+        self.encoder = Encoder(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        if head == "span":
+            self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        else:
+            if head == "sequence":
+                self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+            self.classifier = nn.Linear(config.hidden_size, num_labels)
+        for module in self.children():
+            if isinstance(module, nn.Linear):  # BERT's initialisation, as the encoder's
+                nn.init.normal_(module.weight, std=config.initializer_range)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, batch):
+        logits = self.logits(batch)
+        out = {"logits": logits}
+        loss = self.loss(logits.float(), batch)
+        if loss is None:
+            return out
+        if self.sift is not None and self.training:
+            valid = batch["labels"] != IGNORE if self.head == "token" else None
+            adversarial = self.sift.loss(lambda perturb: self.distributions(self.logits(batch, perturb), batch),
+                                         (*batch["input_ids"].shape, self.config.hidden_size),
+                                         self.distributions(logits, batch), valid)
+            out.update(task_loss=loss.detach(), sift_loss=adversarial.detach())
+            loss = loss + self.sift.weight * adversarial
+        out["loss"] = loss
+        return out
+
+    def logits(self, batch, perturb=None):
+        token_type_ids = batch.get("token_type_ids") if self.config.type_vocab_size else None
+        hidden = self.encoder(batch["input_ids"], batch["attention_mask"], token_type_ids, perturb)  # (B, T, H)
+        if self.head == "span":
+            return self.qa_outputs(hidden)  # (B, T, 2)
+        if self.head == "sequence":
+            return self.classifier(self.dropout(torch.tanh(self.pooler(hidden[:, 0]))))  # (B, C)
+        return self.classifier(self.dropout(hidden))  # (B, T, C)
+
+    def distributions(self, logits, batch):
+        """The logits of what the head predicts as distributions over the last dimension: start and end
+        over the real tokens (B, 2, T), the label of each row (B, C) or of each token (B, T, C)."""
+        if self.head != "span":
+            return logits
+        padding = ~batch["attention_mask"].bool()[:, None, :]
+        return logits.transpose(1, 2).masked_fill(padding, PAD_LOGIT)
+
+    def loss(self, logits, batch):
+        if self.head == "span":
+            if "start_positions" not in batch:
+                return None
+            return (F.cross_entropy(logits[..., 0], batch["start_positions"])
+                    + F.cross_entropy(logits[..., 1], batch["end_positions"])) / 2
+        if "labels" not in batch:
+            return None
+        if self.head == "sequence":
+            return F.cross_entropy(logits, batch["labels"])
+        labels = batch["labels"]
+        if not (labels != IGNORE).any():  # a batch of padding rows only: a zero that keeps the graph
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=IGNORE)
+
+    def parameter_groups(self, weight_decay):
+        """No weight decay on biases and LayerNorm weights (BERT's recipe)."""
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def training_flops(self, seq_len):
+        """(FLOPs per token, per decoded row) of a training step, as the pretraining objectives count them."""
+        c = self.config
+        embeddings = sum(p.numel() for p in self.encoder.embeddings.parameters())
+        weights = sum(p.numel() for p in self.parameters()) - embeddings
+        return 3 * (2 * weights + 4 * c.num_layers * c.hidden_size * seq_len), 0
