@@ -53,7 +53,8 @@ def read_squad(path):
     """The questions of a SQuAD v1.1/v2.0 JSON file, in file order, as SquadExamples (UserError on bad input)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; pass a SQuAD JSON file (train-v1.1.json, dev-v2.0.json, ...)")
+        what = "not a file" if path.exists() else "no such file"
+        raise UserError(f"{path}: {what}; pass a SQuAD JSON file (train-v1.1.json, dev-v2.0.json, ...)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -147,7 +148,8 @@ class SquadTask:
                  n_best=20, null_threshold=0.0):
         if max_seq_len - max_query_len - 3 < 1:
             raise UserError(f"--max-seq-len {max_seq_len} leaves no room for the context after a question of "
-                            f"--max-query-len {max_query_len} and 3 special tokens; raise the first or lower the second")
+                            f"--max-query-len {max_query_len} and 3 special tokens; "
+                            f"raise the first or lower the second")
         for flag, value in (("--doc-stride", doc_stride), ("--max-query-len", max_query_len),
                             ("--max-answer-len", max_answer_len), ("--n-best", n_best)):
             if value < 1:

@@ -66,8 +66,10 @@ def test_long_context_is_cut_into_windows_stride_apart_that_reach_its_end(tok, n
     for row in range(expected):
         ids, types, mask = f["input_ids"][row], f["token_type_ids"][row], f["attention_mask"][row]
         length = int(mask.sum())
-        assert ids[0] == tok.token_to_id("[CLS]") and ids[first_context - 1] == ids[length - 1] == tok.token_to_id("[SEP]")
-        assert (types[:first_context] == 0).all() and (types[first_context:length] == 1).all() and (types[length:] == 0).all()
+        sep = tok.token_to_id("[SEP]")
+        assert ids[0] == tok.token_to_id("[CLS]") and ids[first_context - 1] == ids[length - 1] == sep
+        assert (types[:first_context] == 0).all() and (types[first_context:length] == 1).all()
+        assert (types[length:] == 0).all()
         assert (ids[length:] == tok.token_to_id("[PAD]")).all()
         words = [context[s:e] for s, e in f["offsets"][row][first_context:length - 1]]
         # window `row` holds tokens row*8 .. row*8 + budget (the last one fewer): consecutive ones overlap
@@ -220,7 +222,8 @@ BAD_INPUT = {
                    r"article 'Geo', paragraph 0 has no \"context\""),
     "no qas": ({"data": [{"title": "Geo", "paragraphs": [{"context": "x"}]}]},
                r"article 'Geo', paragraph 0 has no \"qas\""),
-    "no id": (paragraphs({"question": "where?", "answers": []}), r"article 'Geo', paragraph 0: a question has no \"id\""),
+    "no id": (paragraphs({"question": "where?", "answers": []}),
+              r"article 'Geo', paragraph 0: a question has no \"id\""),
     "no question": (paragraphs({"id": "q7", "answers": []}), r"question q7 \(article 'Geo'\) has no \"question\""),
     "duplicate id": (paragraphs(q("q1"), q("q1")), r"question id q1 \(article 'Geo'\) appears twice"),
     "answer_start not int": (paragraphs(q(answers=[{"text": "Paris", "answer_start": "0"}])),
@@ -242,13 +245,16 @@ def test_bad_input_is_a_user_error_naming_the_file_and_question(tok, tmp_path, c
 def test_a_missing_file_is_a_user_error(tok, tmp_path):
     with pytest.raises(UserError, match=r"missing\.json: no such file"):
         SquadTask(tok, 128).read(tmp_path / "missing.json")
+    with pytest.raises(UserError, match=r": not a file; pass a SQuAD JSON file"):
+        SquadTask(tok, 128).read(tmp_path)
 
 
 def test_a_training_question_without_answer_must_be_impossible(tok, tmp_path):
     task = SquadTask(tok, 128)
     examples = task.read(bad(tmp_path, paragraphs(q("q1"), q("q2", answers=()))))
     task.features(examples, train=False)  # evaluation files may hold unanswered questions
-    with pytest.raises(UserError, match=r"bad\.json: training question q2 \(article 'Geo'\) has no answer and is not marked"):
+    message = r"bad\.json: training question q2 \(article 'Geo'\) has no answer and is not marked"
+    with pytest.raises(UserError, match=message):
         task.features(examples, train=True)
     examples = task.read(bad(tmp_path, paragraphs(q("q1"), q("q2", answers=(), is_impossible=True))))
     f = task.features(examples, train=True)
