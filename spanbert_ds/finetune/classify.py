@@ -1,4 +1,4 @@
-"""Sequence classification of single texts or text pairs: read CSV/TSV/JSONL, build [CLS] rows, score accuracy and macro-F1.
+"""Classification of single texts or text pairs: read CSV/TSV/JSONL, build [CLS] rows, score accuracy and macro-F1.
 
 Input files, by extension:
 - `.csv` / `.tsv`: a header row naming the columns `text`, `label` and, for pairs, `text_pair` (any other
@@ -72,11 +72,15 @@ def read_examples(path):
 
 
 def _read_table(path, text, delimiter):
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    kind, quoting = ("TSV", csv.QUOTE_NONE) if delimiter == "\t" else ("CSV", csv.QUOTE_MINIMAL)
     rows = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, quoting=quoting)
-    header = next(rows, None)
-    while header is not None and not any(cell.strip() for cell in header):  # blank lines before the header
+    try:
         header = next(rows, None)
+        while header is not None and not any(cell.strip() for cell in header):  # blank lines before the header
+            header = next(rows, None)
+    except csv.Error as e:
+        raise UserError(f"{path}: the header row cannot be read as {kind} ({e}); the first row must name the "
+                        f"columns text, label and optionally text_pair") from None
     if header is None:
         raise UserError(f"{path}: the file is empty; give a header row (text, label, optional text_pair) and "
                         f"one row per example")
@@ -87,7 +91,14 @@ def _read_table(path, text, delimiter):
                         f"has {', '.join(map(repr, names))}; the first row must name the columns text, label and "
                         f"optionally text_pair")
     at = {c: names.index(c) for c in COLUMNS if c in names}
-    for row in rows:
+    while True:
+        try:
+            row = next(rows, None)
+        except csv.Error as e:  # a field over csv's size limit, a NUL byte
+            raise UserError(f"{path}: line {rows.line_num} cannot be read as {kind} ({e}); fix the row or write "
+                            f"the file as .jsonl") from None
+        if row is None:
+            return
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(names):

@@ -197,6 +197,7 @@ def test_an_unknown_extension_is_a_user_error(tok, tmp_path):
     ("no_key.jsonl", '{"sentence": "a", "label": "x"}\n', "line 1 has no 'text' key"),
     ("empty_text.jsonl", '{"text": "", "label": "x"}\n', "line 1 has an empty text"),
     ("not_utf8.csv", b"text,label\n\xff,x\n", "not UTF-8"),
+    ("huge_field.csv", "text,label\n" + "a" * 140_000 + ",x\n", "line 2 cannot be read as CSV"),
 ])
 def test_bad_files_are_one_line_user_errors(tok, tmp_path, name, text, message):
     path = tmp_path / name

