@@ -28,7 +28,7 @@ def files(tmp_path):
 
 
 def args_for(files, *extra, task="classify"):
-    return parse("--deepspeed_config", str(files / "ds.json"), "--task", task, "--init", gt.get_model_path(),
+    return parse("--deepspeed_config", str(files / "ds.json"), "--task", task, "--init", str(gt.get_model_path()),
                  "--train", str(files / "train.tsv"), "--output", str(files / "run"), *extra)
 
 
@@ -55,7 +55,7 @@ def test_bad_flags_are_one_line(files, extra, message):
 
 def test_squad_needs_room_for_the_context(files):
     (files / "train.tsv").rename(files / "train.json")
-    args = parse("--deepspeed_config", str(files / "ds.json"), "--task", "squad", "--init", gt.get_model_path(),
+    args = parse("--deepspeed_config", str(files / "ds.json"), "--task", "squad", "--init", str(gt.get_model_path()),
                  "--train", str(files / "train.json"), "--max-seq-len", "40", "--output", str(files / "run"))
     with pytest.raises(UserError, match="leaves no room for the context"):
         loop.prepare(args, world_size=1)

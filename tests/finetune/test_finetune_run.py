@@ -88,7 +88,7 @@ def losses(out):
 def test_classification_on_trec(tmp_path, data):
     out = str(tmp_path / "trec")
     trec = data["trec"]
-    finetune(["--deepspeed_config", ds_config(tmp_path), "--task", "classify", "--init", gt.get_model_path(),
+    finetune(["--deepspeed_config", ds_config(tmp_path), "--task", "classify", "--init", str(gt.get_model_path()),
               "--train", os.path.join(trec, "train.tsv"), "--eval", os.path.join(trec, "test.tsv"),
               "--train-limit", "480", "--eval-limit", "200", "--epochs", "2", "--max-seq-len", "48",
               "--log-every", "5", "--output", out])
@@ -107,7 +107,7 @@ def test_classification_on_trec(tmp_path, data):
 def test_ner_on_conll(tmp_path, data):
     out = str(tmp_path / "ner")
     conll = data["conll"]
-    finetune(["--deepspeed_config", ds_config(tmp_path, lr=2e-4), "--task", "ner", "--init", gt.get_model_path(),
+    finetune(["--deepspeed_config", ds_config(tmp_path, lr=2e-4), "--task", "ner", "--init", str(gt.get_model_path()),
               "--train", os.path.join(conll, "train.txt"), "--eval", os.path.join(conll, "valid.txt"),
               "--train-limit", "480", "--eval-limit", "200", "--epochs", "2", "--max-seq-len", "64",
               "--log-every", "5", "--output", out])
@@ -125,7 +125,7 @@ def test_ner_on_conll(tmp_path, data):
 def test_squad_v1(tmp_path, data):
     out = str(tmp_path / "squad")
     squad = data["squad"]
-    finetune(["--deepspeed_config", ds_config(tmp_path), "--task", "squad", "--init", gt.get_model_path(),
+    finetune(["--deepspeed_config", ds_config(tmp_path), "--task", "squad", "--init", str(gt.get_model_path()),
               "--train", os.path.join(squad, "train-v1.1.json"), "--eval", os.path.join(squad, "dev-v1.1.json"),
               "--train-limit", "192", "--eval-limit", "48", "--epochs", "1", "--max-seq-len", "192",
               "--doc-stride", "64", "--log-every", "2", "--output", out])
@@ -143,7 +143,7 @@ def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path, data
     config = ds_config(tmp_path, scheduler=False)  # a constant rate: --steps does not move the schedule
 
     def args(out, steps):
-        return ["--deepspeed_config", config, "--task", "classify", "--init", gt.get_model_path(),
+        return ["--deepspeed_config", config, "--task", "classify", "--init", str(gt.get_model_path()),
                 "--train", os.path.join(trec, "train.tsv"), "--train-limit", "160", "--steps", str(steps),
                 "--save-every", "3", "--log-every", "1", "--max-seq-len", "32", "--output", out]
 
@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_and_exit_2_on_every_rank(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": [{"id": "q1", "question": '
                    '"what?", "answers": [{"text": "xyz", "answer_start": 0}]}]}]}]}')
-    done = launch(["--deepspeed_config", ds_config(tmp_path), "--task", "squad", "--init", gt.get_model_path(),
+    done = launch(["--deepspeed_config", ds_config(tmp_path), "--task", "squad", "--init", str(gt.get_model_path()),
                    "--train", str(bad), "--output", str(tmp_path / "out")], ranks=2, launcher="deepspeed",
                   script=FINETUNE)
     assert done.returncode == 2
@@ -177,7 +177,7 @@ def test_other_launchers(tmp_path, launcher, ranks):
     train.write_text("text\tlabel\n" + "".join(f"{'where is' if i % 2 else 'who is'} item {i} ?\t{'LOC' if i % 2 else 'HUM'}\n"
                                                for i in range(16)))
     out = str(tmp_path / "run")
-    done = launch(["--deepspeed_config", ds_config(tmp_path), "--task", "classify", "--init", gt.get_model_path(),
+    done = launch(["--deepspeed_config", ds_config(tmp_path), "--task", "classify", "--init", str(gt.get_model_path()),
                    "--train", str(train), "--eval", str(train), "--steps", "2", "--max-seq-len", "16", "--output", out],
                   ranks=ranks, launcher=launcher, script=FINETUNE)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -80,7 +80,7 @@ def test_sbatch_finetune_runs_finetune_py_on_two_tasks(cluster, tmp_path):
                HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
     submit = subprocess.run(
         ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
-         "slurm/finetune.sbatch", "--task", "classify", "--init", gt.get_model_path(), "--train", str(train), "--eval", str(train),
+         "slurm/finetune.sbatch", "--task", "classify", "--init", str(gt.get_model_path()), "--train", str(train), "--eval", str(train),
          "--steps", "3", "--max-seq-len", "16", "--output", out],
         cwd=REPO, env=env, capture_output=True, text=True, check=True)
     job_id = submit.stdout.strip().split(";")[0]
