@@ -55,8 +55,8 @@ def run(args):
         _call([sys.executable, "-m", "spanbert_ds.cli", "prepare", "python-docs", shards, "--tokenizer", "wordpiece",
                "--vocab-size", "8000", "--valid-fraction", str(VALID_FRACTION), "--overwrite"])
     _step("2/5 masking statistics of the SpanBERT span masker on it")
-    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--max-seq-len", str(args.max_seq_len),
-           "--batches", "20"])
+    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--mode", "doc",
+           "--max-seq-len", str(args.max_seq_len), "--batches", "20"])
 
     _step(f"3/5 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, "
           f"{args.ranks} CPU rank{'s' if args.ranks > 1 else ''}, ZeRO-2, the held-out split scored every "

@@ -17,7 +17,7 @@ def add_arguments(parser):
     parser.add_argument("--masker", choices=sorted(MASKERS), default="span",
                         help="span (spanbert), token (bert, roberta) or wholeword (default: span)")
     parser.add_argument("--mode", choices=("full", "doc", "pair"), default="full",
-                        help="packing mode: full (spanbert, roberta), pair (bert) or doc (default: full)")
+                        help="packing mode: doc (spanbert), full (roberta) or pair (bert) (default: full)")
     parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample (default: 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per batch (default: 32)")
     parser.add_argument("--batches", type=int, default=20, help="number of batches to mask (default: 20)")

@@ -1,12 +1,15 @@
 """Cut a shard folder's token stream into fixed-length training samples.
 
 Modes (names from the RoBERTa paper):
-- "full" (FULL-SENTENCES, RoBERTa's and SpanBERT's): contiguous blocks of at most max_seq_len - 2
-  positions over all documents concatenated, with a [SEP] between two documents (it takes one
-  position). Positions are counted in that "virtual" stream: document d's token j sits at
-  doc_offsets[d] + d + j, and the separator after document d at doc_offsets[d + 1] + d.
-- "doc" (DOC-SENTENCES): the same, but a block never crosses a document, so the last block of a
-  document may be short (padded).
+- "full" (RoBERTa's FULL-SENTENCES, cut at word starts rather than sentence ends): contiguous blocks
+  of at most max_seq_len - 2 positions over all documents concatenated, with a [SEP] between two
+  documents (it takes one position). Positions are counted in that "virtual" stream: document d's
+  token j sits at doc_offsets[d] + d + j, and the separator after document d at doc_offsets[d + 1] + d.
+- "doc" (DOC-SENTENCES; SpanBERT's released pretraining, fairseq's BlockDataset with break_mode="doc"):
+  as many whole sentences of one document as fit in max_seq_len - 2 positions; a block never crosses
+  a document and never cuts a sentence, so most blocks are shorter than the limit (padded). A sentence
+  longer than a block, which the released code drops, is cut at word starts into pieces that fit
+  instead, so no text is lost.
 - "pair" (SEGMENT-PAIR, BERT with NSP): [CLS] A [SEP] B [SEP] within max_seq_len. Each document is
   tiled with regions of at most max_seq_len - 3 tokens (cut as in "doc" mode); a region is split into
   A and its continuation at a random sentence boundary (or, without one, at a word start near its
@@ -59,9 +62,7 @@ class PackedSamples:
             self.samples = _cut_blocks(length, max_seq_len - 2, np.array([length]), self._virtual_word_starts,
                                        self.window)
         elif mode == "doc":
-            ws = shards.word_starts
-            self.samples = _cut_blocks(int(self._doc_offsets[-1]), max_seq_len - 2, self._doc_offsets[1:],
-                                       lambda a, b: np.asarray(ws[a:b], dtype=bool), self.window)
+            self.samples = self._sentence_blocks()
         else:
             self.samples, self.nsp_labels = self._pairs()
 
@@ -82,6 +83,27 @@ class PackedSamples:
         real_start = a - first  # every separator before a shifts the real stream by one
         flags = np.asarray(self.shards.word_starts[real_start:real_start + (b - a) - (last - first)]) > 0
         return np.insert(flags, self._vsep[first:last] - a - np.arange(last - first), False)
+
+    def _sentence_blocks(self):
+        """[n_blocks, 2] (start, end): whole sentences of one document, greedily, up to max_seq_len - 2."""
+        limit, ws = self.max_seq_len - 2, self.shards.word_starts
+        sent = np.asarray(self.shards.sent_offsets, dtype=np.int64)
+        pieces = [np.stack([sent[:-1], sent[1:]], axis=1)]
+        long = np.flatnonzero(np.diff(sent) > limit)
+        for k in long:  # few: each is cut on its own at word starts
+            a, b = int(sent[k]), int(sent[k + 1])
+            pieces.append(a + _cut_blocks(b - a, limit, np.array([b - a]),
+                                          lambda x, y: np.asarray(ws[a + x:a + y], dtype=bool), self.window))
+        pieces = np.concatenate([np.delete(pieces[0], long, axis=0), *pieces[1:]])
+        starts, ends = pieces[np.argsort(pieces[:, 0], kind="stable")].T
+        doc = np.searchsorted(self._doc_offsets, starts, side="right") - 1
+        next_doc = np.searchsorted(starts, self._doc_offsets[doc + 1])  # first piece of the next document
+        blocks, i = [], 0
+        while i < len(starts):  # one Python step per block, as in _cut_blocks
+            j = min(int(np.searchsorted(ends, starts[i] + limit, side="right")), int(next_doc[i]))
+            blocks.append((starts[i], ends[j - 1]))
+            i = j
+        return np.array(blocks, dtype=np.int64).reshape(-1, 2)
 
     def _pairs(self):
         shards, target, window = self.shards, self.max_seq_len - 3, self.window

@@ -80,8 +80,10 @@ class TaskModel(nn.Module):
         if self.head == "span":
             if "start_positions" not in batch:
                 return None
-            return (F.cross_entropy(logits[..., 0], batch["start_positions"])
-                    + F.cross_entropy(logits[..., 1], batch["end_positions"])) / 2
+            # over the real tokens only (Hugging Face's recipe also spreads probability over the padding)
+            over_tokens = self.distributions(logits, batch)  # (B, 2, T)
+            return (F.cross_entropy(over_tokens[:, 0], batch["start_positions"])
+                    + F.cross_entropy(over_tokens[:, 1], batch["end_positions"])) / 2
         if "labels" not in batch:
             return None
         if self.head == "sequence":

@@ -290,7 +290,8 @@ def config_from_hf(hf_dir, **overrides):
     )
     sbo_path = os.path.join(hf_dir, SBO_FILE)
     if os.path.isfile(sbo_path):
-        values["sbo_position_size"] = _read_tensors(sbo_path)[SBO_PREFIX + "position.weight"].shape[0]
+        rows, dim = _read_tensors(sbo_path)[SBO_PREFIX + "position.weight"].shape
+        values.update(sbo_max_targets=rows, sbo_position_dim=dim)
     values.update(overrides)
     return ModelConfig(**values)
 

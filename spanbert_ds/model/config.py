@@ -32,7 +32,11 @@ class ModelConfig:
     pre_layernorm: bool = False  # BERT and SpanBERT are post-LN; pre-LN trains more stably when deep
     attention_backend: str = "auto"  # one of ATTENTION_BACKEND_NAMES
     activation_checkpointing: str = "none"  # recompute each layer in backward: "none", "torch", "deepspeed"
-    sbo_position_size: int = 200  # rows of the SBO head's relative-position table p_i (of hidden_size each)
+    unpad: bool = True  # run the layers on the real tokens of a padded batch only (model/padding.py)
+    # The SBO head's relative-position table p_i: one row per target of a span (the masker's max_span_targets),
+    # of sbo_position_dim each. The released SpanBERT's shapes (15 x 200), so its SBO weights load as they are.
+    sbo_max_targets: int = 15
+    sbo_position_dim: int = 200
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -51,7 +55,7 @@ class ModelConfig:
                 f"use one of {', '.join(CHECKPOINTING_NAMES)}"
             )
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "sbo_position_size"):
+                     "max_position_embeddings", "sbo_max_targets", "sbo_position_dim"):
             if getattr(self, name) <= 0:
                 raise UserError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.type_vocab_size < 0:
@@ -90,6 +94,10 @@ class ModelConfig:
     def from_dict(cls, values, where="model config"):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
+        if "sbo_position_size" in unknown:
+            raise UserError(f"{where}: sbo_position_size is from a version whose SBO head had another shape (a table "
+                            "of hidden_size columns); its checkpoints do not load here. Use sbo_max_targets and "
+                            "sbo_position_dim (the released SpanBERT's 15 and 200)")
         if unknown:
             raise UserError(f"{where}: unknown keys {unknown}; the known keys are {sorted(known)}")
         return cls(**values)

@@ -4,8 +4,9 @@ Post-LayerNorm as in BERT and SpanBERT (x = LN(x + sublayer(x))); `pre_layernorm
 switches to x = x + sublayer(LN(x)) with a final LayerNorm, which trains more stably
 for deep models. Differences from Hugging Face's BertModel: Q, K and V come from one
 (H, 3H) projection (one GEMM instead of three; interop/hf.py splits it on export),
-attention is a pluggable backend (model/attention.py), and there is no pooler (the NSP
-head owns it).
+attention is a pluggable backend (model/attention.py), there is no pooler (the NSP
+head owns it), and with `unpad` (the default) a batch with padding runs through the layers as
+its real tokens only (model/padding.py).
 """
 
 import torch
@@ -13,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from spanbert_ds import kernels
+from spanbert_ds.model import padding
 from spanbert_ds.model.attention import get_attention
 from spanbert_ds.model.embeddings import Embeddings
 
@@ -24,17 +27,32 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.backend = config.attention_backend
         self.attend = get_attention(config.attention_backend)
 
-    def forward(self, x, key_padding_mask):
+    def forward(self, x, mask):
+        # x: (B, T, C) with mask the (B, T) key padding mask, or (N, C) real rows with mask their Unpadded layout
+        if isinstance(mask, padding.Unpadded):
+            return self.unpadded(x, mask)
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
         v = v.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        y = self.attend(q, k, v, key_padding_mask, self.dropout_p if self.training else 0.0, None)
+        y = self.attend(q, k, v, mask, self.dropout_p if self.training else 0.0, None)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.out(y)
+
+    def unpadded(self, x, layout):
+        N, C = x.shape
+        dropout_p = self.dropout_p if self.training else 0.0
+        q, k, v = (t.view(N, self.num_heads, C // self.num_heads) for t in self.qkv(x).split(C, dim=1))
+        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
+            y = kernels.fused_attention_varlen(q, k, v, layout.cu_seqlens, layout.max_seqlen, dropout_p)
+            return self.out(y.reshape(N, C))
+        q, k, v = (padding.heads_padded(t, layout) for t in (q, k, v))
+        y = self.attend(q, k, v, layout.mask, dropout_p, None)
+        return self.out(padding.heads_unpadded(y, layout))
 
 
 class FeedForward(nn.Module):
@@ -57,11 +75,11 @@ class Layer(nn.Module):
         self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, key_padding_mask):
+    def forward(self, x, mask):
         if self.pre_layernorm:
-            x = x + self.dropout(self.attn(self.ln1(x), key_padding_mask))
+            x = x + self.dropout(self.attn(self.ln1(x), mask))
             return x + self.dropout(self.ffn(self.ln2(x)))
-        x = self.ln1(x + self.dropout(self.attn(x, key_padding_mask)))
+        x = self.ln1(x + self.dropout(self.attn(x, mask)))
         return self.ln2(x + self.dropout(self.ffn(x)))
 
 
@@ -92,18 +110,23 @@ class Encoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
         # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H).
         # perturb: a function of the embeddings' output (B, T, H), for adversarial fine-tuning (SiFT)
-        key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+        mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embeddings(input_ids, token_type_ids)
         if perturb is not None:
             x = perturb(x)
+        layout = padding.unpad(mask) if mask is not None and self.config.unpad else None
+        if layout is not None:
+            x, mask = padding.take(x, layout), layout
         recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
         for layer in self.layers:
             if recompute == "torch":
-                x = torch.utils.checkpoint.checkpoint(layer, x, key_padding_mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask, use_reentrant=False)
             elif recompute == "deepspeed":
                 import deepspeed  # only runs that ask for it pay the import
 
-                x = deepspeed.checkpointing.checkpoint(layer, x, key_padding_mask)
+                x = deepspeed.checkpointing.checkpoint(layer, x, mask)
             else:
-                x = layer(x, key_padding_mask)
-        return self.final_ln(x) if self.final_ln is not None else x
+                x = layer(x, mask)
+        if self.final_ln is not None:
+            x = self.final_ln(x)
+        return padding.put_back(x, layout) if layout is not None else x

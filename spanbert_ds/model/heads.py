@@ -138,24 +138,26 @@ class SBOHead(nn.Module):
     with p a learned relative-position embedding and f a 2-layer MLP of GeLU + LayerNorm:
         h0 = [x_{s-1}; x_{e+1}; p_{i-s+1}]
         h1 = LayerNorm(GeLU(W1 h0)),  y_i = LayerNorm(GeLU(W2 h1))
-    then the decoder tied to the word embeddings, with its own bias.
+    then the decoder tied to the word embeddings, with its own bias. As in the released code, p has
+    one row per target (sbo_max_targets, 15) of its own width (sbo_position_dim, 200), so W1 takes
+    2H + 200 inputs.
     """
 
     def __init__(self, config, word_embeddings):
         super().__init__()
         H, eps, std = config.hidden_size, config.layer_norm_eps, config.initializer_range
         self.vocab_size = config.vocab_size
-        self.position = nn.Embedding(config.sbo_position_size, H)
+        self.position = nn.Embedding(config.sbo_max_targets, config.sbo_position_dim)
         nn.init.normal_(self.position.weight, std=std)
-        self.layer1 = DenseGeluLayerNorm(3 * H, H, eps, std)
+        self.layer1 = DenseGeluLayerNorm(2 * H + config.sbo_position_dim, H, eps, std)
         self.layer2 = DenseGeluLayerNorm(H, H, eps, std)
         self.decoder_weight = word_embeddings.weight  # tied
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
 
     def forward(self, left, right, rel_pos, labels=None):
-        # left, right: (M, H) boundary states x_{s-1}, x_{e+1}; rel_pos: (M,) in 1..max span targets
+        # left, right: (M, H) boundary states x_{s-1}, x_{e+1}; rel_pos: (M,) in 1..sbo_max_targets
         # -> logits (M, vocab_size), or with labels (M,) the summed cross-entropy
-        h = torch.cat([left, right, self.position(rel_pos)], dim=-1)  # (M, 3H)
+        h = torch.cat([left, right, self.position(rel_pos - 1)], dim=-1)  # (M, 2H + sbo_position_dim)
         h = self.layer2(self.layer1(h))  # (M, H)
         if labels is None:
             return decode(h, self.decoder_weight, self.bias, self.vocab_size)

@@ -174,12 +174,12 @@ class Objective(nn.Module):
             if low < 0 or high >= n_flat:
                 raise UserError(f"{where}: batch['{key}'] holds {high if high >= n_flat else low}, outside the "
                                 f"flat batch*seq_len range 0..{n_flat - 1}")
-        if "sbo_rel_pos" in self.needs:
+        if "sbo_rel_pos" in self.needs and batch["sbo_rel_pos"].numel():
             low, high = span("sbo_rel_pos")
-            if low < 0 or high >= self.config.sbo_position_size:
-                raise UserError(f"{where}: sbo_rel_pos reaches {high}, but the SBO head has "
-                                f"{self.config.sbo_position_size} positions; lower max_span_targets or raise "
-                                "the model's sbo_position_size")
+            if low < 1 or high > self.config.sbo_max_targets:
+                raise UserError(f"{where}: sbo_rel_pos holds {low if low < 1 else high}, but the SBO head takes "
+                                f"1..{self.config.sbo_max_targets}; lower the masking's max_span_targets or raise "
+                                "the model's sbo_max_targets")
         if self.config.type_vocab_size and "token_type_ids" in batch:
             low, high = span("token_type_ids")
             if low < 0 or high >= self.config.type_vocab_size:
@@ -196,7 +196,7 @@ class SpanBERT(Objective):
 
     name = "spanbert"
     masking = "span"
-    packing = "full"  # SpanBERT trains on single full-length segments, without NSP
+    packing = "doc"  # single segments of whole sentences from one document, no NSP (the released code's blocks)
     parts = ("mlm", "sbo")
     needs = Objective.needs + SBO_KEYS
 

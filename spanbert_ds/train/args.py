@@ -31,6 +31,8 @@ def add_arguments(parser):
     arg("--output", default="runs/pretrain", help="the run folder (config, logs, checkpoints), made if missing")
     arg("--steps", type=int, default=10000, help="optimizer steps of the whole run; the schedule spans them")
     arg("--max-seq-len", type=int, default=512, help="tokens per sample, [CLS] and [SEP] included")
+    arg("--packing", default=None, choices=["full", "doc", "pair"],
+        help="how samples are cut from the shards (default: the objective's; spanbert doc, roberta full, bert pair)")
     arg("--seed", type=int, default=42, help="seeds data order, masks, initialisation and dropout")
     arg("--save-every", type=int, default=1000, help="checkpoint every N steps, and at the end")
     arg("--keep-checkpoints", type=int, default=3, help="how many of the latest checkpoints to keep")
@@ -54,6 +56,10 @@ def check_run_args(args):
 
     if args.objective not in OBJECTIVES:
         raise UserError(f"unknown objective {args.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    args.packing = args.packing or OBJECTIVES[args.objective].packing
+    if (args.packing == "pair") != (OBJECTIVES[args.objective].packing == "pair"):
+        raise UserError(f"--packing {args.packing} does not suit --objective {args.objective}: bert trains on segment "
+                        "pairs (pair), the others on single segments (doc or full)")
     if not args.deepspeed_config:
         raise UserError("no DeepSpeed config: pass --deepspeed_config ds_configs/NAME.json")
     for name in ("steps", "max_seq_len", "save_every", "keep_checkpoints", "log_every", "max_bad_steps"):

@@ -89,7 +89,7 @@ def prepare(args, world_size, rank):
     if args.attention:
         model_config = model_config.replace(attention_backend=args.attention)
     masking_config = MaskingConfig.from_spec(args.masking)
-    samples = PackedSamples(shards, objective_class.packing, args.max_seq_len, args.seed)
+    samples = PackedSamples(shards, args.packing, args.max_seq_len, args.seed)
     masker = MASKERS[objective_class.masking](masking_config, shards.vocab_size, shards.mask_id, shards.special_ids)
     plan = BatchPlan(len(samples), global_batch=ds_config["train_batch_size"],
                      micro_batch=ds_config["train_micro_batch_size_per_gpu"], world_size=world_size, rank=rank,

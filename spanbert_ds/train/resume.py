@@ -24,7 +24,7 @@ from spanbert_ds.train import checkpoint
 
 # Model settings a resume may change: they do not change the shapes or the data.
 RESUMABLE_MODEL_SETTINGS = ("hidden_dropout", "attention_dropout", "attention_backend", "activation_checkpointing",
-                            "initializer_range")
+                            "initializer_range", "unpad")
 
 
 def run_identity(args, model_config, shards, masking_config):
@@ -32,7 +32,7 @@ def run_identity(args, model_config, shards, masking_config):
     model = {k: v for k, v in model_config.to_dict().items() if k not in RESUMABLE_MODEL_SETTINGS}
     data = {k: shards.meta.get(k) for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size", "tokenizer_sha256")}
     identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
-                "max_seq_len": args.max_seq_len, "masking": masking_config.to_dict()}
+                "max_seq_len": args.max_seq_len, "packing": args.packing, "masking": masking_config.to_dict()}
     return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
 
 
@@ -102,8 +102,8 @@ def check_same_run(tag, marker, identity, config_overrides=None):
             changed.append(f"{key} {before!r} -> {value!r}")
     if changed:
         raise UserError(f"checkpoint {tag} belongs to a run with other settings ({'; '.join(changed)}); resume it with "
-                        "the same --model, --objective, --data, --seed, --max-seq-len and --masking, or give the new "
-                        "run its own --output")
+                        "the same --model, --objective, --data, --seed, --max-seq-len, --packing and --masking, or "
+                        "give the new run its own --output")
 
 
 def loads_universal(marker, world_size, stage):

@@ -32,7 +32,7 @@ def write(args, run, world_size):
         "deepspeed_config_file": args.deepspeed_config,
         "ds_config": run.ds_config,
         "objective": args.objective,
-        "packing": run.objective_class.packing,
+        "packing": run.samples.mode,
         "masking": run.objective_class.masking,
         "masking_config": run.masking_config.to_dict(),
         "world_size": world_size,

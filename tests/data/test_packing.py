@@ -68,6 +68,27 @@ def test_doc_blocks_never_cross_a_document(shards):
     assert (batch["attention_mask"].sum(1) < T).sum() >= len(shards)
 
 
+def test_doc_blocks_are_whole_sentences_packed_greedily(shards):
+    """SpanBERT's released break_mode=doc: a block ends at a sentence end, and the next sentence of the
+    same document would not have fitted; only a sentence longer than a block is cut (at word starts)."""
+    packed = PackedSamples(shards, "doc", T)
+    s = packed.samples
+    sent = np.asarray(shards.sent_offsets, dtype=np.int64)
+    lengths = np.diff(sent)
+    ends_a_sentence = np.isin(s[:, 1], sent)
+    long = lengths > T - 2
+    inside_long = (s[:, 1] > sent[np.searchsorted(sent, s[:, 1]) - 1]) & long[np.searchsorted(sent, s[:, 1]) - 1]
+    assert (ends_a_sentence | inside_long).all()
+    assert long.any() and not ends_a_sentence.all()  # the corpus has such sentences, and they were cut
+    # greedy: the sentence after a block (same document) would not have fitted
+    k = np.searchsorted(sent, s[:-1, 1])  # index of the sentence that starts where the block ends
+    same_doc = ~np.isin(s[:-1, 1], shards.doc_offsets) & ends_a_sentence[:-1] & ~long[np.minimum(k, len(lengths) - 1)]
+    assert (s[:-1, 1][same_doc] - s[:-1, 0][same_doc] + lengths[k[same_doc]] > T - 2).all()
+    batch = packed.batch(np.arange(len(packed)))
+    starts = batch["word_starts"][:, 1]
+    assert starts.mean() > 0.99  # blocks start at sentences, so at words
+
+
 def test_batch_layout_padding_and_masks(shards):
     for mode in ("full", "doc", "pair"):
         packed = PackedSamples(shards, mode, T, seed=3)

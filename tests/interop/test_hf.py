@@ -56,9 +56,10 @@ def test_export_matches_bert_for_pretraining(tmp_path):
     with torch.no_grad():
         out = model.eval()(**hf_inputs(batch))
         hidden = objective.encode(batch)
-        mlm = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1]))
+        real = batch["attention_mask"].bool().reshape(-1)  # padding carries nothing (ours: zeros)
+        mlm = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1])[real])
         nsp = objective.nsp_head(hidden[:, 0])
-    assert (out.prediction_logits.reshape(-1, V) - mlm).abs().max() < 1e-5
+    assert (out.prediction_logits.reshape(-1, V)[real] - mlm).abs().max() < 1e-5
     assert (out.seq_relationship_logits - nsp).abs().max() < 1e-5
 
 
@@ -74,9 +75,10 @@ def test_export_matches_bert_for_masked_lm(tmp_path, name):
     if name == "roberta":
         inputs.pop("token_type_ids")  # no segments: HF uses segment 0, whose row is zero
     with torch.no_grad():
-        logits = model.eval()(**inputs).logits.reshape(-1, V)
+        real = batch["attention_mask"].bool().reshape(-1)  # padding carries nothing (ours: zeros)
+        logits = model.eval()(**inputs).logits.reshape(-1, V)[real]
         hidden = objective.encode(batch)
-        ours = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1]))
+        ours = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1])[real])
     assert (logits - ours).abs().max() < 1e-5
     # BertForPreTraining only lacks the NSP parts it was never trained with.
     _, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
@@ -95,7 +97,8 @@ def test_sbo_head_is_exported_beside_the_model(tmp_path):
     assert set(sbo) == {"sbo_head.position.weight", "sbo_head.bias"} | {
         f"sbo_head.layer{i}.{p}" for i in (1, 2) for p in ("weight", "bias", "ln_weight", "ln_bias")}
     assert sbo["sbo_head.bias"].shape == (tok.get_vocab_size(),)  # padding rows stripped
-    assert sbo["sbo_head.position.weight"].shape == (200, 128)
+    assert sbo["sbo_head.position.weight"].shape == (15, 200)  # the released SpanBERT's table
+    assert sbo["sbo_head.layer1.weight"].shape == (128, 2 * 128 + 200)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
 
 

@@ -50,6 +50,9 @@ def test_auto_is_sdpa_on_cpu():
 
 
 def test_fused_on_cpu_is_a_clear_user_error(monkeypatch):
+    from spanbert_ds import kernels
+
+    kernels.fused_available()  # Triton imported (if it is installed) while the interpreter is on, as in other tests
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # what a user's machine has
     q, k, v, mask = qkv_and_mask()
     with pytest.raises(UserError, match="attention_backend 'fused' cannot run"):
@@ -97,3 +100,32 @@ def test_activation_checkpointing_gives_the_same_gradients(how):
         grads.append([p.grad.clone() for p in encoder.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "fused"])
+def test_unpadded_layers_give_the_padded_numbers(backend):
+    """With `unpad` the layers see only the real tokens (the fused backend through the varlen kernel, here
+    under Triton's interpreter): the same hidden states at the real positions, zeros at the padding, and the
+    same gradients as the padded path (dropout off: the two draw their masks over different shapes)."""
+    if backend == "fused":
+        pytest.importorskip("triton")
+        from spanbert_ds.kernels import attention
+        if not (attention._INTERPRET or torch.cuda.is_available()):
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU")
+    batch = synthetic_batch(100, batch_size=3, seq_len=16, masking="token")
+    batch["attention_mask"][2, 5:] = 0  # a short sequence, below the longest
+    real = batch["attention_mask"].bool()
+    assert not real.all()
+    outputs, grads = [], []
+    for unpad in (False, True):
+        torch.manual_seed(0)
+        encoder = Encoder(tiny_config(attention_backend=backend, unpad=unpad, hidden_dropout=0.0,
+                                      attention_dropout=0.0)).train()
+        out = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        out[real].pow(2).sum().backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in encoder.parameters()])
+    torch.testing.assert_close(outputs[1][real], outputs[0][real], atol=1e-5, rtol=1e-5)
+    assert (outputs[1][~real] == 0).all()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -7,7 +7,7 @@ from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead
 
 # Tiny float64 shapes so gradcheck's finite differences are meaningful.
 CONFIG = ModelConfig(vocab_size=11, hidden_size=6, num_layers=1, num_heads=2, intermediate_size=8,
-                     sbo_position_size=5, layer_norm_eps=1e-5, initializer_range=0.5)
+                     sbo_max_targets=4, sbo_position_dim=3, layer_norm_eps=1e-5, initializer_range=0.5)
 
 
 def word_embeddings():
@@ -110,3 +110,22 @@ def test_heads_give_a_loss_when_given_labels():
     expected = F.cross_entropy(mlm(x), labels, reduction="sum")
     torch.testing.assert_close(mlm(x, labels), expected)
     assert mlm(x[:0], labels[:0]).item() == 0.0
+
+
+def test_sbo_head_has_the_released_shapes_and_formula():
+    """SpanBERT's released head: a 15 x 200 relative-position table (row 0 for a span's first target) and
+    a first layer over [x_{s-1}; x_{e+1}; p] of 2H + 200 inputs, so its weights load as they are."""
+    config = ModelConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    emb = torch.nn.Embedding(config.padded_vocab_size, config.hidden_size)
+    head = SBOHead(config, emb).eval()
+    assert head.position.weight.shape == (15, 200) and head.layer1.weight.shape == (32, 2 * 32 + 200)
+    left, right = torch.randn(3, 32), torch.randn(3, 32)
+    rel_pos = torch.tensor([1, 15, 7])
+
+    def block(layer, x):
+        return F.layer_norm(F.gelu(F.linear(x, layer.weight, layer.bias)), (32,), layer.ln_weight, layer.ln_bias,
+                            config.layer_norm_eps)
+
+    h = torch.cat([left, right, head.position.weight[rel_pos - 1]], dim=-1)
+    expected = F.linear(block(head.layer2, block(head.layer1, h)), emb.weight[:50], head.bias[:50])
+    torch.testing.assert_close(head(left, right, rel_pos), expected)

@@ -22,7 +22,7 @@ def batch_for(name, **kwargs):
 def test_registry_says_what_data_each_objective_needs():
     assert isinstance(OBJECTIVES, dict)
     assert {n: (c.masking, c.packing) for n, c in OBJECTIVES.items()} == {
-        "spanbert": ("span", "full"), "bert": ("token", "pair"), "roberta": ("token", "full")}
+        "spanbert": ("span", "doc"), "bert": ("token", "pair"), "roberta": ("token", "full")}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -127,7 +127,8 @@ def test_vocab_mismatch_is_a_clear_error():
     ("roberta", lambda b: b.__setitem__("mlm_labels", b["mlm_labels"].int()), "mlm_labels'\\] must be int64"),
     ("roberta", lambda b: b.__setitem__("mlm_labels", b["mlm_labels"][:-1]), "must have one length"),
     ("roberta", lambda b: b.__setitem__("attention_mask", b["attention_mask"][:, :-1]), "attention_mask.*shape"),
-    ("spanbert", lambda b: b.__setitem__("sbo_rel_pos", b["sbo_rel_pos"] + 500), "sbo_rel_pos reaches"),
+    ("spanbert", lambda b: b.__setitem__("sbo_rel_pos", b["sbo_rel_pos"] + 500),
+     "sbo_rel_pos holds 50[0-9], but the SBO head takes 1..15"),
     ("bert", lambda b: b.__setitem__("mlm_positions", b["mlm_positions"] + 10_000), "outside the flat"),
 ])
 def test_malformed_batches_are_user_errors(name, change, words):
