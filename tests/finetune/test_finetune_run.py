@@ -109,14 +109,14 @@ def test_ner_on_conll(tmp_path, data):
     conll = data["conll"]
     finetune(["--deepspeed_config", ds_config(tmp_path, lr=2e-4), "--task", "ner", "--init", str(gt.get_model_path()),
               "--train", os.path.join(conll, "train.txt"), "--eval", os.path.join(conll, "valid.txt"),
-              "--train-limit", "480", "--eval-limit", "200", "--epochs", "2", "--max-seq-len", "64",
+              "--train-limit", "240", "--eval-limit", "100", "--epochs", "2", "--max-seq-len", "64",
               "--log-every", "5", "--output", out])
     results = json.load(open(os.path.join(out, "results.json")))
     assert 0.0 <= results["metrics"]["f1"] <= 1.0 and "precision" in results["metrics"]
     trend = losses(out)
     assert trend[-1] < trend[0]
     predicted = open(os.path.join(out, "predictions.txt")).read().split("\n\n")
-    assert len([s for s in predicted if s.strip()]) == 200
+    assert len([s for s in predicted if s.strip()]) == 100
     labels = json.load(open(os.path.join(out, "hf", "config.json")))["id2label"]
     exported_logits_match_the_checkpoint(out, first_rows("ner", os.path.join(conll, "train.txt"), max_seq_len=64),
                                          "token", len(labels))
@@ -127,15 +127,15 @@ def test_squad_v1(tmp_path, data):
     squad = data["squad"]
     finetune(["--deepspeed_config", ds_config(tmp_path), "--task", "squad", "--init", str(gt.get_model_path()),
               "--train", os.path.join(squad, "train-v1.1.json"), "--eval", os.path.join(squad, "dev-v1.1.json"),
-              "--train-limit", "192", "--eval-limit", "48", "--epochs", "1", "--max-seq-len", "192",
-              "--doc-stride", "64", "--log-every", "2", "--output", out])
+              "--train-limit", "96", "--eval-limit", "32", "--epochs", "1", "--max-seq-len", "128",
+              "--doc-stride", "48", "--log-every", "2", "--output", out])
     results = json.load(open(os.path.join(out, "results.json")))
-    assert results["metrics"]["count"] == 48
+    assert results["metrics"]["count"] == 32
     assert 0.0 <= results["metrics"]["f1"] <= 100.0
     predictions = json.load(open(os.path.join(out, "predictions.json")))
-    assert len(predictions) == 48 and all(isinstance(v, str) for v in predictions.values())
+    assert len(predictions) == 32 and all(isinstance(v, str) for v in predictions.values())
     exported_logits_match_the_checkpoint(
-        out, first_rows("squad", os.path.join(squad, "dev-v1.1.json"), max_seq_len=192, doc_stride=64), "span", 2)
+        out, first_rows("squad", os.path.join(squad, "dev-v1.1.json"), max_seq_len=128, doc_stride=48), "span", 2)
 
 
 def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path, data):
