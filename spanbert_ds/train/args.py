@@ -7,15 +7,17 @@ flags below.
 
 import argparse
 import json
+import math
 import os
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import check_creatable
+from spanbert_ds.folders import check_creatable, check_writable
 
 # Optimizers DeepSpeed can partition under ZeRO; LAMB and the 1-bit ones need ZeRO off.
 ZERO_INCOMPATIBLE_OPTIMIZERS = {"lamb", "onebitlamb", "onebitadam", "zerooneadam"}
 # DeepSpeed schedulers whose length is a number of steps: set from --steps.
 SCHEDULERS_WITH_LENGTH = ("WarmupDecayLR", "WarmupCosineLR")
+MAX_DS_CONFIG_BYTES = 1 << 20  # a ds_config is a few KB; it is copied into run_config.json and every checkpoint
 
 
 def add_arguments(parser):
@@ -62,6 +64,9 @@ def check_run_args(args):
                         "pairs (pair), the others on single segments (doc or full)")
     if not args.deepspeed_config:
         raise UserError("no DeepSpeed config: pass --deepspeed_config ds_configs/NAME.json")
+    if args.init_from and not os.path.isfile(os.path.join(args.init_from, "config.json")):
+        raise UserError(f"--init-from {args.init_from}: not a Hugging Face model folder (no config.json in it); "
+                        "pass the folder that holds config.json and the weights")
     for name in ("steps", "max_seq_len", "save_every", "keep_checkpoints", "log_every", "max_bad_steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -82,6 +87,9 @@ def check_run_args(args):
         raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS "
                         f"{args.data}`")
     check_creatable(args.output, "--output")  # made with its parents by rank 0 once the run starts
+    for sub in ("checkpoints", "tensorboard", "tokenizer"):  # what a resume writes into
+        if os.path.isdir(os.path.join(args.output, sub)):
+            check_writable(os.path.join(args.output, sub), f"--output {args.output}: its {sub}/")
     data, output = os.path.abspath(args.data), os.path.abspath(args.output)
     if output == data or output.startswith(data + os.sep) or data.startswith(output + os.sep):
         raise UserError(f"--output {args.output} and --data {args.data} overlap; give the run its own folder")
@@ -91,12 +99,19 @@ def load_ds_config(path, world_size, total_steps, notes=None):
     """Read, check and complete a ds_config for `world_size` ranks. Returns a dict for deepspeed.initialize;
     what was changed from the file is said in `notes` (a list) when given."""
     try:
+        size = os.path.getsize(path)
+        if size > MAX_DS_CONFIG_BYTES:
+            raise UserError(f"DeepSpeed config {path} is {size / 2**20:.1f} MB; a ds_config is a few KB (the limit is "
+                            f"{MAX_DS_CONFIG_BYTES // 2**20} MB): pass the right file")
         with open(path) as f:
             config = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"DeepSpeed config {path} does not exist; see ds_configs/ for examples") from None
     except json.JSONDecodeError as error:
         raise UserError(f"DeepSpeed config {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    except (RecursionError, UnicodeDecodeError) as error:
+        why = "is nested too deeply" if isinstance(error, RecursionError) else "is not UTF-8 text"
+        raise UserError(f"DeepSpeed config {path} {why} to be a ds_config; see ds_configs/ for examples") from None
 
     if not isinstance(config, dict):
         raise UserError(f"DeepSpeed config {path} must be a JSON object ({{...}}), not a {type(config).__name__}")
@@ -119,6 +134,11 @@ def load_ds_config(path, world_size, total_steps, notes=None):
     if not optimizer:
         raise UserError(f"{path}: no optimizer block; add e.g. "
                         f"{{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
+    _check_optimizer(config["optimizer"], path)
+    if fp16 and not _cuda():
+        raise UserError(f"{path}: fp16 is enabled, but DeepSpeed's fp16 training needs a CUDA GPU and there is none "
+                        "here; set bf16.enabled (or neither, for fp32) on a CPU")
+    _check_scheduler(config.get("scheduler"), path)
 
     scheduler = config.get("scheduler", {})
     if scheduler.get("type") in SCHEDULERS_WITH_LENGTH:
@@ -135,6 +155,54 @@ def load_ds_config(path, world_size, total_steps, notes=None):
                 notes.append(f"{path}: warmup_num_steps {warmup} is not below --steps {total_steps}; warming up for "
                              f"{shortened} steps in this run (a resume with a larger --steps goes back to {warmup})")
     return config
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_optimizer(block, path):
+    """What DeepSpeed would only find inside deepspeed.initialize, on every rank, as a traceback."""
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+    kind = block.get("type")
+    if not isinstance(kind, str) or kind.lower() not in DEEPSPEED_OPTIMIZERS:
+        raise UserError(f"{path}: optimizer.type {kind!r} is not an optimizer DeepSpeed knows; use one of "
+                        f"{', '.join(DEEPSPEED_OPTIMIZERS)} (AdamW is BERT's)")
+    params = block.get("params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: optimizer.params must be an object ({{...}}), got {params!r}")
+    if "lr" in params and not (_number(params["lr"]) and params["lr"] > 0):
+        raise UserError(f"{path}: optimizer.params.lr must be a number above 0, got {params['lr']!r}")
+    for name in ("eps", "weight_decay"):
+        if name in params and not (_number(params[name]) and params[name] >= 0):
+            raise UserError(f"{path}: optimizer.params.{name} must be a number of 0 or more, got {params[name]!r}")
+    betas = params.get("betas", [0.9, 0.999])
+    if not (isinstance(betas, list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise UserError(f"{path}: optimizer.params.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; "
+                        f"got {betas!r}")
+
+
+def _check_scheduler(block, path):
+    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
+
+    if block is None:
+        return
+    if block.get("type") not in VALID_LR_SCHEDULES:
+        raise UserError(f"{path}: scheduler.type {block.get('type')!r} is not a DeepSpeed scheduler; use one of "
+                        f"{', '.join(VALID_LR_SCHEDULES)} (or drop the scheduler block for a constant rate)")
+    params = block.get("params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: scheduler.params must be an object ({{...}}), got {params!r}")
+    for name, value in params.items():  # rates and step counts: warmup_max_lr, warmup_num_steps, ...
+        if name.endswith(("_lr", "_steps")) and not (_number(value) and value >= 0):
+            raise UserError(f"{path}: scheduler.params.{name} must be a number of 0 or more, got {value!r}")
 
 
 def _resolve_batch_sizes(config, path, world_size):

@@ -4,6 +4,7 @@
 import glob
 import os
 import socket
+import time
 
 from spanbert_ds.errors import UserError
 
@@ -56,3 +57,26 @@ def unlink_shared_memory_names(rank):
             os.remove(path)
         except FileNotFoundError:
             pass
+
+
+def said_by_rank_0(rank):
+    """For an error every rank meets alike: rank 0 reports it; the others leave quietly with the same code, a
+    moment later, so that a launcher that stops all ranks on the first exit lets rank 0 speak."""
+    if rank != 0:
+        time.sleep(1.0)
+        raise SystemExit(UserError.exit_code)
+
+
+def initialize_engine(model, ds_config, config_path, rank, weight_decay):
+    """deepspeed.initialize, with a setting DeepSpeed refuses (one our checks in train/args.py do not know of)
+    said in one line by rank 0 instead of a traceback on every rank."""
+    import deepspeed
+
+    try:
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameter_groups(weight_decay),
+                                          config=ds_config)
+    except (AssertionError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as error:
+        said_by_rank_0(rank)
+        raise UserError(f"DeepSpeed refused the configuration in {config_path}: "
+                        f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
+    return engine

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.train.args import load_ds_config
@@ -50,12 +51,35 @@ def test_a_micro_batch_alone_is_accepted_as_deepspeed_accepts_it(tmp_path):
         ({"zero_optimization": "2"}, "zero_optimization must be an object"),
         ({"train_batch_size": None, "train_micro_batch_size_per_gpu": None, "gradient_accumulation_steps": 2},
          "set train_batch_size or train_micro_batch_size_per_gpu"),
+        # what only DeepSpeed noticed before, inside initialize, as a traceback on every rank
+        ({"optimizer": {"type": "FooOpt"}}, "optimizer.type 'FooOpt' is not an optimizer DeepSpeed knows; use one of"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": -0.001}}}, "lr must be a number above 0, got -0.001"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": "abc"}}}, "lr must be a number above 0, got 'abc'"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": float("nan")}}}, "lr must be a number above 0, got nan"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9]}}}, "betas must be two numbers"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "eps": "x"}}}, "eps must be a number of 0 or more"),
+        ({"scheduler": {"type": "FooLR"}}, "scheduler.type 'FooLR' is not a DeepSpeed scheduler; use one of"),
+        ({"scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": "1e-3"}}},
+         "scheduler.params.warmup_max_lr must be a number of 0 or more, got '1e-3'"),
+        pytest.param({"fp16": {"enabled": True}}, "fp16 is enabled, but DeepSpeed's fp16 training needs a CUDA GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 trains on a GPU")),
     ],
 )
 def test_bad_configs_are_refused_with_a_message_that_says_what_to_fix(tmp_path, change, message):
     config = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         load_ds_config(write(tmp_path, config), world_size=2, total_steps=100)
+
+
+def test_a_deeply_nested_or_huge_config_is_one_line(tmp_path):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_ds_config(str(nested), 1, 10)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({**GOOD, "padding": "x" * (2 << 20)}))  # valid, but 2 MB
+    with pytest.raises(UserError, match="is 2.0 MB; a ds_config is a few KB"):
+        load_ds_config(str(huge), 1, 10)
 
 
 def test_missing_and_malformed_config_files(tmp_path):

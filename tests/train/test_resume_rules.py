@@ -137,3 +137,17 @@ def test_a_roberta_checkpoint_whose_marker_recorded_segments_is_still_resumed(ru
     identity = loop.prepare(args, 1, 0).identity
     mark(args, 4, identity={**identity, "model": {**identity["model"], "type_vocab_size": 2}})  # as written before
     assert loop.prepare(args, 1, 0).resume_tag == "step4"
+
+
+def test_init_from_a_folder_that_is_not_a_model_is_refused_before_anything_is_written(run_args, tmp_path):
+    with pytest.raises(UserError, match="--init-from .*missing: not a Hugging Face model folder"):
+        loop.prepare(run_args("--init-from", str(tmp_path / "missing")), 1, 0)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_packing_is_part_of_what_a_resume_keeps(run_args):
+    mark(run_args(), 2)
+    with pytest.raises(UserError, match="packing 'doc' -> 'full'"):
+        loop.prepare(run_args("--packing", "full"), 1, 0)
+    with pytest.raises(UserError, match="--packing pair does not suit --objective spanbert"):
+        loop.prepare(run_args("--packing", "pair"), 1, 0)
