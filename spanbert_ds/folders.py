@@ -7,9 +7,14 @@ A command that fails after making parents removes the ones it made (`remove_made
 command leaves nothing behind.
 """
 
+import errno
 import os
+import shutil
 
 from spanbert_ds.errors import UserError
+
+# How a full disk shows when no errno comes with it: torch's zip writer, safetensors.
+_NO_SPACE_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
 
 
 def check_creatable(path, what, writes_beside=False):
@@ -25,8 +30,15 @@ def check_creatable(path, what, writes_beside=False):
     if not os.path.isdir(existing):
         raise UserError(f"{what} {path}: {existing} is a file (or a broken link), so no folder can be made below it; "
                         "choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: {existing} is not writable by this user; choose another path")
+    check_writable(existing, f"{what} {path}: {existing}")
+
+
+def check_writable(folder, named):
+    """UserError unless this user can create files in `folder` (an existing folder); `named` starts the message."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1)
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        raise UserError(f"{named} {why}; choose another path")
 
 
 def make_parents(path):
@@ -48,3 +60,106 @@ def remove_made(made):
             os.rmdir(folder)
         except OSError:
             return
+
+
+def out_of_space(error):
+    """Did writing fail because the disk (or the user's quota) is full?"""
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(w in str(error) for w in _NO_SPACE_WORDS)
+
+
+def free_mb(path):
+    """Free space of the file system that holds `path` (or its deepest existing parent), in MB."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free / 2**20
+
+
+def size_mb(path):
+    """The size of a file or of everything under a folder, in MB (0 if it is not there)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path) / 2**20
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 2**20
+
+
+def temporary_sibling(path):
+    """Where a command builds `path` before renaming it into place: PATH.tmp-PID."""
+    return f"{os.path.normpath(path)}.tmp-{os.getpid()}"
+
+
+def remove_stale_siblings(path):
+    """Remove the PATH.tmp-PID folders that commands killed on this host left behind (their PID is gone)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(name) + len(".tmp-"):]
+        if entry.startswith(name + ".tmp-") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock, for as long as this process holds it, on what `path` names (a run folder, a shard
+    folder being made): flock on a lock file, which the kernel releases on any exit, kill -9 included, so
+    a dead run leaves no lock that stops the next. The file holds the holder's host and PID, for the
+    message the next one gets; `release` removes it.
+
+    A second command on the same folder waits up to `wait` seconds (a requeued SLURM job may start while
+    the ranks of the job it replaces are still exiting), then refuses with one line."""
+
+    def __init__(self, lock_file, what, wait=10.0):
+        self.lock_file, self.what, self.wait = lock_file, what, wait
+        self.fd = None
+
+    def acquire(self):
+        import fcntl
+        import socket
+        import time
+
+        deadline = time.monotonic() + self.wait
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.exists(self.lock_file) and os.path.samestat(os.fstat(fd), os.stat(self.lock_file)):
+                    break  # locked, and not a file its last holder removed meanwhile
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has just started"
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise UserError(f"{self.what} is in use by another run ({holder}); wait for it to end or stop it, "
+                                    f"or choose another folder (a lock held by a host that died goes when its "
+                                    f"file-system lease does, {self.lock_file})") from None
+            os.close(fd)
+            time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%F %T')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            try:
+                os.remove(self.lock_file)  # while still holding it, so no one locks a file about to vanish
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

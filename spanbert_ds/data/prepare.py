@@ -26,7 +26,8 @@ from spanbert_ds.data.corpus import BUILTIN, DEFAULT_MAX_LINE_BYTES, Corpus, sou
 from spanbert_ds.data.hashing import uniform
 from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import check_creatable, make_parents, remove_made
+from spanbert_ds.folders import (FolderLock, check_creatable, make_parents, remove_made, remove_stale_siblings,
+                                 temporary_sibling)
 
 # Text per encode_batch call. tokenizers' Encoding objects cost ~200 bytes a token (strings, offsets,
 # masks), so 256 KiB of text (~60k tokens) peaks at ~15 MB; bigger chunks were not faster here.
@@ -93,7 +94,28 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
 
     made = make_parents(out)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    try:
+        lock = FolderLock(f"{out}.lock", f"output {out}").acquire()  # two prepares into one folder: one goes on
+    except BaseException:
+        remove_made(made)
+        raise
+    try:
+        if out.exists() and not overwrite:  # made by another prepare while this one waited for the lock
+            raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
+        remove_stale_siblings(out)
+        _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
+                        chunk_bytes, valid, valid_fraction, seed, progress)
+    except BaseException:
+        lock.release()
+        remove_made(made)
+        raise
+    lock.release()
+    return Shards(out)
+
+
+def _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
+                    chunk_bytes, valid, valid_fraction, seed, progress):
+    tmp = Path(temporary_sibling(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -138,9 +160,7 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        remove_made(made)
         raise
-    return Shards(out)
 
 
 class DocumentSplit:

@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 
 import deepspeed
@@ -32,9 +31,10 @@ from spanbert_ds.finetune.init import Init, load_init, load_into, tokenizer_of
 from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.finetune.sift import SiFT
 from spanbert_ds.finetune.tasks import MODEL_INPUTS, TASKS
-from spanbert_ds.train import checkpoint
+from spanbert_ds.train import checkpoint, run_folder
 from spanbert_ds.train.args import load_ds_config
-from spanbert_ds.train.distributed import fill_rank_environment, unlink_shared_memory_names
+from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
+                                           unlink_shared_memory_names)
 from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
 from spanbert_ds.train.signals import EXIT_PREEMPTED, StopRequest
 
@@ -49,11 +49,13 @@ def run(args):
     try:
         prepared = prepare(args, world_size)
     except UserError:
-        if rank != 0:  # rank 0 reports it; the others leave quietly a moment later
-            time.sleep(1.0)
-            raise SystemExit(UserError.exit_code)
+        said_by_rank_0(rank)
         raise
-    return train(args, prepared, rank, world_size, stop)
+    try:
+        return train(args, prepared, rank, world_size, stop)
+    finally:  # also after an error: a process group left open aborts the interpreter's exit
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @dataclass
@@ -151,16 +153,16 @@ def train(args, run, rank, world_size, stop):
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     dist.barrier()
     unlink_shared_memory_names(rank)
-    if rank == 0:
-        _write_run_folder(args, run, world_size)
 
     torch.manual_seed(args.seed)  # the same head initialisation on every rank
     task = run.task
     model = TaskModel(run.init.config, task.head, len(task.labels) if task.labels else 2, run.sift)
     initialised = load_into(model, run.init)
     weight_decay = run.ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameter_groups(weight_decay),
-                                      config=run.ds_config)
+    engine = initialize_engine(model, run.ds_config, args.deepspeed_config, rank, weight_decay)
+    folder_lock = run_folder.lock(args.output, rank)
+    if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
+        _write_run_folder(args, run, world_size)
     start = 0
     if run.resume_tag:
         checkpoint.check_loadable(os.path.join(run.ckpt_root, run.resume_tag))
@@ -212,6 +214,8 @@ def train(args, run, rank, world_size, stop):
             _finish(args, run, step, scores)
     monitor.close()
     dist.barrier()
+    if folder_lock:
+        folder_lock.release()
     return exit_code
 
 

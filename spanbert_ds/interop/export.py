@@ -8,7 +8,8 @@ import os
 import shutil
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import check_creatable, make_parents, remove_made
+from spanbert_ds.folders import (check_creatable, free_mb, make_parents, out_of_space, remove_made,
+                                 remove_stale_siblings, temporary_sibling)
 from spanbert_ds.train.run_folder import load_run
 
 
@@ -26,15 +27,20 @@ def run(args):
     _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
     objective, tag = load_run(run_dir, tag)
     made = make_parents(args.out)
-    tmp = f"{os.path.normpath(args.out)}.tmp{os.getpid()}"
+    remove_stale_siblings(args.out)
+    tmp = temporary_sibling(args.out)
     try:
         export_hf(objective, objective.config, os.path.join(run_dir, "tokenizer"), tmp)
         if os.path.exists(args.out):  # only now, with the new folder complete
             shutil.rmtree(args.out)
         os.replace(tmp, args.out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_made(made)
+        if isinstance(error, Exception) and out_of_space(error):
+            raise UserError(f"export: no space left on the device of {args.out} ({free_mb(args.out):.0f} MB free; the "
+                            f"model takes about {4 * sum(p.numel() for p in objective.parameters()) / 2**20:.0f} MB "
+                            "in fp32); nothing was written: free space or choose another path") from None
         raise
     print(f"exported {objective.name} model of {os.path.join(run_dir, 'checkpoints', tag)} to {args.out} (load "
           "it with transformers.BertForPreTraining.from_pretrained)")

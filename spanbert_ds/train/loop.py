@@ -10,7 +10,6 @@ run_folder.py (what the run writes), monitor.py (what a person watches), signals
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 import deepspeed
@@ -27,7 +26,8 @@ from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.train import checkpoint, resume, run_folder
 from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config
-from spanbert_ds.train.distributed import fill_rank_environment, unlink_shared_memory_names
+from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
+                                           unlink_shared_memory_names)
 from spanbert_ds.train.evaluate import HeldOutEvaluation
 from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
 from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
@@ -45,11 +45,14 @@ def run(args):
     try:
         prepared = prepare(args, world_size, rank)
     except UserError:
-        if rank != 0:  # rank 0 reports it; the others leave quietly with the same code, a moment
-            time.sleep(1.0)  # later, so that a launcher that stops all ranks on the first exit lets rank 0 speak
-            raise SystemExit(UserError.exit_code)
+        said_by_rank_0(rank)
         raise
-    return train(args, prepared, rank, world_size, stop)
+    try:
+        return train(args, prepared, rank, world_size, stop)
+    finally:  # also after an error: a process group left open aborts the interpreter's exit
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
 
 
 @dataclass
@@ -77,7 +80,9 @@ def prepare(args, world_size, rank):
     check_run_args(args)
     notes = []
     ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
-    shards = Shards(args.data)
+    shards = Shards(args.data, check_ids=True)
+    if shards.valid:
+        shards.valid.check_ids()
     objective_class = OBJECTIVES[args.objective]
     base = config_from_hf(args.init_from) if args.init_from and args.model is None else None
     model_config = objective_class.configure(
@@ -118,8 +123,6 @@ def train(args, run, rank, world_size, stop):
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     dist.barrier()  # every rank has mapped the others' shared-memory buffers: their names can go
     unlink_shared_memory_names(rank)
-    if rank == 0:
-        run_folder.write(args, run, world_size)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     objective = run.objective_class(run.model_config)
@@ -129,8 +132,10 @@ def train(args, run, rank, world_size, stop):
             print(f"initialised from {args.init_from}: {format_report(report)}", file=sys.stderr)
     load_tag = resume.tag_to_load(run, rank)
     weight_decay = run.ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0)
-    engine, *_ = deepspeed.initialize(model=objective, model_parameters=objective.parameter_groups(weight_decay),
-                                      config=run.ds_config)
+    engine = initialize_engine(objective, run.ds_config, args.deepspeed_config, rank, weight_decay)
+    folder_lock = run_folder.lock(args.output, rank)
+    if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
+        run_folder.write(args, run, world_size)
     start = resume.load(engine, run.ckpt_root, load_tag) if load_tag else 0
 
     accumulation = run.plan.accumulation
@@ -194,4 +199,6 @@ def train(args, run, rank, world_size, stop):
         print(f"done: {step} steps. TensorBoard: tensorboard --logdir {os.path.join(args.output, 'tensorboard')}  "
               f"checkpoints: {run.ckpt_root}  export: spanbert-ds export {args.output} OUT", file=sys.stderr)
     dist.barrier()
+    if folder_lock:
+        folder_lock.release()
     return exit_code

@@ -6,6 +6,7 @@
     RUN/tokenizer/         the shards' tokenizer.json and meta.json, so export needs no shards
     RUN/metrics.jsonl, RUN/tensorboard/   monitor.py
     RUN/checkpoints/       checkpoint.py
+    RUN/.lock              while a run writes the folder: its host and PID (folders.FolderLock)
 """
 
 import json
@@ -14,10 +15,33 @@ import platform
 import shutil
 import subprocess
 
+import torch.distributed as dist
+
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import FolderLock
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES, TIED
 from spanbert_ds.train import checkpoint
+
+
+def lock(output, rank):
+    """Rank 0 takes the run folder's lock for the whole run, before anything is written into it, so two
+    trainings on one folder cannot mix their metrics and checkpoints; every rank learns whether it did.
+    Returns the lock (rank 0) to release at the end."""
+    held, error = None, None
+    if rank == 0:
+        os.makedirs(output, exist_ok=True)
+        try:
+            held = FolderLock(os.path.join(output, ".lock"), f"run folder {output}").acquire()
+        except UserError as refused:
+            error = str(refused)
+    shared = [error]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0]:
+        if rank == 0:
+            raise UserError(shared[0])
+        raise SystemExit(UserError.exit_code)
+    return held
 
 
 def write(args, run, world_size):
