@@ -1,6 +1,7 @@
 """The shard folder: a tokenized corpus on disk, read with numpy.memmap.
 
-    OUT/meta.json        format_version, tokenizer kind/sha256/casing, vocab_size, special ids, counts
+    OUT/meta.json        format_version, tokenizer kind/sha256/casing, vocab_size, special ids, counts,
+                         max_id (the largest id in tokens.bin, checked against vocab_size at training start)
     OUT/tokenizer.json   the tokenizer that produced the ids
     OUT/tokens.bin       all documents' token ids concatenated, no special tokens
                          (uint16 when vocab_size <= 65536, else uint32; meta["token_dtype"])
@@ -55,12 +56,16 @@ class ShardWriter:
             f.write(np.zeros(1, np.int64).tobytes())
         self.n_tokens = self.n_documents = self.n_sentences = 0
         self.last_doc_end = 0
+        self.max_id = -1
 
     def append(self, ids, word_starts, sent_lengths, doc_ends):
         """ids/word_starts: [n] tokens; sent_lengths: the token counts (> 0) of their sentences; doc_ends:
         the positions in ids (non-decreasing, 1..n) where documents end. A document may go on over several
         appends, and one ending where the last one did (no tokens) is dropped."""
-        self.tokens.write(np.asarray(ids, self.dtype).tobytes())
+        ids = np.asarray(ids, self.dtype)
+        self.tokens.write(ids.tobytes())
+        if len(ids):
+            self.max_id = max(self.max_id, int(ids.max()))
         self.word_starts.write(np.asarray(word_starts, np.uint8).tobytes())
         self.sent_offsets.write((self.n_tokens + np.cumsum(sent_lengths, dtype=np.int64)).tobytes())
         ends = np.unique(self.n_tokens + np.asarray(doc_ends, np.int64))
@@ -84,7 +89,8 @@ class ShardWriter:
                     shutil.copyfileobj(f, out)
                 os.remove(self.folder / name)
         meta = {"format_version": FORMAT_VERSION, **meta, "token_dtype": np.dtype(self.dtype).name,
-                "n_tokens": self.n_tokens, "n_documents": self.n_documents, "n_sentences": self.n_sentences}
+                "n_tokens": self.n_tokens, "n_documents": self.n_documents, "n_sentences": self.n_sentences,
+                "max_id": self.max_id}
         (self.folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
@@ -96,7 +102,9 @@ class ShardWriter:
 class Shards:
     """A shard folder opened read-only: `.tokens`, `.word_starts`, `.doc_offsets`, `.sent_offsets`, `.meta`."""
 
-    def __init__(self, path):
+    def __init__(self, path, check_ids=False):
+        """check_ids: also read every token once (a vectorised max over the memmap) to confirm that no id
+        reaches vocab_size; training does it at start, once per folder."""
         self.path = Path(path)
         if not self.path.is_dir():
             what = "is a file (a corpus?)" if self.path.exists() else "does not exist"
@@ -118,10 +126,7 @@ class Shards:
         if version != FORMAT_VERSION:
             raise UserError(f"{self.path} has shard format_version {version!r}, this code reads "
                             f"{FORMAT_VERSION}; re-create it with `spanbert-ds prepare ... --overwrite`")
-        missing = [k for k in REQUIRED_META if k not in self.meta]
-        if missing:
-            raise UserError(f"{self.path / 'meta.json'} lacks {', '.join(missing)}; re-create the folder "
-                            f"with `spanbert-ds prepare ... --overwrite`")
+        self._check_meta()
         m = self.meta
         dtype = np.dtype(m["token_dtype"])
         n, n_docs, n_sents = m["n_tokens"], m["n_documents"], m["n_sentences"]
@@ -142,6 +147,50 @@ class Shards:
                 raise UserError(f"{self.path / 'index.idx'} is damaged: its {name} offsets run from {offsets[0]} to "
                                 f"{offsets[-1]}, not from 0 to the {n} tokens; re-create the folder with "
                                 "`spanbert-ds prepare ... --overwrite`")
+        if check_ids:
+            self.check_ids()
+
+    def _check_meta(self):
+        """Types and ranges of meta.json's values, so a hand-edited file fails here and not at step 0."""
+        m, where = self.meta, self.path / "meta.json"
+        redo = "re-create the folder with `spanbert-ds prepare ... --overwrite`"
+        missing = [k for k in REQUIRED_META if k not in m]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}; {redo}")
+
+        def whole(value):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        for key in ("vocab_size", "n_tokens", "n_documents", "n_sentences", "cls_id", "sep_id", "mask_id", "pad_id",
+                    "unk_id"):
+            if not whole(m[key]):
+                raise UserError(f"{where}: {key} must be a whole number of 0 or more, got {m[key]!r}; {redo}")
+        if not (isinstance(m["special_ids"], list) and all(whole(i) for i in m["special_ids"])):
+            raise UserError(f"{where}: special_ids must be a list of token ids, got {m['special_ids']!r}; {redo}")
+        ids = {k: m[k] for k in ("cls_id", "sep_id", "mask_id", "pad_id", "unk_id")}
+        too_big = {k: v for k, v in ids.items() if v >= m["vocab_size"]}
+        too_big.update({"special_ids": i for i in m["special_ids"] if i >= m["vocab_size"]})
+        if too_big:
+            raise UserError(f"{where}: {', '.join(f'{k} {v}' for k, v in too_big.items())} not below vocab_size "
+                            f"{m['vocab_size']}; {redo}")
+        if m["token_dtype"] not in ("uint16", "uint32"):
+            raise UserError(f"{where}: token_dtype must be uint16 or uint32, got {m['token_dtype']!r}; {redo}")
+        if "max_id" in m and not (isinstance(m["max_id"], int) and -1 <= m["max_id"] < m["vocab_size"]):
+            raise UserError(f"{where}: max_id {m['max_id']!r} is not below vocab_size {m['vocab_size']} (the tokens "
+                            f"hold ids the vocabulary does not have); {redo}")
+
+    def check_ids(self):
+        """Every id in tokens.bin below vocab_size, and equal to meta's max_id where prepare recorded it."""
+        largest = int(self.tokens.max()) if len(self.tokens) else -1  # one pass, vectorised
+        recorded = self.meta.get("max_id", largest)
+        if largest >= self.vocab_size:
+            said = f"vocab_size {self.vocab_size}"
+        elif largest != recorded:
+            said = f"max_id {recorded}"
+        else:
+            return
+        raise UserError(f"{self.path / 'tokens.bin'} holds token id {largest}, but meta.json says {said}; the "
+                        "folder was changed after prepare: re-create it with `spanbert-ds prepare ... --overwrite`")
 
     @property
     def valid(self):

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 import shutil
@@ -139,6 +140,43 @@ def test_other_format_version_is_a_clear_error(copy_of):
     (copy_of / "meta.json").write_text(meta)
     with pytest.raises(UserError, match="format_version 99"):
         Shards(copy_of)
+
+
+def edit_meta(folder, **changes):
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(changes)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"vocab_size": "4000"}, "vocab_size must be a whole number of 0 or more, got '4000'"),
+    ({"special_ids": None}, "special_ids must be a list of token ids, got None"),
+    ({"vocab_size": 100}, "not below vocab_size 100"),  # the special ids of BERT's vocabulary are above 100
+    ({"n_tokens": True}, "n_tokens must be a whole number"),
+    ({"token_dtype": "float64"}, "token_dtype must be uint16 or uint32"),
+])
+def test_hand_edited_meta_is_a_clear_error_at_load(copy_of, changes, message):
+    edit_meta(copy_of, **changes)
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        Shards(copy_of)
+
+
+def test_ids_the_vocabulary_lacks_are_found_before_training(copy_of):
+    meta = json.loads((copy_of / "meta.json").read_text())
+    assert meta["max_id"] == int(np.asarray(Shards(copy_of).tokens).max())  # recorded by prepare
+    Shards(copy_of, check_ids=True)  # a good folder passes
+    tokens = np.memmap(copy_of / "tokens.bin", dtype=meta["token_dtype"], mode="r+")
+    tokens[len(tokens) // 2] = meta["vocab_size"] + 7  # deep inside, where step 0 would not sample it
+    tokens.flush()
+    Shards(copy_of)  # opening alone does not read every token
+    with pytest.raises(UserError, match=f"holds token id {meta['vocab_size'] + 7}, but meta.json says vocab_size"):
+        Shards(copy_of, check_ids=True)
+    tokens[len(tokens) // 2] = 5  # below the vocabulary, but not what prepare wrote
+    tokens[:] = np.minimum(tokens, meta["max_id"] - 1)
+    tokens.flush()
+    with pytest.raises(UserError, match=f"but meta.json says max_id {meta['max_id']}"):
+        Shards(copy_of, check_ids=True)
 
 
 def test_a_document_longer_than_a_chunk_is_written_as_one(tmp_path, bert_vocab_file):
