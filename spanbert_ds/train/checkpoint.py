@@ -3,7 +3,10 @@
 A checkpoint is CKPT/step<N>/ as DeepSpeed writes it, and counts only once
 `complete.json` is in it: rank 0 writes that marker after every rank has
 finished writing, so a run killed half-way through a save never resumes from a
-half-written checkpoint. Resuming on another number of ranks under ZeRO goes
+half-written checkpoint. The marker lists the folder's files and their sizes: a
+checkpoint whose files went missing or changed size since, or whose marker names
+another step than its folder, does not count either (resume and export fall back
+to the one before, and say so). Resuming on another number of ranks under ZeRO goes
 through DeepSpeed's universal checkpoint conversion.
 """
 
@@ -13,11 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import out_of_space, size_mb
 
 MARKER = "complete.json"
 UNIVERSAL_SUFFIX = "_universal"
@@ -38,39 +43,105 @@ def save(engine, root, step, client_state, keep, info):
         shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
         shutil.rmtree(os.path.join(root, tag + UNIVERSAL_SUFFIX), ignore_errors=True)
     dist.barrier()
-    engine.save_checkpoint(root, tag=tag, client_state=client_state)
-    dist.barrier()
+    failure = None
+    try:
+        engine.save_checkpoint(root, tag=tag, client_state=client_state)
+    except (OSError, RuntimeError) as error:
+        if not out_of_space(error):
+            raise
+        failure = error
+    failed = torch.tensor([int(failure is not None)], device=engine.device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # every rank learns it, so none waits for the others
+    if failed.item():
+        _give_up_on_full_disk(root, tag)
     if dist.get_rank() == 0:
-        _write_json_atomic(os.path.join(root, tag, MARKER), {"step": step, **info})
-        for old in complete_checkpoints(root)[:-keep]:
+        files = _files_of(os.path.join(root, tag))
+        _write_json_atomic(os.path.join(root, tag, MARKER), {"step": step, **info, "files": files})
+        for old in complete_checkpoints(root, warn=None)[:-keep]:
             shutil.rmtree(os.path.join(root, tag_of(old["step"])), ignore_errors=True)
             shutil.rmtree(os.path.join(root, tag_of(old["step"]) + UNIVERSAL_SUFFIX), ignore_errors=True)
     dist.barrier()
 
 
-def complete_checkpoints(root):
-    """The marker dicts of every complete checkpoint under `root`, oldest first."""
+def warn_on_rank_0(message):
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _give_up_on_full_disk(root, tag):
+    """After a save that ran out of space on some rank: the partial folder goes, and the run stops with one
+    line (rank 0) while the checkpoint before stays the latest."""
+    if dist.get_rank() != 0:
+        time.sleep(1.0)  # rank 0 speaks; a launcher stops all ranks on the first exit
+        raise SystemExit(UserError.exit_code)
+    shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+    found = complete_checkpoints(root, warn=None)
+    kept = (f"{tag_of(found[-1]['step'])} stays the latest (a checkpoint of this run takes "
+            f"{size_mb(os.path.join(root, tag_of(found[-1]['step']))):.0f} MB)") if found else "no checkpoint is kept yet"
+    raise UserError(f"no space left on the device of {root} while saving {tag}; the partial {tag} was removed and "
+                    f"{kept}: free space, then resume with --resume auto")
+
+
+def complete_checkpoints(root, warn=warn_on_rank_0):
+    """The marker dicts of every complete, undamaged checkpoint under `root`, oldest first; each damaged one
+    is skipped with a line to `warn` (None: quietly)."""
     found = []
     for marker in glob.glob(os.path.join(root, "step*", MARKER)):
-        if os.path.basename(os.path.dirname(marker)).endswith(UNIVERSAL_SUFFIX):
+        tag_dir = os.path.dirname(marker)
+        if tag_dir.endswith(UNIVERSAL_SUFFIX):
             continue  # a converted copy of another checkpoint, not a checkpoint of its own
         try:
             with open(marker) as f:
-                found.append(json.load(f))
+                info = json.load(f)
         except (OSError, json.JSONDecodeError):
             continue  # a marker cut short by a crash: that checkpoint does not count
+        why = damage(tag_dir, info)
+        if why is None:
+            found.append(info)
+        elif warn:
+            warn(f"checkpoint {tag_dir} is damaged ({why}); it is skipped, so the one before it counts as the "
+                 "latest")
     return sorted(found, key=lambda info: info["step"])
 
 
 def read_marker(tag_dir):
+    """The marker of checkpoint folder tag_dir; a UserError if it is missing, damaged or disagrees."""
     try:
         with open(os.path.join(tag_dir, MARKER)) as f:
-            return json.load(f)
+            info = json.load(f)
     except FileNotFoundError:
         raise UserError(f"{tag_dir} is not a complete checkpoint (no {MARKER}): it was cut short or is not "
                         "ours; resume from another one") from None
     except json.JSONDecodeError:
         raise UserError(f"{tag_dir}/{MARKER} is damaged; resume from another checkpoint") from None
+    why = damage(tag_dir, info)
+    if why:
+        raise UserError(f"checkpoint {tag_dir} is damaged ({why}); use an earlier one")
+    return info
+
+
+def damage(tag_dir, marker):
+    """Why checkpoint folder tag_dir is not what its marker says it is, or None."""
+    name = os.path.basename(os.path.normpath(tag_dir))
+    if name.endswith(UNIVERSAL_SUFFIX):
+        return None  # a converted copy carries its source's marker, not a list of its own files
+    step = marker.get("step") if isinstance(marker, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or tag_of(step) != name:
+        return f"its {MARKER} says step {step!r}, but the folder is {name}"
+    files = marker.get("files", {})  # markers from before the list: nothing to compare
+    for file, size in files.items() if isinstance(files, dict) else ():
+        path = os.path.join(tag_dir, file)
+        if not os.path.isfile(path):
+            return f"{file} is missing"
+        if os.path.getsize(path) != size:
+            return f"{file} is {os.path.getsize(path)} bytes, its {MARKER} says {size}"
+    return None
+
+
+def _files_of(tag_dir):
+    """{file name: size in bytes} of what DeepSpeed wrote into a checkpoint folder."""
+    return {name: os.path.getsize(os.path.join(tag_dir, name)) for name in sorted(os.listdir(tag_dir))
+            if os.path.isfile(os.path.join(tag_dir, name)) and not name.startswith(MARKER)}
 
 
 def check_loadable(tag_dir):

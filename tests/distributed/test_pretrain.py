@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from spanbert_ds.train.checkpoint import complete_checkpoints
-from tests.distributed.launch import kill_tree, launch, losses, start, wait_for
+from tests.distributed.launch import kill_tree, launch, losses, metrics, start, wait_for
 
 pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
 
@@ -145,6 +145,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     kill_tree(process)
     check(launch(args, ranks=2, launcher="deepspeed"))
     assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
+    logged = [row["step"] for row in metrics(out) if "loss" in row]
+    assert logged == list(range(1, STEPS + 1))  # the killed run's rows past step 2 were dropped, not kept twice
     # DeepSpeed's CPU all-reduce buffers (~70 MB of RAM per rank) are not left in /dev/shm, even by kill -9
     assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer*")) <= shared_memory
 
@@ -286,7 +288,7 @@ def test_accumulated_deepspeed_steps_equal_a_plain_pytorch_loop(work, reference)
 
     _, shards_path = work
     shards = Shards(shards_path)
-    samples = PackedSamples(shards, "full", 64, seed=42)
+    samples = PackedSamples(shards, "doc", 64, seed=42)  # spanbert's packing
     masker = SpanMasker(MaskingConfig(), shards.vocab_size, shards.mask_id, shards.special_ids)
     plan = BatchPlan(len(samples), global_batch=8, micro_batch=MICRO, world_size=1, rank=0, seed=42)
     batches = MicroBatches(samples, masker, plan, 0, STEPS * plan.accumulation)
@@ -352,17 +354,57 @@ def test_a_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert open(os.path.join(out, "checkpoints", "latest")).read().strip() == "step2"
 
 
-def test_a_truncated_or_missing_checkpoint_is_a_clear_error_not_a_traceback(work, reference):
+def test_a_checkpoint_file_changed_in_place_is_a_clear_error_not_a_traceback(work, reference):
     tmp, shards = work
     damaged = str(tmp / "damaged")
     shutil.copytree(reference, damaged)
     states = os.path.join(damaged, "checkpoints", "step6", "mp_rank_00_model_states.pt")
-    with open(states, "r+b") as f:
-        f.truncate(os.path.getsize(states) // 2)
+    size = os.path.getsize(states)
+    with open(states, "r+b") as f:  # the size its marker lists, the bytes not what was saved
+        f.seek(size // 2)
+        f.write(b"\0" * (size - size // 2))
     done = launch(train_args(shards, damaged, ds_config(tmp, 2), steps=8), ranks=1, launcher="python")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert f"checkpoint file {states} cannot be loaded safely" in done.stderr and "delete" in done.stderr
+
+
+def damage_step6(folder, how):
+    step6 = os.path.join(folder, "checkpoints", "step6")
+    if how == "truncated":
+        states = os.path.join(step6, "mp_rank_00_model_states.pt")
+        with open(states, "r+b") as f:
+            f.truncate(os.path.getsize(states) // 2)
+        return "mp_rank_00_model_states.pt is"
+    if how == "missing":
+        for path in glob.glob(os.path.join(step6, "*optim_states.pt")):
+            os.remove(path)
+        return "optim_states.pt is missing"
+    marker = json.load(open(os.path.join(step6, "complete.json")))
+    json.dump({**marker, "step": 60}, open(os.path.join(step6, "complete.json"), "w"))
+    return "says step 60, but the folder is step6"
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing", "edited marker"])
+def test_a_damaged_checkpoint_is_skipped_with_one_line_and_the_one_before_resumes(work, reference, how):
+    """A file gone or cut short since its marker was written, or a marker naming another step: resume and
+    export fall back to the checkpoint before, with one warning line, and the losses stay the reference's."""
+    from spanbert_ds.train.run_folder import load_run
+
+    tmp, shards = work
+    damaged = str(tmp / f"damaged-{how.replace(' ', '-')}")
+    shutil.copytree(reference, damaged)
+    why = damage_step6(damaged, how)
+    _, tag = load_run(damaged)
+    assert tag == "step4"
+    done = launch(train_args(shards, damaged, ds_config(tmp, 2), steps=8), ranks=1, launcher="python")
+    check(done)
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: checkpoint")]
+    assert len(warnings) == 1 and "step6 is damaged" in warnings[0] and why in warnings[0], done.stderr[-2000:]
+    assert "resumed from step4" in done.stderr
+    redone, first = losses(damaged), losses(reference)
+    assert [redone[step]["loss"] for step in (5, 6)] == [first[step]["loss"] for step in (5, 6)]
+    assert max(redone) == 8
 
 
 def test_init_from_a_hugging_face_bert_takes_its_shape_and_weights(tmp_path):
