@@ -17,6 +17,8 @@ inference (MiniLM's truncates at 128) would otherwise cut every sentence silentl
 """
 
 import json
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +53,43 @@ def train_tokenizer(kind, sentences, vocab_size, lowercase=False, min_frequency=
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}")
-    tok.train_from_iterator(sentences, trainer=trainer)
+    _interruptible(tok.train_from_iterator, _bounded_words(sentences, drop=kind == "wordpiece"), trainer=trainer)
     _add_post_processor(tok, kind)
     return tok
+
+
+MAX_WORD_CHARS = 100  # WordPiece's max_input_chars_per_word: a longer word is encoded as [UNK]
+
+
+def _bounded_words(sentences, drop, limit=MAX_WORD_CHARS):
+    """The sentences with every run of more than `limit` non-space characters dropped (WordPiece, which
+    encodes it as [UNK] anyway) or cut into pieces of `limit` (byte-level BPE, which encodes every byte):
+    the trainers' time grows with the square of a word's length, so one 1 MB line without spaces (a
+    base64 blob, minified code) kept a training busy for minutes."""
+    long_word = re.compile(r"\S{%d,}" % (limit + 1))
+    cut = (lambda m: "") if drop else (lambda m: " ".join(m[0][i:i + limit] for i in range(0, len(m[0]), limit)))
+    for sentence in sentences:
+        yield long_word.sub(cut, sentence) if len(sentence) > limit else sentence
+
+
+def _interruptible(fn, *args, **kwargs):
+    """fn in a worker thread while this one waits: the Rust trainer holds no Python signal handling, so
+    Ctrl-C (or SIGTERM turned into KeyboardInterrupt) would wait for it; here it acts at once."""
+    result, error = [], []
+
+    def work():
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            error.append(e)
+
+    worker = threading.Thread(target=work, daemon=True)  # a daemon: an interrupted process need not wait for it
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if error:
+        raise error[0]
+    return result[0]
 
 
 MIN_TRAINED_VOCAB = 64  # the smallest --vocab-size prepare trains

@@ -60,3 +60,40 @@ def test_a_sentencepiece_style_bpe_marking_words_in_its_normalizer_is_accepted(t
     table = word_start_table(loaded)
     ids = loaded.encode("some words", add_special_tokens=False)
     assert [bool(table[i]) for i in ids.ids].count(True) >= 1
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_line_of_a_million_characters_without_spaces_does_not_stall_training(tmp_path, kind):
+    """The trainers' time grows with the square of a word's length: such a "word" is dropped (WordPiece
+    encodes it as [UNK]) or cut into 100-character pieces (BPE) before they see it."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    giant = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(1_000_000))
+    corpus = tmp_path / "corpus.txt"
+    from tests.conftest import SMALL_TEXT
+
+    corpus.write_text(SMALL_TEXT * 20 + giant + "\n" + SMALL_TEXT)
+    done = subprocess.run([sys.executable, "-m", "spanbert_ds.cli", "prepare", str(corpus), str(tmp_path / "out"),
+                           "--tokenizer", kind, "--vocab-size", "300", "--allow-smaller-vocab"],
+                          capture_output=True, text=True, timeout=120)  # it took minutes before
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_ctrl_c_acts_while_a_trainer_runs():
+    """The Rust trainer runs in a worker thread, so the main thread takes Ctrl-C at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading; from spanbert_ds.data.tokenizer import _interruptible; print('started', flush=True); "
+            "_interruptible(threading.Event().wait)")  # a wait that Python's signal handling cannot enter
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "started"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=5)
+    assert "KeyboardInterrupt" in stderr
