@@ -33,8 +33,15 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A mistake on the command line is one line, like every other user error, not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="spanbert-ds", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="spanbert-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -48,8 +55,8 @@ def main(argv=None):
         top.parse_args(argv)  # prints usage / the unknown-command error and exits
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
-                                     formatter_class=_HelpFormatter)
+    parser = _OneLineParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
+                            formatter_class=_HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

@@ -45,8 +45,14 @@ class Monitor:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        # A resumed run redoes the steps after its checkpoint: what the interrupted run logged for them goes,
+        # so each step appears once (TensorBoard's purge_step does the same for the event files).
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"),
+                                    purge_step=first_step + 1 if first_step else None)
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if first_step:
+            _drop_rows_after(path, first_step)
+        self.jsonl = open(path, "a", buffering=1)
         self.bar = tqdm(total=total_steps, initial=first_step, desc=desc, unit="step", dynamic_ncols=True)
 
     def count(self, tokens, samples, decoded_rows):
@@ -183,3 +189,26 @@ def _group(name):
     if "gb" in name:
         return "memory"
     return "optim"
+
+
+def _drop_rows_after(path, step):
+    """Rewrite metrics.jsonl without its rows past `step` (atomically: a crash leaves the old file)."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if _step_of(line) <= step]  # a line the crash cut short goes too
+    if len(kept) == len(lines):
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _step_of(line):
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
