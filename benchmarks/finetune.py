@@ -86,9 +86,10 @@ def run_hf(name, files, args, round_index):
 
     task_name, architecture, _, train, evaluate, metric, seq_len = SETUPS[name]
     task = TASKS[task_name](load_tokenizer(args.init), seq_len)
-    train_examples = task.read(os.path.join(files, train))[:args.train_limit]
+    train_examples = task.read(os.path.join(files, train))
     if task.labels is None and hasattr(task, "fit_labels"):
-        task.fit_labels(train_examples)
+        task.fit_labels(train_examples)  # as finetune.py: the whole file's labels
+    train_examples = train_examples[:args.train_limit]
     train_features = task.features(train_examples, train=True)
     eval_examples = task.read(os.path.join(files, evaluate))[:args.eval_limit]
     eval_features = task.features(eval_examples, train=False)

@@ -96,9 +96,10 @@ def prepare(args, world_size):
         raise UserError(str(error)) from None
     tokenizer = tokenizer_of(init)
     task = task_class(tokenizer, args.max_seq_len, **options)
-    train_examples = task.read(args.train)[:args.train_limit]
+    train_examples = task.read(args.train)
     if task.labels is None and hasattr(task, "fit_labels"):
-        task.fit_labels(train_examples)
+        task.fit_labels(train_examples)  # the whole file's labels: --train-limit's first rows may lack some
+    train_examples = train_examples[:args.train_limit]
     train_features = task.features(train_examples, train=True)
     eval_examples = eval_features = None
     if args.eval:
