@@ -42,9 +42,25 @@ def unpad(key_padding_mask):
     return Unpadded(index, cu_seqlens.to(torch.int32), max_seqlen, sequence * max_seqlen + place, mask, B, T)
 
 
+class _Rows(torch.autograd.Function):
+    """rows = x[index] for unique indices. Its backward copies the gradient rows into zeros (index_copy)
+    instead of index_select's general accumulating scatter, which took a fifth of a CPU step's time here."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n_rows, *grad.shape[1:]).index_copy_(0, index, grad), None
+
+
 def take(x, layout):
     """(B, T, H) -> (N, H): the real rows."""
-    return x.reshape(-1, x.shape[-1]).index_select(0, layout.index)
+    return _Rows.apply(x.reshape(-1, x.shape[-1]), layout.index)
 
 
 def put_back(x, layout):
@@ -62,4 +78,4 @@ def heads_padded(x, layout):
 def heads_unpadded(y, layout):
     """(B, heads, max_seqlen, D) -> (N, heads * D): the real rows of an attention output."""
     y = y.transpose(1, 2).reshape(layout.batch * layout.max_seqlen, -1)
-    return y.index_select(0, layout.repad_index)
+    return _Rows.apply(y, layout.repad_index)
