@@ -92,8 +92,8 @@ def main(argv=None):
     for name, values in (("plain", scores[False]), ("SiFT", scores[True]), ("SiFT - plain", diffs)):
         spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
         print(f"{name:13} {' '.join(f'{v:7.2f}' for v in values)}   mean {statistics.fmean(values):.2f}{spread}")
-    print(f"training time per run: plain {statistics.fmean(times[False]):.0f} s, SiFT "
-          f"{statistics.fmean(times[True]):.0f} s ({statistics.fmean(times[True]) / statistics.fmean(times[False]):.2f}x)")
+    plain, sift = statistics.fmean(times[False]), statistics.fmean(times[True])
+    print(f"training time per run: plain {plain:.0f} s, SiFT {sift:.0f} s ({sift / plain:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def remove_made(made):
 
 def out_of_space(error):
     """Did writing fail because the disk (or the user's quota) is full?"""
-    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(w in str(error) for w in _NO_SPACE_WORDS)
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(error) for words in _NO_SPACE_WORDS)
 
 
 def free_mb(path):

@@ -76,8 +76,11 @@ def _give_up_on_full_disk(root, tag):
         raise SystemExit(UserError.exit_code)
     shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
     found = complete_checkpoints(root, warn=None)
-    kept = (f"{tag_of(found[-1]['step'])} stays the latest (a checkpoint of this run takes "
-            f"{size_mb(os.path.join(root, tag_of(found[-1]['step']))):.0f} MB)") if found else "no checkpoint is kept yet"
+    kept = "no checkpoint is kept yet"
+    if found:
+        latest = tag_of(found[-1]["step"])
+        size = size_mb(os.path.join(root, latest))
+        kept = f"{latest} stays the latest (a checkpoint of this run takes {size:.0f} MB)"
     raise UserError(f"no space left on the device of {root} while saving {tag}; the partial {tag} was removed and "
                     f"{kept}: free space, then resume with --resume auto")
 
