@@ -89,7 +89,9 @@ def test_ctrl_c_acts_while_a_trainer_runs():
     import sys
     import time
 
-    code = ("import threading; from spanbert_ds.data.tokenizer import _interruptible; print('started', flush=True); "
+    # SIGINT's Python handler is put back first: a shell's background job (nohup ... &) starts with SIGINT ignored
+    code = ("import signal, threading; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from spanbert_ds.data.tokenizer import _interruptible; print('started', flush=True); "
             "_interruptible(threading.Event().wait)")  # a wait that Python's signal handling cannot enter
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "started"
