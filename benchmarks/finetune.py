@@ -61,23 +61,28 @@ def ds_config(path, batch, steps):
         json.dump(config, f)
 
 
-def run_ours(name, files, args, work, round_index):
-    task, _, _, train, evaluate, _, seq_len = SETUPS[name]
-    out = os.path.join(work, f"ours-{name}-{round_index}")
-    config = os.path.join(work, "ds.json")
-    ds_config(config, args.batch, args.steps)
-    command = [sys.executable, os.path.join(REPO, "finetune.py"), "--deepspeed_config", config, "--task", task,
-               "--init", args.init, "--train", os.path.join(files, train), "--eval", os.path.join(files, evaluate),
-               "--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit), "--steps", str(args.steps),
-               "--max-seq-len", str(seq_len), "--log-every", "1", "--save-every", str(args.steps), "--seed", "1",
-               "--output", out]
+def run_finetune_py(arguments, out):
+    """`python finetune.py ARGUMENTS --output OUT` in one process, logging every step: (seconds spent in
+    training steps, from metrics.jsonl, evaluation and saving excluded; the metrics of results.json)."""
+    command = [sys.executable, os.path.join(REPO, "finetune.py"), *arguments, "--log-every", "1", "--output", out]
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1")
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"finetune.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     seconds = sum(1.0 / row["steps_per_s"] for row in rows if "steps_per_s" in row and "loss" in row)
-    metrics = json.load(open(os.path.join(out, "results.json")))["metrics"]
+    return seconds, json.load(open(os.path.join(out, "results.json")))["metrics"]
+
+
+def run_ours(name, files, args, work, round_index):
+    task, _, _, train, evaluate, _, seq_len = SETUPS[name]
+    config = os.path.join(work, "ds.json")
+    ds_config(config, args.batch, args.steps)
+    seconds, metrics = run_finetune_py(
+        ["--deepspeed_config", config, "--task", task, "--init", args.init, "--train", os.path.join(files, train),
+         "--eval", os.path.join(files, evaluate), "--train-limit", str(args.train_limit), "--eval-limit",
+         str(args.eval_limit), "--steps", str(args.steps), "--max-seq-len", str(seq_len), "--save-every",
+         str(args.steps), "--seed", "1"], os.path.join(work, f"ours-{name}-{round_index}"))
     return args.steps * args.batch / seconds, metrics[SETUPS[name][5]]
 
 

@@ -10,10 +10,11 @@ paired difference, and the training time of each (SiFT adds a forward and backwa
 """
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -28,6 +29,16 @@ SETUPS = {
 }
 
 
+@functools.cache
+def _finetune_benchmark():
+    """benchmarks/finetune.py as a module, for its run_finetune_py (its name would clash with the root
+    finetune.py on sys.path)."""
+    spec = importlib.util.spec_from_file_location("finetune_benchmark", os.path.join(REPO, "benchmarks", "finetune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def finetune(args, files, work, seed, sift):
     task, _, train, evaluate, metric, seq_len = SETUPS[args.task]
     out = os.path.join(work, f"{'sift' if sift else 'plain'}-{seed}")
@@ -39,19 +50,13 @@ def finetune(args, files, work, seed, sift):
                    "scheduler": {"type": "WarmupDecayLR", "params": {
                        "warmup_min_lr": 0, "warmup_max_lr": args.lr, "warmup_num_steps": max(1, args.steps // 10)}},
                    "zero_optimization": {"stage": 0}, "steps_per_print": 10**9}, f)
-    command = [sys.executable, os.path.join(REPO, "finetune.py"), "--deepspeed_config", config, "--task", task,
-               "--init", args.init, "--train", os.path.join(files, train), "--eval", os.path.join(files, evaluate),
-               "--train-limit", str(args.train_limit), "--eval-limit", str(args.eval_limit), "--steps",
-               str(args.steps), "--max-seq-len", str(seq_len), "--seed", str(seed), "--log-every", "1",
-               "--save-every", str(args.steps), "--output", out] + (["--sift"] if sift else [])
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        raise SystemExit(f"finetune.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    seconds = sum(1.0 / row["steps_per_s"] for row in rows if "steps_per_s" in row and "loss" in row)
-    score = json.load(open(os.path.join(out, "results.json")))["metrics"][metric]
-    return score * (1 if args.task == "squad" else 100), seconds  # SQuAD's script reports 0-100, the others 0-1
+    seconds, metrics = _finetune_benchmark().run_finetune_py(
+        ["--deepspeed_config", config, "--task", task, "--init", args.init, "--train", os.path.join(files, train),
+         "--eval", os.path.join(files, evaluate), "--train-limit", str(args.train_limit), "--eval-limit",
+         str(args.eval_limit), "--steps", str(args.steps), "--max-seq-len", str(seq_len), "--seed", str(seed),
+         "--save-every", str(args.steps)] + (["--sift"] if sift else []), out)
+    # SQuAD's official script reports 0-100, the other metrics 0-1
+    return metrics[metric] * (1 if args.task == "squad" else 100), seconds
 
 
 def main(argv=None):

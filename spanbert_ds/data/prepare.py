@@ -95,21 +95,16 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
 
     made = make_parents(out)
     try:
-        lock = FolderLock(f"{out}.lock", f"output {out}").acquire()  # two prepares into one folder: one goes on
+        with FolderLock(f"{out}.lock", f"output {out}"):  # two prepares into one folder: one goes on
+            if out.exists() and not overwrite:  # made by another prepare while this one waited for the lock
+                raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to "
+                                "replace it")
+            remove_stale_siblings(out)
+            _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
+                            chunk_bytes, valid, valid_fraction, seed, progress)
     except BaseException:
-        remove_made(made)
+        remove_made(made)  # after the lock file is gone, so the parents it made are empty
         raise
-    try:
-        if out.exists() and not overwrite:  # made by another prepare while this one waited for the lock
-            raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
-        remove_stale_siblings(out)
-        _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
-                        chunk_bytes, valid, valid_fraction, seed, progress)
-    except BaseException:
-        lock.release()
-        remove_made(made)
-        raise
-    lock.release()
     return Shards(out)
 
 

@@ -16,13 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import out_of_space, size_mb
+from spanbert_ds.train.distributed import said_by_rank_0
 
 MARKER = "complete.json"
 UNIVERSAL_SUFFIX = "_universal"
@@ -71,9 +71,7 @@ def warn_on_rank_0(message):
 def _give_up_on_full_disk(root, tag):
     """After a save that ran out of space on some rank: the partial folder goes, and the run stops with one
     line (rank 0) while the checkpoint before stays the latest."""
-    if dist.get_rank() != 0:
-        time.sleep(1.0)  # rank 0 speaks; a launcher stops all ranks on the first exit
-        raise SystemExit(UserError.exit_code)
+    said_by_rank_0(dist.get_rank())
     shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
     found = complete_checkpoints(root, warn=None)
     kept = "no checkpoint is kept yet"

@@ -81,8 +81,9 @@ def prepare(args, world_size, rank):
     notes = []
     ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
     shards = Shards(args.data, check_ids=True)
-    if shards.valid:
-        shards.valid.check_ids()
+    valid = shards.valid
+    if valid:
+        valid.check_ids()
     objective_class = OBJECTIVES[args.objective]
     base = config_from_hf(args.init_from) if args.init_from and args.model is None else None
     model_config = objective_class.configure(

@@ -22,6 +22,7 @@ from spanbert_ds.folders import FolderLock
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES, TIED
 from spanbert_ds.train import checkpoint
+from spanbert_ds.train.distributed import said_by_rank_0
 
 
 def lock(output, rank):
@@ -38,9 +39,8 @@ def lock(output, rank):
     shared = [error]
     dist.broadcast_object_list(shared, src=0)
     if shared[0]:
-        if rank == 0:
-            raise UserError(shared[0])
-        raise SystemExit(UserError.exit_code)
+        said_by_rank_0(rank)
+        raise UserError(shared[0])
     return held
 
 
