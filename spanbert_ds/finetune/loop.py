@@ -18,7 +18,6 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -34,7 +33,7 @@ from spanbert_ds.finetune.tasks import MODEL_INPUTS, TASKS
 from spanbert_ds.train import checkpoint, run_folder
 from spanbert_ds.train.args import load_ds_config
 from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
-                                           unlink_shared_memory_names)
+                                           start_process_group)
 from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
 from spanbert_ds.train.signals import EXIT_PREEMPTED, StopRequest
 
@@ -151,9 +150,7 @@ def _resume_point(args, ckpt_root, identity):
 
 
 def train(args, run, rank, world_size, stop):
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
-    dist.barrier()
-    unlink_shared_memory_names(rank)
+    start_process_group(rank, world_size)
 
     torch.manual_seed(args.seed)  # the same head initialisation on every rank
     task = run.task

@@ -12,7 +12,6 @@ import os
 import sys
 from dataclasses import dataclass
 
-import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -24,10 +23,10 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.interop.hf import config_from_hf, format_report, load_hf_into
 from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
-from spanbert_ds.train import checkpoint, resume, run_folder
+from spanbert_ds.train import checkpoint, preflight, resume, run_folder
 from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config
 from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
-                                           unlink_shared_memory_names)
+                                           start_process_group)
 from spanbert_ds.train.evaluate import HeldOutEvaluation
 from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
 from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
@@ -36,6 +35,8 @@ __all__ = ["add_arguments", "run", "prepare", "train", "Run"]
 
 
 def run(args):
+    if args.preflight:
+        return preflight.run(args)
     # From the very start: a scheduler's stop signal during set-up (which can take minutes when a
     # checkpoint is converted or loaded) is honoured at the first step boundary instead of killing the run.
     stop = StopRequest()
@@ -121,9 +122,7 @@ def prepare(args, world_size, rank):
 
 
 def train(args, run, rank, world_size, stop):
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
-    dist.barrier()  # every rank has mapped the others' shared-memory buffers: their names can go
-    unlink_shared_memory_names(rank)
+    hosts = start_process_group(rank, world_size)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     objective = run.objective_class(run.model_config)
@@ -136,7 +135,7 @@ def train(args, run, rank, world_size, stop):
     engine = initialize_engine(objective, run.ds_config, args.deepspeed_config, rank, weight_decay)
     folder_lock = run_folder.lock(args.output, rank)
     if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
-        run_folder.write(args, run, world_size)
+        run_folder.write(args, run, hosts)
     start = resume.load(engine, run.ckpt_root, load_tag) if load_tag else 0
 
     accumulation = run.plan.accumulation

@@ -44,8 +44,9 @@ def lock(output, rank):
     return held
 
 
-def write(args, run, world_size):
-    """Rank 0, once the process group exists: the folder (with its parents) and its description."""
+def write(args, run, hosts):
+    """Rank 0, once the process group exists: the folder (with its parents) and its description. hosts:
+    each rank's host."""
     tokenizer_dir = os.path.join(args.output, "tokenizer")
     os.makedirs(tokenizer_dir, exist_ok=True)
     for name in ("tokenizer.json", "meta.json"):
@@ -59,7 +60,8 @@ def write(args, run, world_size):
         "packing": run.samples.mode,
         "masking": run.objective_class.masking,
         "masking_config": run.masking_config.to_dict(),
-        "world_size": world_size,
+        "world_size": len(hosts),
+        "hosts": {host: [rank for rank, its in enumerate(hosts) if its == host] for host in dict.fromkeys(hosts)},
         "gradient_accumulation_steps": run.plan.accumulation,
         "git_commit": _git_commit(),
         "versions": _versions(),
