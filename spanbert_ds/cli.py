@@ -16,6 +16,7 @@ COMMANDS = {
     "prepare": ("spanbert_ds.data.prepare", "tokenize a corpus into a memory-mapped shard folder"),
     "mask-stats": ("spanbert_ds.data.mask_stats", "print the masking statistics of a shard folder"),
     "train": ("spanbert_ds.train.loop", "pretrain (same as `deepspeed train.py ...`)"),
+    "preflight": ("spanbert_ds.train.preflight", "check a multi-node run before it starts (same as `train.py --preflight`)"),
     "finetune": ("spanbert_ds.finetune.loop", "fine-tune on SQuAD, classification or NER (same as `deepspeed finetune.py ...`)"),
     "export": ("spanbert_ds.interop.export", "write a run or checkpoint as a Hugging Face model folder"),
     "demo": ("spanbert_ds.demo", "prepare the built-in corpus and pretrain a small SpanBERT on CPU"),

@@ -48,6 +48,9 @@ def add_arguments(parser):
     arg("--num-workers", type=int, default=2, help="DataLoader workers per rank that mask batches")
     arg("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="the attention backend")
     arg("--max-bad-steps", type=int, default=5, help="stop after this many non-finite losses in a row")
+    arg("--preflight", action="store_true",
+        help="check, the way the run will start, what it depends on (same data and settings on every rank, a "
+             "shared output folder, batch sizes, the network), then exit; no training")
     run.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     deepspeed.add_config_arguments(parser)
     return parser
