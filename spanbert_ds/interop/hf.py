@@ -1,21 +1,24 @@
-"""The Hugging Face BERT format, both ways; the only file that knows Hugging Face's names.
+"""The Hugging Face BERT and RoBERTa formats, both ways; the only file that knows Hugging Face's names.
 
 Export (`export_hf`) writes a folder that `transformers` opens unchanged:
-  config.json            BertConfig, architectures ["BertForPreTraining"]
+  config.json            BertConfig, architectures ["BertForPreTraining"]; or, for a model without
+                         segments (the roberta objective), RobertaConfig, ["RobertaForMaskedLM"]
   model.safetensors      BertForPreTraining names: bert.*, cls.predictions.* and, where an NSP
-                         head was trained, bert.pooler.* and cls.seq_relationship.*
+                         head was trained, bert.pooler.* and cls.seq_relationship.*; or
+                         RobertaForMaskedLM names: roberta.*, lm_head.*
   sbo_head.safetensors   our SBO head (our names), when the objective has one
-  tokenizer.json, vocab.txt (WordPiece), tokenizer_config.json (with the right do_lower_case),
-  special_tokens_map.json
+  tokenizer.json, vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE),
+  tokenizer_config.json (with the right do_lower_case), special_tokens_map.json
 Import (`load_hf_into`, behind `--init-from HF_DIR`) loads an HF BERT folder (BertModel or
-BertForPreTraining names) into an objective's encoder and heads, and reports what it had
-to initialise.
+BertForPreTraining names) or RoBERTa folder (RobertaModel or RobertaForMaskedLM names) into an
+objective's encoder and heads, and reports what it had to initialise.
 
-Our layout differs from HF's in three ways, all handled here: Q, K, V are one (3H, H)
+Our layout differs from HF's in four ways, all handled here: Q, K, V are one (3H, H)
 projection (split/concatenated), vocabulary-sized tensors have padded_vocab_size rows
-(stripped/zero-padded), and an objective without segments (RoBERTa) has no segment table
+(stripped/zero-padded), an objective without segments (RoBERTa) has no segment table
 (HF gets a zero one; an imported one is folded into the position table, which is exact
-because every token of such a model has segment 0).
+because every token of such a model has segment 0), and RoBERTa numbers positions from
+pad_token_id + 1, so its position table has that many unused rows first (added/dropped).
 """
 
 import json
@@ -66,6 +69,15 @@ HF_NAMES = {
 VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
 # HF names that carry no weights of their own (buffers and tied copies).
 HF_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^cls\.predictions\.decoder\.(weight|bias)$")
+# BertForPreTraining's names -> RobertaForMaskedLM's, by prefix (the encoder's are the same under roberta.).
+ROBERTA_PREFIXES = {
+    "bert.": "roberta.",
+    "cls.predictions.transform.dense.": "lm_head.dense.",
+    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
+    "cls.predictions.bias": "lm_head.bias",
+}
+ROBERTA_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^lm_head\.decoder\.(weight|bias)$")
+ROBERTA_POSITIONS = "embeddings.position_embeddings.weight"
 SBO_FILE = "sbo_head.safetensors"
 SBO_PREFIX = "sbo_head."
 
@@ -83,8 +95,9 @@ def name_pairs(config):
 # --- export ---------------------------------------------------------------------------------
 
 
-def to_hf_state_dict(state, config):
-    """Our objective's state dict -> (HF BertForPreTraining tensors, SBO head tensors), both fp32 CPU."""
+def to_hf_state_dict(state, config, roberta=None):
+    """Our objective's state dict -> (HF BertForPreTraining tensors, or RobertaForMaskedLM's for a model without
+    segments unless roberta is False; SBO head tensors), both fp32 CPU."""
     if config.pre_layernorm:
         raise UserError("export: this model is pre-LayerNorm; Hugging Face's BertForPreTraining is post-LayerNorm "
                         "only, so it cannot hold it. Train with pre_layernorm false to export to HF BERT")
@@ -114,11 +127,56 @@ def to_hf_state_dict(state, config):
                         f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's "
                         "objective?")
     sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
-    return hf, sbo
+    roberta = is_roberta(config) if roberta is None else roberta
+    return (_bert_to_roberta(hf, config) if roberta else hf), sbo
+
+
+def is_roberta(config):
+    """A model without segments is what the roberta objective trains: it exports as RoBERTa."""
+    return config.type_vocab_size == 0
+
+
+def _position_offset(pad_token_id):
+    # RoBERTa numbers the positions of real tokens from padding_idx + 1 (its padding takes row padding_idx).
+    return pad_token_id + 1
+
+
+def _rename(name, table):
+    for old, new in table.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _bert_to_roberta(hf, config):
+    roberta = {_rename(name, ROBERTA_PREFIXES): tensor for name, tensor in hf.items()}
+    positions = roberta["roberta." + ROBERTA_POSITIONS]
+    unused = torch.zeros(_position_offset(config.pad_token_id), positions.shape[1])
+    roberta["roberta." + ROBERTA_POSITIONS] = torch.cat([unused, positions])
+    return roberta
+
+
+def _roberta_to_bert(hf, hf_config):
+    back = {new: old for old, new in ROBERTA_PREFIXES.items()}
+    if not any(name.startswith("roberta.") for name in hf):  # RobertaModel names: add the prefix
+        hf = {("roberta." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
+    bert = {_rename(name, back): tensor for name, tensor in hf.items() if not ROBERTA_DERIVED.search(name)}
+    positions = "bert." + ROBERTA_POSITIONS
+    if positions in bert:
+        bert[positions] = bert[positions][_position_offset(hf_config.get("pad_token_id", 1)):]
+    return bert
 
 
 def hf_config_dict(config):
-    """Our ModelConfig as a transformers BertConfig dict."""
+    """Our ModelConfig as a transformers BertConfig dict (RobertaConfig for a model without segments)."""
+    if is_roberta(config):
+        return {**_bert_config_dict(config), "architectures": ["RobertaForMaskedLM"], "model_type": "roberta",
+                "max_position_embeddings": config.max_position_embeddings + _position_offset(config.pad_token_id),
+                "type_vocab_size": 1}
+    return _bert_config_dict(config)
+
+
+def _bert_config_dict(config):
     return {
         "architectures": ["BertForPreTraining"],
         "model_type": "bert",
@@ -209,7 +267,8 @@ def _tokenizer_and_meta(source):
 
 
 def write_tokenizer_files(source, out_dir, model_config):
-    """tokenizer.json, vocab.txt (WordPiece), tokenizer_config.json, special_tokens_map.json."""
+    """tokenizer.json, vocab.txt (WordPiece) or vocab.json and merges.txt (byte-level BPE), tokenizer_config.json,
+    special_tokens_map.json."""
     tokenizer, meta = _tokenizer_and_meta(source)
     spec = json.loads(tokenizer.to_str())
     kind = kind_of(tokenizer) or "bpe"
@@ -248,6 +307,14 @@ def write_tokenizer_files(source, out_dir, model_config):
         written.append(os.path.join(out_dir, "vocab.txt"))
         with open(written[-1], "w", encoding="utf-8") as f:
             f.write("".join(token + "\n" for token in tokens))
+    elif kind == "bpe":  # what RoBERTa's own tokenizer files hold, for tools that read them
+        written.append(os.path.join(out_dir, "vocab.json"))
+        with open(written[-1], "w", encoding="utf-8") as f:
+            json.dump(spec["model"]["vocab"], f, ensure_ascii=False)
+        written.append(os.path.join(out_dir, "merges.txt"))
+        with open(written[-1], "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+            f.writelines((m if isinstance(m, str) else " ".join(m)) + "\n" for m in spec["model"]["merges"])
     written.append(os.path.join(out_dir, "tokenizer_config.json"))
     with open(written[-1], "w") as f:
         json.dump(config, f, indent=2)
@@ -266,8 +333,9 @@ def _read_hf_config(hf_dir):
         raise UserError(f"--init-from {hf_dir}: no config.json there; point it at a Hugging Face BERT model folder")
     with open(path) as f:
         hf = json.load(f)
-    if hf.get("model_type", "bert") != "bert":
-        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT checkpoints can be imported")
+    if hf.get("model_type", "bert") not in ("bert", "roberta"):
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT and RoBERTa checkpoints can be "
+                        "imported")
     if hf.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{path}: hidden_act is {hf['hidden_act']!r}; our encoder uses BERT's exact (erf) 'gelu'")
     if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -282,7 +350,9 @@ def config_from_hf(hf_dir, **overrides):
     values = dict(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+        max_position_embeddings=hf.get("max_position_embeddings", 512)
+        - (_position_offset(hf.get("pad_token_id", 1)) if hf.get("model_type") == "roberta" else 0),
+        type_vocab_size=hf.get("type_vocab_size", 2),
         hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
@@ -322,10 +392,10 @@ def _strip_wrapper_prefix(state):
 
 
 def load_hf_into(objective, hf_dir):
-    """Load an HF BERT folder into `objective` in place; return what was loaded and what was not.
+    """Load an HF BERT or RoBERTa folder into `objective` in place; return what was loaded and what was not.
 
-    Accepts BertModel names (embeddings.*, encoder.*, pooler.*) and BertForPreTraining /
-    BertForMaskedLM names (bert.*, cls.*); also our sbo_head.safetensors when present.
+    Accepts BertModel names (embeddings.*, encoder.*, pooler.*), BertForPreTraining / BertForMaskedLM
+    names (bert.*, cls.*) and RoBERTa's (roberta.*, lm_head.*); also our sbo_head.safetensors when present.
     Returns {"loaded": [our names], "initialised": [our names left as initialised],
     "ignored": [HF names not used]}.
     """
@@ -349,6 +419,8 @@ def load_hf_into(objective, hf_dir):
     if not files:
         raise UserError(f"--init-from {hf_dir}: no model.safetensors (or pytorch_model.bin) there")
     hf = {_current_name(k): v for k, v in _read_tensors(os.path.join(hf_dir, files[0])).items()}
+    if hf_config.get("model_type") == "roberta":
+        hf = _roberta_to_bert(hf, hf_config)
     if not any(k.startswith("bert.") for k in hf):  # BertModel names: add BertForPreTraining's prefix
         hf = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
 
@@ -430,12 +502,13 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     from safetensors.torch import save_file
 
     state = _strip_wrapper_prefix(state)
-    hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config)
+    # Task heads keep BERT's format for every encoder (RoBERTa's classification head has another shape).
+    hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config, roberta=False)
     hf.pop("cls.predictions.bias", None)
     for ours, name in TASK_HEAD_NAMES.items():
         if ours in state:
             hf[name] = state[ours].detach().to("cpu", torch.float32).contiguous()
-    config = {**hf_config_dict(model_config), "architectures": [architecture]}
+    config = {**_bert_config_dict(model_config), "architectures": [architecture]}
     if labels is not None:
         config["id2label"] = {str(i): label for i, label in enumerate(labels)}
         config["label2id"] = {label: i for i, label in enumerate(labels)}

@@ -63,17 +63,14 @@ def test_export_matches_bert_for_pretraining(tmp_path):
     assert (out.seq_relationship_logits - nsp).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["spanbert", "roberta"])
-def test_export_matches_bert_for_masked_lm(tmp_path, name):
+def test_export_matches_bert_for_masked_lm(tmp_path):
     tok = wordpiece(lowercase=True)
     V = tok.get_vocab_size()
-    objective, batch = trained(name, V)
+    objective, batch = trained("spanbert", V)
     interop.export_hf(objective, objective.config, tok, tmp_path)
     model, info = transformers.BertForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     inputs = hf_inputs(batch)
-    if name == "roberta":
-        inputs.pop("token_type_ids")  # no segments: HF uses segment 0, whose row is zero
     with torch.no_grad():
         real = batch["attention_mask"].bool().reshape(-1)  # padding carries nothing (ours: zeros)
         logits = model.eval()(**inputs).logits.reshape(-1, V)[real]
@@ -85,6 +82,51 @@ def test_export_matches_bert_for_masked_lm(tmp_path, name):
     assert info["missing_keys"] == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
                                     "cls.seq_relationship.weight", "cls.seq_relationship.bias"}
     assert not info["unexpected_keys"]
+
+
+@pytest.mark.parametrize("pad", [1, 0])  # 1: RoBERTa's own <pad>, positions from 2; 0: [PAD], from 1
+def test_roberta_exports_as_roberta_for_masked_lm(tmp_path, pad):
+    tok = wordpiece(lowercase=True)
+    V = tok.get_vocab_size()
+    objective, batch = trained("roberta", V, pad_token_id=pad)
+    interop.export_hf(objective, objective.config, tok, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["RobertaForMaskedLM"] and config["model_type"] == "roberta"
+    assert config["max_position_embeddings"] == objective.config.max_position_embeddings + pad + 1
+    model, info = transformers.RobertaForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}  # RoBERTa numbers positions itself
+    with torch.no_grad():
+        real = batch["attention_mask"].bool().reshape(-1)
+        logits = model.eval()(**inputs).logits.reshape(-1, V)[real]
+        hidden = objective.encode(batch)
+        ours = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1])[real])
+    assert (logits - ours).abs().max() < 1e-5
+
+
+def test_a_roberta_made_by_transformers_imports_with_equal_outputs(tmp_path):
+    torch.manual_seed(0)
+    V = 150
+    hf_config = transformers.RobertaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=128, max_position_embeddings=66, pad_token_id=1,
+                                           type_vocab_size=1, layer_norm_eps=1e-5)
+    reference = transformers.RobertaForMaskedLM(hf_config).eval()
+    with torch.no_grad():  # a trained model's tables are not its initialisation: nothing may hide in zeros
+        for tensor in reference.parameters():
+            tensor.add_(torch.randn_like(tensor) * 0.05)
+    reference.save_pretrained(tmp_path)
+    config = interop.config_from_hf(tmp_path)
+    assert config.max_position_embeddings == 64 and config.pad_token_id == 1
+    objective = OBJECTIVES["roberta"](config).eval()
+    report = interop.load_hf_into(objective, tmp_path)
+    assert report["initialised"] == [] and report["ignored"] == []
+    batch = synthetic_batch(V, seq_len=40, masking="token")
+    real = batch["attention_mask"].bool().reshape(-1)
+    with torch.no_grad():
+        expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        hidden = objective.encode(batch)
+        ours = objective.mlm_head(hidden.reshape(-1, hidden.shape[-1])[real])
+    assert (expected.reshape(-1, V)[real] - ours).abs().max() < 1e-4
 
 
 def test_sbo_head_is_exported_beside_the_model(tmp_path):
@@ -154,6 +196,9 @@ def test_byte_level_bpe_tokenizer_exports(tmp_path):
     objective = OBJECTIVES["roberta"](tiny_config(vocab_size=tok.get_vocab_size(), pad_token_id=1))
     interop.export_hf(objective, objective.config, tok._tokenizer, tmp_path)
     assert not (tmp_path / "vocab.txt").exists()
+    # RoBERTa's own tokenizer files, which its slow tokenizer reads, tokenize alike.
+    slow = transformers.RobertaTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert slow("Hello World", add_special_tokens=False)["input_ids"] == tok.encode("Hello World").ids
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert hf_tok("Hello World", add_special_tokens=False)["input_ids"] == tok.encode("Hello World").ids
     assert hf_tok.mask_token == "<mask>"
