@@ -43,6 +43,7 @@ def _from_run(path):
         raise UserError(f"--init {path} is neither a pretraining run folder (no run_config.json) nor a Hugging "
                         "Face folder (no config.json)")
     objective, tag = load_run(run_dir, tag)
+    _check_backbone(objective.config, path)
     return Init(objective.config, _task_state(objective.state_dict()), os.path.join(run_dir, "tokenizer"),
                 f"{run_dir} checkpoint {tag} ({objective.name})")
 
@@ -55,10 +56,17 @@ def _from_hf(path):
         raise UserError(f"--init {path}: the folder has no tokenizer.json or vocab.txt; the encoder needs the "
                         "tokenizer it was trained with")
     config = config_from_hf(path)
+    _check_backbone(config, path)
     holder = OBJECTIVES["bert"](config)  # BERT's encoder and pooler, the names load_hf_into fills
     report = load_hf_into(holder, path)
     state = _task_state({k: v for k, v in holder.state_dict().items() if k in report["loaded"]})
     return Init(config, state, path, f"{path} (Hugging Face)")
+
+
+def _check_backbone(config, path):
+    if config.backbone != "bert":
+        raise UserError(f"--init {path}: a {config.backbone} encoder; fine-tuning takes BERT-family encoders only "
+                        "for now (the task heads and their Hugging Face exports are BERT's)")
 
 
 def _task_state(state):

@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from spanbert_ds.interop.hf import export_hf, is_roberta
+    from spanbert_ds.interop.hf import export_hf, hf_config_dict
 
     run_dir, tag = run_and_tag(args.run, args.checkpoint)
     _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
@@ -42,7 +42,7 @@ def run(args):
                             f"model takes about {4 * sum(p.numel() for p in objective.parameters()) / 2**20:.0f} MB "
                             "in fp32); nothing was written: free space or choose another path") from None
         raise
-    architecture = "RobertaForMaskedLM" if is_roberta(objective.config) else "BertForPreTraining"
+    architecture = hf_config_dict(objective.config)["architectures"][0]
     print(f"exported {objective.name} model of {os.path.join(run_dir, 'checkpoints', tag)} to {args.out} (load "
           f"it with transformers.{architecture}.from_pretrained)")
 

@@ -65,6 +65,42 @@ HF_NAMES = {
     "nsp_head.classifier.weight": "cls.seq_relationship.weight",
     "nsp_head.classifier.bias": "cls.seq_relationship.bias",
 }
+# The same for the deberta backbone -> DebertaV2ForMaskedLM (its non-legacy head, as the released V3
+# checkpoints name it). The EMD's absolute position table has no place in DebertaV2: EMD_FILE holds it.
+DEBERTA_NAMES = {
+    "encoder.embeddings.word.weight": "deberta.embeddings.word_embeddings.weight",
+    "encoder.embeddings.token_type.weight": "deberta.embeddings.token_type_embeddings.weight",
+    "encoder.embeddings.ln.weight": "deberta.embeddings.LayerNorm.weight",
+    "encoder.embeddings.ln.bias": "deberta.embeddings.LayerNorm.bias",
+    "encoder.rel_embeddings.weight": "deberta.encoder.rel_embeddings.weight",
+    "encoder.rel_ln.weight": "deberta.encoder.LayerNorm.weight",
+    "encoder.rel_ln.bias": "deberta.encoder.LayerNorm.bias",
+    "encoder.layers.{i}.attn.qkv.weight": tuple(f"deberta.encoder.layer.{{i}}.attention.self.{p}_proj.weight"
+                                                for p in ("query", "key", "value")),
+    "encoder.layers.{i}.attn.qkv.bias": tuple(f"deberta.encoder.layer.{{i}}.attention.self.{p}_proj.bias"
+                                              for p in ("query", "key", "value")),
+    "encoder.layers.{i}.attn.out.weight": "deberta.encoder.layer.{i}.attention.output.dense.weight",
+    "encoder.layers.{i}.attn.out.bias": "deberta.encoder.layer.{i}.attention.output.dense.bias",
+    "encoder.layers.{i}.ln1.weight": "deberta.encoder.layer.{i}.attention.output.LayerNorm.weight",
+    "encoder.layers.{i}.ln1.bias": "deberta.encoder.layer.{i}.attention.output.LayerNorm.bias",
+    "encoder.layers.{i}.ffn.fc1.weight": "deberta.encoder.layer.{i}.intermediate.dense.weight",
+    "encoder.layers.{i}.ffn.fc1.bias": "deberta.encoder.layer.{i}.intermediate.dense.bias",
+    "encoder.layers.{i}.ffn.fc2.weight": "deberta.encoder.layer.{i}.output.dense.weight",
+    "encoder.layers.{i}.ffn.fc2.bias": "deberta.encoder.layer.{i}.output.dense.bias",
+    "encoder.layers.{i}.ln2.weight": "deberta.encoder.layer.{i}.output.LayerNorm.weight",
+    "encoder.layers.{i}.ln2.bias": "deberta.encoder.layer.{i}.output.LayerNorm.bias",
+    "mlm_head.transform.weight": "lm_predictions.lm_head.dense.weight",
+    "mlm_head.transform.bias": "lm_predictions.lm_head.dense.bias",
+    "mlm_head.transform.ln_weight": "lm_predictions.lm_head.LayerNorm.weight",
+    "mlm_head.transform.ln_bias": "lm_predictions.lm_head.LayerNorm.bias",
+    "mlm_head.bias": "lm_predictions.lm_head.bias",
+}
+# DebertaV2ForMaskedLM's legacy head (transformers' default when a config does not say) -> the names above.
+DEBERTA_LEGACY = {"cls.predictions.transform.dense.": "lm_predictions.lm_head.dense.",
+                  "cls.predictions.transform.LayerNorm.": "lm_predictions.lm_head.LayerNorm.",
+                  "cls.predictions.bias": "lm_predictions.lm_head.bias"}
+EMD_FILE = "emd.safetensors"
+EMD_NAMES = ("encoder.embeddings.position.weight",)
 # Tensors whose rows are the vocabulary: padded_vocab_size rows here, vocab_size in HF files.
 VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
 # HF names that carry no weights of their own (buffers and tied copies).
@@ -84,7 +120,7 @@ SBO_PREFIX = "sbo_head."
 
 def name_pairs(config):
     """(our name, HF name or tuple of HF names) for every mapped tensor of a model with this config."""
-    for ours, hf in HF_NAMES.items():
+    for ours, hf in (DEBERTA_NAMES if config.backbone == "deberta" else HF_NAMES).items():
         if "{i}" not in ours:
             yield ours, hf
             continue
@@ -106,6 +142,8 @@ def to_hf_state_dict(state, config, roberta=None):
     for key in VOCAB_ROWS:
         if key in state:
             state[key] = state[key][: config.vocab_size]
+    if config.backbone == "deberta":
+        return _to_deberta(state, config)
     hf = {}
     for ours, names in name_pairs(config):
         if ours not in state:
@@ -129,6 +167,26 @@ def to_hf_state_dict(state, config, roberta=None):
     sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
     roberta = is_roberta(config) if roberta is None else roberta
     return (_bert_to_roberta(hf, config) if roberta else hf), sbo
+
+
+def _to_deberta(state, config):
+    """(DebertaV2ForMaskedLM tensors, extra tensors under our names: the SBO head and the EMD's positions)."""
+    hf = {}
+    for ours, names in name_pairs(config):
+        if ours in state:
+            tensor = state.pop(ours)
+            parts = tensor.chunk(len(names), dim=0) if isinstance(names, tuple) else (tensor,)
+            for name, part in zip(names if isinstance(names, tuple) else (names,), parts):
+                hf[name] = part.contiguous()
+        elif ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight":
+            raise UserError(f"export: the state dict lacks {ours}; is it the state dict of this model config's "
+                            "objective?")
+    left = [k for k in state if not k.startswith(SBO_PREFIX) and k not in TIED and k not in EMD_NAMES]
+    if left:
+        raise UserError(f"export: DebertaV2 has no place for {', '.join(left[:3])} (the NSP head); export a deberta "
+                        "backbone trained with the deberta, roberta or spanbert objective")
+    extra = {k: v.contiguous() for k, v in state.items() if k not in TIED}
+    return hf, extra
 
 
 def is_roberta(config):
@@ -168,7 +226,14 @@ def _roberta_to_bert(hf, hf_config):
 
 
 def hf_config_dict(config):
-    """Our ModelConfig as a transformers BertConfig dict (RobertaConfig for a model without segments)."""
+    """Our ModelConfig as a transformers BertConfig dict (RobertaConfig for a model without segments,
+    DebertaV2Config for the deberta backbone)."""
+    if config.backbone == "deberta":
+        return {**_bert_config_dict(config), "architectures": ["DebertaV2ForMaskedLM"], "model_type": "deberta-v2",
+                "type_vocab_size": config.type_vocab_size, "relative_attention": True,
+                "pos_att_type": ["p2c", "c2p"], "position_buckets": config.position_buckets,
+                "max_relative_positions": config.max_relative_positions, "share_att_key": True,
+                "norm_rel_ebd": "layer_norm", "position_biased_input": False, "legacy": False}
     if is_roberta(config):
         return {**_bert_config_dict(config), "architectures": ["RobertaForMaskedLM"], "model_type": "roberta",
                 "max_position_embeddings": config.max_position_embeddings + _position_offset(config.pad_token_id),
@@ -214,7 +279,9 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
         state = objective_or_state_dict.state_dict()
     else:
         state = objective_or_state_dict
-    hf, sbo = to_hf_state_dict(state, model_config)
+    hf, extra = to_hf_state_dict(state, model_config)
+    sbo = {k: v for k, v in extra.items() if k.startswith(SBO_PREFIX)}
+    emd = {k: v for k, v in extra.items() if k in EMD_NAMES}
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
@@ -227,6 +294,8 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
     save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
     if sbo:
         save_file(sbo, path(SBO_FILE), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
+    if emd:
+        save_file(emd, path(EMD_FILE), metadata={"format": "pt"})
     if tokenizer_source is not None:
         for name in write_tokenizer_files(tokenizer_source, out_dir, model_config):
             written.append(name)
@@ -333,9 +402,24 @@ def _read_hf_config(hf_dir):
         raise UserError(f"--init-from {hf_dir}: no config.json there; point it at a Hugging Face BERT model folder")
     with open(path) as f:
         hf = json.load(f)
-    if hf.get("model_type", "bert") not in ("bert", "roberta"):
-        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT and RoBERTa checkpoints can be "
-                        "imported")
+    if hf.get("model_type", "bert") not in ("bert", "roberta", "deberta-v2"):
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT, RoBERTa and DeBERTa V2/V3 "
+                        "checkpoints can be imported")
+    if hf.get("model_type") == "deberta-v2":
+        unsupported = {"relative_attention": (hf.get("relative_attention", False), True),
+                       "pos_att_type": (sorted(hf.get("pos_att_type") or []), ["c2p", "p2c"]),
+                       "share_att_key": (hf.get("share_att_key", False), True),
+                       "position_biased_input": (hf.get("position_biased_input", True), False),
+                       "norm_rel_ebd": ("layer_norm" in str(hf.get("norm_rel_ebd", "none")), True),
+                       "conv_kernel_size": (hf.get("conv_kernel_size", 0) > 0, False),
+                       "embedding_size": (hf.get("embedding_size", hf["hidden_size"]), hf["hidden_size"]),
+                       "position_buckets": (hf.get("position_buckets", -1) > 0, True)}
+        wrong = [name for name, (value, wanted) in unsupported.items() if value != wanted]
+        if wrong:
+            raise UserError(f"{path}: a DeBERTa with {', '.join(f'{n}={hf.get(n)!r}' for n in wrong)}; the deberta "
+                            "backbone is V2/V3's: relative attention (c2p and p2c) with shared keys, log-bucketed "
+                            "positions, LayerNorm'd relative embeddings, no absolute positions at the input, no "
+                            "convolution, embedding_size = hidden_size")
     if hf.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{path}: hidden_act is {hf['hidden_act']!r}; our encoder uses BERT's exact (erf) 'gelu'")
     if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -362,6 +446,11 @@ def config_from_hf(hf_dir, **overrides):
     if os.path.isfile(sbo_path):
         rows, dim = _read_tensors(sbo_path)[SBO_PREFIX + "position.weight"].shape
         values.update(sbo_max_targets=rows, sbo_position_dim=dim)
+    if hf.get("model_type") == "deberta-v2":
+        values.update(backbone="deberta", type_vocab_size=hf.get("type_vocab_size", 0),
+                      position_buckets=hf["position_buckets"], max_relative_positions=hf.get("max_relative_positions", -1),
+                      layer_norm_eps=hf.get("layer_norm_eps", 1e-7),
+                      emd=os.path.isfile(os.path.join(hf_dir, EMD_FILE)))
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -408,7 +497,8 @@ def load_hf_into(objective, hf_dir):
     wanted = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
               "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
               "intermediate_size": config.intermediate_size, "layer_norm_eps": config.layer_norm_eps}
-    defaults = {"layer_norm_eps": 1e-12}  # transformers' BertConfig default, for configs that leave it out
+    # transformers' defaults, for configs that leave it out
+    defaults = {"layer_norm_eps": 1e-7 if hf_config.get("model_type") == "deberta-v2" else 1e-12}
     wrong = {k: (hf_config.get(k, defaults.get(k)), v) for k, v in wanted.items()
              if hf_config.get(k, defaults.get(k)) != v}
     if wrong:
@@ -419,10 +509,18 @@ def load_hf_into(objective, hf_dir):
     if not files:
         raise UserError(f"--init-from {hf_dir}: no model.safetensors (or pytorch_model.bin) there")
     hf = {_current_name(k): v for k, v in _read_tensors(os.path.join(hf_dir, files[0])).items()}
+    deberta = hf_config.get("model_type") == "deberta-v2"
+    if deberta != (config.backbone == "deberta"):
+        raise UserError(f"--init-from {hf_dir}: a {hf_config.get('model_type', 'bert')} checkpoint cannot start a model "
+                        f"with the {config.backbone} backbone; leave --model out to take the checkpoint's")
     if hf_config.get("model_type") == "roberta":
         hf = _roberta_to_bert(hf, hf_config)
-    if not any(k.startswith("bert.") for k in hf):  # BertModel names: add BertForPreTraining's prefix
-        hf = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
+    prefix = "deberta." if deberta else "bert."
+    if not any(k.startswith(prefix) for k in hf):  # BertModel / DebertaV2Model names: add the prefix
+        hf = {(prefix + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
+    if deberta:
+        hf = {_rename(k, DEBERTA_LEGACY): v for k, v in hf.items()
+              if not re.search(r"position_ids$|decoder\.(weight|bias)$|^mask_predictions\.", k)}
 
     params = dict(objective.state_dict(keep_vars=True))
     loaded, used = {}, set()
@@ -440,9 +538,10 @@ def load_hf_into(objective, hf_dir):
         else:
             continue  # a head this objective does not have (e.g. NSP for spanbert): reported as ignored
         used.update(group)
-    sbo_path = os.path.join(hf_dir, SBO_FILE)
-    if "sbo_head.bias" in params and os.path.isfile(sbo_path):
-        loaded.update({k: v for k, v in _read_tensors(sbo_path).items() if k in params})
+    for extra in (SBO_FILE, EMD_FILE):
+        path = os.path.join(hf_dir, extra)
+        if os.path.isfile(path):
+            loaded.update({k: v for k, v in _read_tensors(path).items() if k in params})
 
     for ours, tensor in loaded.items():  # every shape first: an error must leave the model untouched
         target = params[ours]

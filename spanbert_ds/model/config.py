@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from spanbert_ds.errors import UserError
 
 ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
+BACKBONE_NAMES = ("bert", "deberta")
 CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
 
 
@@ -37,6 +38,13 @@ class ModelConfig:
     # of sbo_position_dim each. The released SpanBERT's shapes (15 x 200), so its SBO weights load as they are.
     sbo_max_targets: int = 15
     sbo_position_dim: int = 200
+    # The encoder: BERT's (absolute positions added to the input) or DeBERTa V2/V3's (model/deberta.py:
+    # disentangled attention over log-bucketed relative positions; absolute positions only in the
+    # enhanced mask decoder, `emd`, which the deberta objective turns on).
+    backbone: str = "bert"  # one of BACKBONE_NAMES
+    position_buckets: int = 256  # relative distances beyond +-position_buckets/2 share log-spaced buckets
+    max_relative_positions: int = -1  # the longest distance the buckets span; -1: max_position_embeddings
+    emd: bool = False
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -49,6 +57,14 @@ class ModelConfig:
                 f"model config: attention_backend {self.attention_backend!r} is unknown; "
                 f"use one of {', '.join(ATTENTION_BACKEND_NAMES)}"
             )
+        if self.backbone not in BACKBONE_NAMES:
+            raise UserError(f"model config: backbone {self.backbone!r} is unknown; use one of {', '.join(BACKBONE_NAMES)}")
+        if self.backbone == "deberta" and self.pre_layernorm:
+            raise UserError("model config: the deberta backbone is post-LayerNorm, as DeBERTa; drop pre_layernorm")
+        if self.emd and self.backbone != "deberta":
+            raise UserError("model config: emd (the enhanced mask decoder) belongs to the deberta backbone")
+        if self.backbone == "deberta" and self.position_buckets < 2:
+            raise UserError(f"model config: position_buckets must be at least 2, got {self.position_buckets}")
         if self.activation_checkpointing not in CHECKPOINTING_NAMES:
             raise UserError(
                 f"model config: activation_checkpointing {self.activation_checkpointing!r} is unknown; "
@@ -62,6 +78,11 @@ class ModelConfig:
             raise UserError(
                 f"model config: type_vocab_size must be 0 (no segments) or more, got {self.type_vocab_size}"
             )
+
+    @property
+    def relative_span(self):
+        """The longest relative distance the DeBERTa buckets tell apart."""
+        return self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
 
     @property
     def padded_vocab_size(self):
@@ -179,6 +200,7 @@ def _parse_value(config, key, text, spec):
 
 _BASE = ModelConfig()
 _LARGE = ModelConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
+_DEBERTA = ModelConfig(backbone="deberta", vocab_size=128100, type_vocab_size=0, layer_norm_eps=1e-7)
 PRESETS = {
     # tiny and small keep BERT's uncased vocabulary so speed numbers include a real-size decoder.
     "tiny": ModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
@@ -188,4 +210,14 @@ PRESETS = {
     # SpanBERT was released with BERT's cased vocabulary.
     "spanbert-base": dataclasses.replace(_BASE, vocab_size=28996),
     "spanbert-large": dataclasses.replace(_LARGE, vocab_size=28996),
+    # DeBERTa V3 (He et al. 2021/2023): no segments, 256 position buckets, its 128K SentencePiece vocabulary
+    # (a preset takes the shards' vocabulary anyway). deberta-tiny and -mini are CPU-sized.
+    "deberta-tiny": dataclasses.replace(_DEBERTA, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    "deberta-mini": dataclasses.replace(_DEBERTA, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "deberta-v3-xsmall": dataclasses.replace(_DEBERTA, hidden_size=384, num_layers=12, num_heads=6,
+                                             intermediate_size=1536),
+    "deberta-v3-small": dataclasses.replace(_DEBERTA, num_layers=6),
+    "deberta-v3-base": _DEBERTA,
+    "deberta-v3-large": dataclasses.replace(_DEBERTA, hidden_size=1024, num_layers=24, num_heads=16,
+                                            intermediate_size=4096),
 }

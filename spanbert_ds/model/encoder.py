@@ -83,6 +83,22 @@ class Layer(nn.Module):
         return self.ln2(x + self.dropout(self.ffn(x)))
 
 
+def init_weights(module, config, embeddings):
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, identity LayerNorms (for Module.apply)."""
+    std = config.initializer_range
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    if module is embeddings:
+        # Rows past vocab_size only pad the table to a multiple of 64: no id reaches them.
+        module.word.weight.data[config.vocab_size:].zero_()
+
+
 class Encoder(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -90,22 +106,7 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
         self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else None
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        # BERT's initialisation: N(0, 0.02) weights, zero biases, identity LayerNorms.
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        if module is self.embeddings:
-            # Rows past vocab_size only pad the table to a multiple of 64: no id reaches them.
-            module.word.weight.data[self.config.vocab_size:].zero_()
+        self.apply(lambda module: init_weights(module, config, self.embeddings))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
         # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H).

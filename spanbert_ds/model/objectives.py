@@ -23,8 +23,11 @@ import torch.nn.functional as F
 
 from spanbert_ds.data.masking import MLM_KEYS, NSP_KEYS, SBO_KEYS
 from spanbert_ds.errors import UserError
+from spanbert_ds.model.deberta import DebertaEncoder
 from spanbert_ds.model.encoder import Encoder
 from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead, gather_rows
+
+ENCODERS = {"bert": Encoder, "deberta": DebertaEncoder}  # ModelConfig.backbone -> the encoder class
 
 # Our names that are the word embeddings under another name (the decoders tied to them): one tensor,
 # which checkpoints and exports hold once, as the embedding.
@@ -63,7 +66,7 @@ class Objective(nn.Module):
         super().__init__()
         config = self.configure(config)
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = ENCODERS[config.backbone](config)
         self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
         self._values_checked = False
 
@@ -259,8 +262,18 @@ class RoBERTa(Objective):
         return self.mlm_scores(hidden, batch)
 
 
+class DeBERTa(RoBERTa):
+    """DeBERTa V3's encoder trained as DeBERTa was: MLM with dynamic token masking on full-length blocks
+    without segments, through the enhanced mask decoder (model/deberta.py). Other objectives also take the
+    deberta backbone (--model deberta-v3-base), without the EMD: e.g. spanbert's span masking and SBO."""
+
+    name = "deberta"
+    config_overrides = {"type_vocab_size": 0, "backbone": "deberta", "emd": True}
+
+
 OBJECTIVES = {
     "spanbert": SpanBERT,
     "bert": BERT,
     "roberta": RoBERTa,
+    "deberta": DeBERTa,
 }

@@ -28,7 +28,9 @@ def add_arguments(parser):
     arg("--model", default=None,
         help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON, with ,key=value overrides "
              "(default: spanbert-base, or the shape of --init-from)")
-    arg("--objective", default="spanbert", help="spanbert (MLM+SBO), bert (MLM+NSP) or roberta (MLM)")
+    arg("--objective", default="spanbert",
+        help="spanbert (MLM+SBO), bert (MLM+NSP), roberta (MLM) or deberta (MLM through DeBERTa's enhanced mask "
+             "decoder, on the deberta backbone)")
     arg("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
     arg("--output", default="runs/pretrain", help="the run folder (config, logs, checkpoints), made if missing")
     arg("--steps", type=int, default=10000, help="optimizer steps of the whole run; the schedule spans them")

@@ -6,8 +6,9 @@ from spanbert_ds.model.objectives import OBJECTIVES
 from tests.model.synthetic import synthetic_batch, tiny_config
 
 BATCH_KIND = {"spanbert": dict(masking="span"), "bert": dict(masking="token", pair=True),
-              "roberta": dict(masking="token")}
-PARTS = {"spanbert": {"mlm_loss", "sbo_loss"}, "bert": {"mlm_loss", "nsp_loss"}, "roberta": {"mlm_loss"}}
+              "roberta": dict(masking="token"), "deberta": dict(masking="token")}
+PARTS = {"spanbert": {"mlm_loss", "sbo_loss"}, "bert": {"mlm_loss", "nsp_loss"}, "roberta": {"mlm_loss"},
+         "deberta": {"mlm_loss"}}
 
 
 def build(name, **changes):
@@ -22,7 +23,8 @@ def batch_for(name, **kwargs):
 def test_registry_says_what_data_each_objective_needs():
     assert isinstance(OBJECTIVES, dict)
     assert {n: (c.masking, c.packing) for n, c in OBJECTIVES.items()} == {
-        "spanbert": ("span", "doc"), "bert": ("token", "pair"), "roberta": ("token", "full")}
+        "spanbert": ("span", "doc"), "bert": ("token", "pair"), "roberta": ("token", "full"),
+        "deberta": ("token", "full")}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

@@ -1,0 +1,167 @@
+"""DeBERTa V2/V3's encoder (He et al. 2021): disentangled attention over relative positions, and the
+enhanced mask decoder (EMD) that brings absolute positions in only at the end.
+
+Attention scores add to content-to-content (Q_c K_c^T) the content-to-position (Q_c K_r^T at the
+distance i - j) and position-to-content (K_c Q_r^T at the distance j - i) terms, all scaled by
+1/sqrt(3d). The relative table has 2 * position_buckets rows, shared by all layers, LayerNorm'd once,
+and projected by each layer's own query and key weights (V2/V3's share_att_key); distances beyond
++-position_buckets/2 fall into log-spaced buckets up to relative_span. The layers see no absolute
+position. Like encoder.py, Q, K and V are one (H, 3H) projection; interop/hf.py maps all names to and
+from transformers' DebertaV2Model, which this matches to 1e-5 on random weights.
+
+The scores are T x T per head here (eager: explicit softmax; any other backend: SDPA with the
+relative terms as an additive bias); the layers run padded (`unpad` does not apply).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from spanbert_ds.model.encoder import FeedForward, init_weights
+
+
+def log_bucket_position(relative, buckets, span):
+    """Distances within +-buckets/2 as they are; longer ones on a log scale up to `span`, so that 2 * buckets
+    rows of the relative table cover distances up to `span` (DeBERTa V2's make_log_bucket_position)."""
+    mid = buckets // 2
+    sign = torch.sign(relative)
+    near = (relative < mid) & (relative > -mid)
+    distance = torch.where(near, torch.full_like(relative, mid - 1), relative.abs())
+    # In float32 throughout, as the reference computes it: a bucket edge must round the same way.
+    log_position = torch.ceil(torch.log(distance / mid) / torch.log(torch.tensor((span - 1) / mid)) * (mid - 1)) + mid
+    return torch.where(distance <= mid, relative.to(log_position.dtype), log_position * sign).long()
+
+
+def relative_positions(length, config, device):
+    """(T, T) bucketed distances i - j from query i to key j."""
+    ids = torch.arange(length, device=device)
+    return log_bucket_position(ids[:, None] - ids[None, :], config.position_buckets, config.relative_span)
+
+
+class DisentangledSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout_p = config.attention_dropout
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.position_dropout = nn.Dropout(config.hidden_dropout)
+        self.eager = config.attention_backend == "eager"
+        self.span = config.position_buckets  # the relative table has 2 * span rows
+
+    def heads(self, x):
+        B, T, C = x.shape
+        return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x, mask, rel_table, rel_pos, query=None):
+        # x: (B, T, H) the keys' and values' input; query: the queries' input (the EMD's), default x.
+        # mask: (B, T) key padding mask; rel_table: (2 * span, H); rel_pos: (T, T) bucketed i - j.
+        C = x.shape[-1]
+        w_q, w_k, w_v = self.qkv.weight.split(C)
+        b_q, b_k, b_v = self.qkv.bias.split(C)
+        q = self.heads(F.linear(x if query is None else query, w_q, b_q))
+        k, v = self.heads(F.linear(x, w_k, b_k)), self.heads(F.linear(x, w_v, b_v))
+        table = self.position_dropout(rel_table)
+        q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
+        k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
+        scale = 1.0 / math.sqrt(3 * q.shape[-1])
+        # c2p[i, j] = q_i . k_r[d(i, j)] and p2c[i, j] = k_j . q_r[d(i, j)], where d(i, j) = the row of distance
+        # i - j (p2c is gathered key-major, at the row of -(j - i), then transposed).
+        B, nh, T, _ = q.shape
+        c2p_index = (rel_pos + self.span).clamp(0, 2 * self.span - 1)
+        p2c_index = (-rel_pos + self.span).clamp(0, 2 * self.span - 1)
+        c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index.expand(B, nh, T, T))
+        p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index.expand(B, nh, T, T)).transpose(-1, -2)
+        bias = (c2p + p2c) * scale
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.eager:
+            scores = (q @ k.transpose(-1, -2)) * scale + bias
+            if mask is not None:
+                scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+            y = F.dropout(scores.softmax(dim=-1), dropout_p, self.training) @ v
+        else:
+            if mask is not None:
+                bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+        return self.out(y.transpose(1, 2).reshape(x.shape[0], T, C))
+
+
+class DebertaLayer(nn.Module):
+    """Post-LayerNorm like BERT's layer, around disentangled attention."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attn = DisentangledSelfAttention(config)
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x, mask, rel_table, rel_pos, query=None):
+        residual = x if query is None else query
+        x = self.ln1(residual + self.dropout(self.attn(x, mask, rel_table, rel_pos, query)))
+        return self.ln2(x + self.dropout(self.ffn(x)))
+
+
+class DebertaEmbeddings(nn.Module):
+    """Words (+ segments), LayerNorm, zeros at padding; the absolute position table only for the EMD."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.emd else None
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids, token_type_ids=None, mask=None):
+        x = self.word(input_ids)
+        if self.token_type is not None:
+            x = x + (self.token_type(token_type_ids) if token_type_ids is not None else self.token_type.weight[0])
+        x = self.ln(x)
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        return self.dropout(x)
+
+
+class DebertaEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = DebertaEmbeddings(config)
+        self.layers = nn.ModuleList(DebertaLayer(config) for _ in range(config.num_layers))
+        self.rel_embeddings = nn.Embedding(2 * config.position_buckets, config.hidden_size)
+        self.rel_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(lambda module: init_weights(module, config, self.embeddings))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
+        """(B, T) ids -> (B, T, H) hidden states; with config.emd, those of the enhanced mask decoder."""
+        mask = attention_mask.bool() if attention_mask is not None else None
+        x = self.embeddings(input_ids, token_type_ids, mask)
+        if perturb is not None:
+            x = perturb(x)
+        rel_table = self.rel_ln(self.rel_embeddings.weight)
+        rel_pos = relative_positions(input_ids.shape[1], self.config, input_ids.device)
+        layers = self.layers[:-1] if self.config.emd else self.layers
+        for layer in layers:
+            x = self._run(layer, x, mask, rel_table, rel_pos)
+        if not self.config.emd:
+            return x
+        # The EMD: the last layer twice more, with the absolute positions added to the queries only.
+        query = x + self.embeddings.position(torch.arange(x.shape[1], device=x.device))
+        for _ in range(2):
+            query = self._run(self.layers[-1], x, mask, rel_table, rel_pos, query)
+        return query
+
+    def _run(self, layer, *inputs):
+        recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
+        if recompute == "torch":
+            return torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
+        if recompute == "deepspeed":
+            import deepspeed  # only runs that ask for it pay the import
+
+            return deepspeed.checkpointing.checkpoint(layer, *inputs)
+        return layer(*inputs)
