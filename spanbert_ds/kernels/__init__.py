@@ -140,6 +140,22 @@ def fused_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None):
     return attention.flash_attention(q, k, v, key_padding_mask, dropout_p, scale)
 
 
+def fused_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask=None, dropout_p=0.0, scale=None):
+    """DeBERTa's disentangled attention by the Triton flash kernel: the scores q k^T * scale + c2p + p2c, their
+    relative terms gathered inside the kernel and never stored T x T.
+
+    q, k, v: (B, H, T, D); c2p = scale q k_r^T and p2c = scale k q_r^T: (B, H, T, R) for R relative rows;
+    rel_index: int (2T - 1,), the row of R for each distance i - j at i - j + T - 1.
+    """
+    _check_attention_inputs(q, k, v, "(B, H, T, D)")
+    if c2p.shape[:3] != q.shape[:3] or p2c.shape != c2p.shape or rel_index.numel() != 2 * q.shape[2] - 1:
+        raise UserError(f"fused disentangled attention: c2p and p2c must be (B, H, T, R) for q {tuple(q.shape)} and "
+                        f"rel_index (2T - 1,), got {tuple(c2p.shape)}, {tuple(p2c.shape)}, {tuple(rel_index.shape)}")
+    from spanbert_ds.kernels import attention
+
+    return attention.flash_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask, dropout_p, scale)
+
+
 def fused_attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None):
     """The same on packed sequences: q, k, v (total_tokens, H, D), cu_seqlens int (B+1) cumulative lengths
     from 0, max_seqlen the longest (pass it to avoid a device sync). Padding costs nothing here."""

@@ -56,7 +56,7 @@ def _bwd_configs():
 
 # T_BUCKET (T rounded up to a power of 2) rather than T: varlen batches change max_seqlen every step and
 # must not re-tune each time
-_KEY = ["T_BUCKET", "BLOCK_D", "HAS_MASK", "DROPOUT"]
+_KEY = ["T_BUCKET", "BLOCK_D", "HAS_MASK", "DROPOUT", "BIAS"]
 
 
 @triton.jit
@@ -84,12 +84,23 @@ def _keep(seed, rng_base, offs_q, offs_k, T, dropout_p):
     return tl.rand(seed, rng_base + offs_q * T + offs_k) >= dropout_p
 
 
+@triton.jit
+def _relative_bias(C2P, P2C, REL, c2p_base, p2c_base, q_rows, k_rows, ok, s_ct, T):
+    """DeBERTa's c2p + p2c terms of a tile: C2P[query, r] + P2C[key, r] at r = REL[query - key + T - 1], the
+    row of their bucketed distance (C2P = scale q k_r^T and P2C = scale k q_r^T, each T x 2 * buckets)."""
+    index = tl.load(REL + (q_rows - k_rows) + T - 1, mask=ok, other=0)
+    c2p = tl.load(C2P + c2p_base + q_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
+    p2c = tl.load(P2C + p2c_base + k_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
+    return (c2p.to(tl.float32) + p2c.to(tl.float32)), index
+
+
 @triton.autotune(configs=_configs(), key=_KEY)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_fwd(Q, K, V, O, LSE, KPM, CU,
+def _attn_fwd(Q, K, V, O, LSE, KPM, CU, C2P, P2C, REL,
               s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_lb, s_lh, s_mb,
+              s_cb, s_ch, s_ct,
               H, T, T_BUCKET, D: tl.constexpr, qk_scale, dropout_p, seed,
-              HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+              HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr, BIAS: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     off_b = tl.program_id(1)
@@ -124,6 +135,10 @@ def _attn_fwd(Q, K, V, O, LSE, KPM, CU,
         v = tl.load(v_base + cols[:, None] * s_vt + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
         s = _dot(q, kt) * qk_scale  # (M, N), log2 units
+        if BIAS:
+            bias, _ = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, offs_m[:, None],
+                                     cols[None, :], m_ok[:, None] & n_ok[None, :], s_ct, T)
+            s += bias * 1.4426950408889634
         valid = n_ok
         if HAS_MASK:
             valid = valid & (tl.load(KPM + ob * s_mb + cols, mask=n_ok, other=0) != 0)
@@ -172,11 +187,11 @@ def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, s_lb, s_lh
 
 @triton.autotune(configs=_bwd_configs(), key=_KEY)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU, C2P, P2C, REL, DP2C,
                    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
-                   s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt, s_lb, s_lh, s_mb,
+                   s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt, s_lb, s_lh, s_mb, s_cb, s_ch, s_ct,
                    H, T, T_BUCKET, D: tl.constexpr, qk_scale, sm_scale, dropout_p, seed,
-                   HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+                   HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr, BIAS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program owns a block of keys and walks all queries; works on transposed tiles (keys x queries)
     pid_n = tl.program_id(0)
@@ -219,7 +234,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
                      mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # (M, D)
         lse = tl.load(LSE + l_base + rows, mask=m_ok, other=float("inf"))
         delta = tl.load(DELTA + l_base + rows, mask=m_ok, other=0.0)
-        pt = tl.math.exp2(_dot(k, qt) * qk_scale - lse[None, :])  # (N, M) = P^T
+        st = _dot(k, qt) * qk_scale  # (N, M) = S^T, log2 units
+        if BIAS:
+            tile_ok = n_ok[:, None] & m_ok[None, :]
+            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, rows[None, :],
+                                         offs_n[:, None], tile_ok, s_ct, T)
+            st += bias * 1.4426950408889634
+        pt = tl.math.exp2(st - lse[None, :])  # (N, M) = P^T
         pt = tl.where(valid[:, None], pt, 0.0)
         dpt = _dot(v, tl.trans(do))  # (N, M) = (dO V^T)^T
         if DROPOUT:
@@ -231,6 +252,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
         dv += _dot(pt_drop.to(do.dtype), do)
         dst = pt * (dpt - delta[None, :])
         dk += _dot(dst.to(qt.dtype), tl.trans(qt))
+        if BIAS:  # the p2c term of score (i, j) is P2C[j, r]: its gradient is dS[i, j], summed over the i at r
+            tl.atomic_add(DP2C + ob * s_cb + oh * s_ch + offs_n[:, None].to(tl.int64) * s_ct + index, dst,
+                          mask=tile_ok & valid[:, None])
 
     dk = dk * sm_scale
     tl.store(DK + ob * s_dkb + oh * s_dkh + (start + offs_n)[:, None] * s_dkt + offs_d[None, :],
@@ -241,11 +265,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
 
 @triton.autotune(configs=_bwd_configs(), key=_KEY)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
+def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU, C2P, P2C, REL, DC2P,
                  s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
-                 s_dqb, s_dqh, s_dqt, s_lb, s_lh, s_mb,
+                 s_dqb, s_dqh, s_dqt, s_lb, s_lh, s_mb, s_cb, s_ch, s_ct,
                  H, T, T_BUCKET, D: tl.constexpr, qk_scale, sm_scale, dropout_p, seed,
-                 HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+                 HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr, BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program owns a block of queries and walks all keys
     pid_m = tl.program_id(0)
@@ -286,7 +310,13 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
         valid = n_ok
         if HAS_MASK:
             valid = valid & (tl.load(KPM + ob * s_mb + cols, mask=n_ok, other=0) != 0)
-        p = tl.math.exp2(_dot(q, kt) * qk_scale - lse[:, None])  # (M, N)
+        s = _dot(q, kt) * qk_scale  # (M, N), log2 units
+        if BIAS:
+            tile_ok = m_ok[:, None] & n_ok[None, :]
+            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, offs_m[:, None],
+                                         cols[None, :], tile_ok, s_ct, T)
+            s += bias * 1.4426950408889634
+        p = tl.math.exp2(s - lse[:, None])  # (M, N)
         p = tl.where(valid[None, :], p, 0.0)
         dp = _dot(do, vt)  # (M, N)
         if DROPOUT:
@@ -294,6 +324,9 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(kt.dtype), tl.trans(kt))
+        if BIAS:  # the c2p term of score (i, j) is C2P[i, r]: its gradient is dS[i, j], summed over the j at r
+            tl.atomic_add(DC2P + ob * s_cb + oh * s_ch + offs_m[:, None].to(tl.int64) * s_ct + index, ds,
+                          mask=tile_ok & valid[None, :])
 
     dq = dq * sm_scale
     tl.store(DQ + ob * s_dqb + oh * s_dqh + (start + offs_m)[:, None] * s_dqt + offs_d[None, :],
@@ -318,7 +351,15 @@ def _block_d(d):
     return max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16
 
 
-def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed):
+def _bias_args(bias, like):
+    """(C2P, P2C, REL) and their (batch, head, token) strides, or placeholders when there is no bias."""
+    if bias is None:
+        return (like, like, like), (0, 0, 0)
+    c2p, p2c, rel = bias
+    return (c2p, p2c, rel), (c2p.stride(0), c2p.stride(1), c2p.stride(2))
+
+
+def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed, bias=None):
     varlen = cu is not None
     d = q.shape[-1]
     o = torch.empty_like(q)
@@ -331,21 +372,28 @@ def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed):
     if t_max == 0 or batch == 0:
         return o.zero_(), lse
     grid = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch, heads)  # noqa: E731
-    _attn_fwd[grid](q, k, v, o, lse, kpm if kpm is not None else q, cu if varlen else q,
+    tensors, s_c = _bias_args(bias, q)
+    _attn_fwd[grid](q, k, v, o, lse, kpm if kpm is not None else q, cu if varlen else q, *tensors,
                     *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
-                    *s_l, kpm.stride(0) if kpm is not None else 0,
+                    *s_l, kpm.stride(0) if kpm is not None else 0, *s_c,
                     heads, t_max, triton.next_power_of_2(t_max), d, scale * _LOG2E, dropout_p, seed,
-                    HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BLOCK_D=_block_d(d))
+                    HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BIAS=bias is not None,
+                    BLOCK_D=_block_d(d))
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scale, seed):
+def _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scale, seed, bias=None):
+    """dq, dk, dv, and with a bias (C2P, P2C, REL) also dC2P and dP2C (fp32)."""
     varlen = cu is not None
     d = q.shape[-1]
     do = _last_dim_contiguous(do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    d_bias = () if bias is None else (torch.zeros(bias[0].shape, dtype=torch.float32, device=q.device),
+                                      torch.zeros(bias[1].shape, dtype=torch.float32, device=q.device))
     if t_max == 0 or batch == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return (dq.zero_(), dk.zero_(), dv.zero_(), *d_bias)
+    tensors, s_c = _bias_args(bias, q)
+    dc2p, dp2c = d_bias if bias is not None else (q, q)
     s_l = (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
     delta = torch.empty_like(lse)
     block_d = _block_d(d)
@@ -356,18 +404,19 @@ def _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scal
     _attn_bwd_delta[(triton.cdiv(t_max, block_m), batch, heads)](
         o, do, delta, *_strides(o, varlen), *_strides(do, varlen), *s_l, cu_arg, heads, t_max, d,
         VARLEN=varlen, BLOCK_M=block_m, BLOCK_D=block_d)
-    common = dict(HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BLOCK_D=block_d)
+    common = dict(HAS_MASK=kpm is not None, VARLEN=varlen, DROPOUT=dropout_p > 0.0, BIAS=bias is not None,
+                  BLOCK_D=block_d)
     args = (heads, t_max, triton.next_power_of_2(t_max), d, scale * _LOG2E, scale, dropout_p, seed)
     grid_n = lambda meta: (triton.cdiv(t_max, meta["BLOCK_N"]), batch, heads)  # noqa: E731
-    _attn_bwd_dkdv[grid_n](q, k, v, do, dk, dv, lse, delta, kpm_arg, cu_arg,
+    _attn_bwd_dkdv[grid_n](q, k, v, do, dk, dv, lse, delta, kpm_arg, cu_arg, *tensors, dp2c,
                            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
-                           *_strides(do, varlen), *_strides(dk, varlen), *_strides(dv, varlen), *s_l, s_m,
+                           *_strides(do, varlen), *_strides(dk, varlen), *_strides(dv, varlen), *s_l, s_m, *s_c,
                            *args, **common)
     grid_m = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch, heads)  # noqa: E731
-    _attn_bwd_dq[grid_m](q, k, v, do, dq, lse, delta, kpm_arg, cu_arg,
+    _attn_bwd_dq[grid_m](q, k, v, do, dq, lse, delta, kpm_arg, cu_arg, *tensors, dc2p,
                          *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
-                         *_strides(do, varlen), *_strides(dq, varlen), *s_l, s_m, *args, **common)
-    return dq, dk, dv
+                         *_strides(do, varlen), *_strides(dq, varlen), *s_l, s_m, *s_c, *args, **common)
+    return (dq, dk, dv, *d_bias)
 
 
 def _draw_seed(dropout_p):
@@ -423,6 +472,46 @@ class FlashAttentionVarlen(torch.autograd.Function):
         batch, heads, t_max, dropout_p, scale, seed = ctx.args
         dq, dk, dv = _backward(do, q, k, v, o, lse, None, cu, batch, heads, t_max, dropout_p, scale, seed)
         return dq, dk, dv, None, None, None, None, None
+
+
+class DisentangledFlashAttention(torch.autograd.Function):
+    """Padded layout with DeBERTa's relative terms: the scores are q k^T * scale + C2P[i, r] + P2C[j, r] at
+    r = rel_index[i - j + T - 1]; C2P, P2C (B, H, T, R) come in scaled, and get their gradients (through
+    atomic adds, so their summation order is not fixed)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, c2p, p2c, rel_index, key_padding_mask, dropout_p, scale, seed):
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        c2p, p2c = c2p.contiguous(), p2c.contiguous()
+        rel = rel_index.to(device=q.device, dtype=torch.int32).contiguous()
+        batch, heads, t_max, _ = q.shape
+        kpm = None
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).contiguous().view(torch.uint8)
+        o, lse = _forward(q, k, v, kpm, None, batch, heads, t_max, dropout_p, scale, seed, (c2p, p2c, rel))
+        ctx.save_for_backward(q, k, v, o, lse, kpm, c2p, p2c, rel)
+        ctx.args = (batch, heads, t_max, dropout_p, scale, seed)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, kpm, c2p, p2c, rel = ctx.saved_tensors
+        batch, heads, t_max, dropout_p, scale, seed = ctx.args
+        dq, dk, dv, dc2p, dp2c = _backward(do, q, k, v, o, lse, kpm, None, batch, heads, t_max, dropout_p, scale,
+                                           seed, (c2p, p2c, rel))
+        return dq, dk, dv, dc2p.to(c2p.dtype), dp2c.to(p2c.dtype), None, None, None, None, None
+
+
+def flash_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask=None, dropout_p=0.0, scale=None,
+                                 seed=None):
+    """DeBERTa's attention without T x T matrices: q, k, v (B, H, T, D); c2p = scale q k_r^T and
+    p2c = scale k q_r^T (B, H, T, R); rel_index int (2T - 1,): the row of R for each distance i - j, at
+    i - j + T - 1."""
+    _check_dropout(dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    seed = _draw_seed(dropout_p) if seed is None else int(seed)
+    return DisentangledFlashAttention.apply(q, k, v, c2p, p2c, rel_index, key_padding_mask, float(dropout_p), scale,
+                                            seed)
 
 
 def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, seed=None):

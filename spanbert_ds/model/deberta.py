@@ -9,8 +9,10 @@ and projected by each layer's own query and key weights (V2/V3's share_att_key);
 position. Like encoder.py, Q, K and V are one (H, 3H) projection; interop/hf.py maps all names to and
 from transformers' DebertaV2Model, which this matches to 1e-5 on random weights.
 
-The scores are T x T per head here (eager: explicit softmax; any other backend: SDPA with the
-relative terms as an additive bias); the layers run padded (`unpad` does not apply).
+Backends: `eager` (the reference: explicit T x T scores and softmax), `sdpa` (the relative terms as a
+T x T additive bias), `fused` (our Triton flash kernel, which gathers the relative terms inside from
+the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` takes it on a
+GPU where its self-check passed, sdpa elsewhere). The layers run padded (`unpad` does not apply).
 """
 
 import math
@@ -20,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from spanbert_ds import kernels
 from spanbert_ds.model.encoder import FeedForward, init_weights
 
 
@@ -41,6 +44,13 @@ def relative_positions(length, config, device):
     return log_bucket_position(ids[:, None] - ids[None, :], config.position_buckets, config.relative_span)
 
 
+def relative_index(rel_pos, span):
+    """The relative table's row for each distance d = i - j, at d + T - 1 ((2T - 1,) int32): what the fused
+    kernel looks up (rel_pos's first row and column hold every distance)."""
+    distances = torch.cat([rel_pos[0, 1:].flip(0), rel_pos[:, 0]])  # i - j from -(T - 1) to T - 1
+    return (distances + span).clamp(0, 2 * span - 1).to(torch.int32)
+
+
 class DisentangledSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -49,7 +59,7 @@ class DisentangledSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_dropout = nn.Dropout(config.hidden_dropout)
-        self.eager = config.attention_backend == "eager"
+        self.backend = config.attention_backend
         self.span = config.position_buckets  # the relative table has 2 * span rows
 
     def heads(self, x):
@@ -68,6 +78,14 @@ class DisentangledSelfAttention(nn.Module):
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
         scale = 1.0 / math.sqrt(3 * q.shape[-1])
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
+            # The kernel gathers c2p and p2c itself from these T x 2 * span products: no T x T tensor.
+            rel_index = relative_index(rel_pos, self.span)
+            y = kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
+                                                     (k @ q_r.transpose(-1, -2)) * scale, rel_index, mask, dropout_p,
+                                                     scale)
+            return self.out(y.transpose(1, 2).reshape(x.shape[0], q.shape[2], C))
         # c2p[i, j] = q_i . k_r[d(i, j)] and p2c[i, j] = k_j . q_r[d(i, j)], where d(i, j) = the row of distance
         # i - j (p2c is gathered key-major, at the row of -(j - i), then transposed).
         B, nh, T, _ = q.shape
@@ -76,8 +94,7 @@ class DisentangledSelfAttention(nn.Module):
         c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index.expand(B, nh, T, T))
         p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index.expand(B, nh, T, T)).transpose(-1, -2)
         bias = (c2p + p2c) * scale
-        dropout_p = self.dropout_p if self.training else 0.0
-        if self.eager:
+        if self.backend == "eager":
             scores = (q @ k.transpose(-1, -2)) * scale + bias
             if mask is not None:
                 scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)

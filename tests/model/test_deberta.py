@@ -160,3 +160,13 @@ def test_fine_tuning_a_deberta_encoder_is_refused_in_one_line(tmp_path):
     (tmp_path / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(V)))
     with pytest.raises(UserError, match="a deberta encoder; fine-tuning takes BERT-family encoders only"):
         load_init(str(tmp_path))
+
+
+def test_the_relative_index_the_kernel_reads_is_the_eager_paths_gather_index():
+    from spanbert_ds.model.deberta import relative_index
+
+    config = tiny_config(backbone="deberta", position_buckets=8, max_relative_positions=64)
+    rel_pos = relative_positions(100, config, "cpu")
+    index = relative_index(rel_pos, 8)
+    i, j = torch.meshgrid(torch.arange(100), torch.arange(100), indexing="ij")
+    assert torch.equal(index[i - j + 99].long(), (rel_pos + 8).clamp(0, 15))
