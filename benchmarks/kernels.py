@@ -12,11 +12,18 @@ Attention, (B, H, T, D) with no padding mask (SDPA's flash backend takes none), 
 (explicit T x T scores, the reference), torch.compile of it and SDPA's FlashAttention-2 backend.
 FLOPs: 4 B H T^2 D forward, 2.5 x that backward (FlashAttention's convention).
 
+DeBERTa's disentangled attention, (B, H, T, D) with 256 position buckets each way (DeBERTa V3), no padding
+and no dropout, against eager PyTorch (the deberta backbone's explicit T x T formulation, the reference),
+torch.compile of it and flashdeberta's Triton kernel (PyPI `flashdeberta`, where installed). Ours and eager
+include the T x 2*buckets products q k_r^T and k q_r^T; flashdeberta takes the projected relative tables.
+FLOPs: the content terms' 4 B H T^2 D, x 3.5 for forward + backward, as for attention.
+
 Prints one table: time, throughput, each peer's time divided by ours (> 1: ours is faster) and the largest
 difference of each forward output from eager's, then whether the goals are met.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -32,6 +39,8 @@ PEAK_BANDWIDTH = [
 GOAL_BANDWIDTH = 0.85  # of peak, for bias-GeLU-LN
 GOAL_ATTENTION = 0.95  # of SDPA-flash speed, forward + backward
 MODELS = {"bert-base": (768, 12), "bert-large": (1024, 16)}  # hidden, heads (head dim 64)
+DEBERTA_MODELS = {"deberta-v3-base": (768, 12), "deberta-v3-large": (1024, 16)}
+GOAL_DISENTANGLED = 1.0  # of flashdeberta's speed, forward + backward
 
 
 def parse_args(argv=None):
@@ -43,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--dropout", type=float, default=0.0, help="attention dropout for every implementation")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers (saves compile time)")
-    p.add_argument("--only", choices=["ln", "attention"], help="run one kernel only")
+    p.add_argument("--deberta-seq", type=int, nargs="+", default=[512, 2048],
+                   help="disentangled attention sequence lengths")
+    p.add_argument("--only", choices=["ln", "attention", "disentangled"], help="run one kernel only")
     return p.parse_args(argv)
 
 
@@ -127,7 +138,7 @@ def run_cases(device, dtype):
     def add_case(kernel, shape, impls, work, unit, make_grad):
         ours_t = None
         ref_out = None  # eager's output: every implementation's forward is compared with it
-        if not (kernel == "attention" and ARGS.dropout > 0):
+        if not (kernel == "attention" and ARGS.dropout > 0):  # disentangled runs without dropout
             with torch.no_grad():
                 ref_out = next(impl(*inputs) for name, impl, inputs in impls if name == "eager")
         for name, impl, inputs in impls:
@@ -200,6 +211,55 @@ def run_cases(device, dtype):
                 ("sdpa-flash" if device.type == "cuda" else "sdpa (cpu)", sdpa_flash, (q, k, v)),
             ], flops, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
             del q, k, v
+
+    if ARGS.only in (None, "disentangled"):
+        from spanbert_ds import kernels
+        from spanbert_ds.model.config import ModelConfig
+        from spanbert_ds.model.deberta import relative_index, relative_positions
+
+        if ARGS.smoke:
+            shapes = [("tiny", 2, 2, 40, 32, 8, 32)]
+        else:
+            shapes = [(m, max(1, ARGS.tokens // t), heads, t, hidden // heads, 256, 512)
+                      for m, (hidden, heads) in DEBERTA_MODELS.items() for t in ARGS.deberta_seq]
+        for model, b, h, t, d, span, reach in shapes:
+            config = ModelConfig(backbone="deberta", position_buckets=span, max_relative_positions=reach)
+            rel_pos = relative_positions(t, config, device)
+            c2p_index = (rel_pos + span).clamp(0, 2 * span - 1).expand(b, h, t, t)
+            p2c_index = (-rel_pos + span).clamp(0, 2 * span - 1).expand(b, h, t, t)
+            rel_index = relative_index(rel_pos, span)
+            scale = 1.0 / math.sqrt(3 * d)
+            inputs = (randn(b, h, t, d), randn(b, h, t, d), randn(b, h, t, d), randn(h, 2 * span, d),
+                      randn(h, 2 * span, d))
+
+            def eager(q, k, v, k_r, q_r):
+                c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index)
+                p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index).transpose(-1, -2)
+                return ((q @ k.transpose(-1, -2) + c2p + p2c) * scale).softmax(-1) @ v
+
+            def ours(q, k, v, k_r, q_r):
+                return kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
+                                                            (k @ q_r.transpose(-1, -2)) * scale, rel_index, None,
+                                                            0.0, scale)
+
+            def peer(q, k, v, k_r, q_r):
+                try:
+                    from flashdeberta.ops.flash_attention import flash_attention_with_disentangled
+                except ImportError as e:
+                    raise Unavailable(f"flashdeberta is not installed ({e})") from e
+                if device.type == "cpu":  # it enters torch.cuda.device(q.device.index), which a CPU tensor lacks
+                    torch.cuda.device = lambda index: contextlib.nullcontext()
+                lengths = torch.full((b,), t, dtype=torch.int32, device=device)
+                return flash_attention_with_disentangled(q, k, v, lengths, k_r[None], q_r[None], False, scale, span,
+                                                         reach)
+
+            add_case("disentangled", f"{model} B{b} H{h} T{t} D{d}", [
+                ("ours (triton)", ours, inputs),
+                ("eager", eager, inputs),
+                ("torch.compile", compiled(eager), inputs),
+                ("flashdeberta", peer, inputs),
+            ], 3.5 * 4 * b * h * t * t * d, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
+            del inputs
     return rows, notes
 
 
@@ -262,6 +322,10 @@ def print_goals(rows, peak):
             comp = impls.get("torch.compile", (None, None))[0]
             vs = "torch.compile n/a" if comp is None else f"{comp / ours[0]:.2f}x torch.compile's speed (goal > 1)"
             print(f"goal {kernel} {shape}: {frac}, {vs}")
+        elif kernel == "disentangled":
+            peer = impls.get("flashdeberta", (None, None))[0]
+            vs = "flashdeberta n/a" if peer is None else f"{peer / ours[0]:.2f}x flashdeberta's speed"
+            print(f"goal {kernel} {shape}: {vs} (goal >= {GOAL_DISENTANGLED})")
         else:
             flash = impls.get("sdpa-flash", (None, None))[0]
             vs = "sdpa-flash n/a" if flash is None else f"{flash / ours[0]:.2f}x SDPA-flash's speed"

@@ -63,7 +63,7 @@ sys.path.insert(0, REPO)
 SCHEMES = {"token": "roberta", "span": "spanbert"}  # our name -> train.py's --objective
 LABELS = {"token": "token masking + MLM", "span": "span masking + MLM + SBO"}
 COLORS = {"token": "tab:blue", "span": "tab:red"}
-MODEL = "tiny,type_vocab_size=0"
+MODEL = "tiny,type_vocab_size=0"  # the default --model
 LENGTHS = range(1, 11)  # span lengths in words
 # task -> (fetch_benchmarks name, train file, eval file, metrics reported, --max-seq-len)
 TASKS = {
@@ -80,6 +80,8 @@ def parse_args(argv=None):
     arg("--out", default=os.path.join("runs", "span_vs_token"), help="work folder: shards, runs, table, plots")
     arg("--data", default=None, help="a shard folder with a held-out split (default: OUT/shards, prepared from the "
                                      "built-in corpus if missing)")
+    arg("--model", default=MODEL, help="the encoder both schemes train, e.g. deberta-tiny for the DeBERTa backbone "
+                                       "(fine-tuning takes BERT-family encoders only: add --tasks with no task)")
     arg("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one pretraining (and fine-tuning) per seed and model")
     arg("--steps", type=int, default=1000, help="pretraining steps, the same for both models")
     arg("--batch", type=int, default=16, help="pretraining samples per step")
@@ -230,7 +232,7 @@ def pretraining_jobs(args, shards):
     for seed in args.seeds:
         for scheme, objective in SCHEMES.items():
             folder = os.path.join(args.out, f"seed{seed}", scheme, "pretrain")
-            script_args = ["--deepspeed_config", config, "--model", MODEL, "--objective", objective, "--packing", "doc",
+            script_args = ["--deepspeed_config", config, "--model", args.model, "--objective", objective, "--packing", "doc",
                            "--data", shards,
                            "--output", folder, "--steps", str(args.steps), "--max-seq-len", str(args.max_seq_len),
                            "--seed", str(seed), "--save-every", str(args.steps), "--keep-checkpoints", "1",
@@ -445,7 +447,7 @@ def machine():
 
 
 def table(measures, args, timings):
-    lines = [f"span vs token masking: {MODEL} pretrained {args.steps} steps x {args.batch} samples x "
+    lines = [f"span vs token masking: {args.model} pretrained {args.steps} steps x {args.batch} samples x "
              f"{args.max_seq_len} tokens on the built-in corpus, seeds {' '.join(map(str, args.seeds))} "
              f"(mean ± sd over seeds); span - token is the paired difference per seed"]
     width = max(len(name) for name in measures)

@@ -28,3 +28,9 @@ def test_benchmark_smoke_runs_every_kernel_and_peer_and_prints_one_table():
             assert any(kernel in line and impl in line for line in out.splitlines()), (kernel, impl, out)
     assert "sdpa" in out and "n/a (off (--smoke))" in out  # torch.compile is skipped, not crashed on
     assert "peer/ours" in out
+    # DeBERTa's disentangled attention: ours and flashdeberta's kernel (a peer, where installed) against eager
+    rows = {line.split("  ")[2].strip(): line for line in out.splitlines() if line.startswith("disentangled ")}
+    assert {"ours (triton)", "eager", "torch.compile", "flashdeberta"} <= set(rows), out
+    for impl in ("ours (triton)", "flashdeberta"):
+        if "n/a" not in rows[impl]:
+            assert float(rows[impl].split()[-1]) < 1e-4, rows[impl]
