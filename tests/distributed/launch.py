@@ -71,6 +71,16 @@ def kill_tree(process):
     process.wait()
 
 
+def kill_once_saved(train_args, run_dir, tag, ranks, launcher):
+    """Start a run and kill -9 its whole tree as soon as checkpoint `tag` is complete: mid-run, with steps
+    done after it that a resume must redo."""
+    process = start(train_args, ranks=ranks, launcher=launcher)
+    marker = os.path.join(run_dir, "checkpoints", tag, "complete.json")
+    assert wait_for(lambda: os.path.exists(marker), process), f"the run never saved {tag}"
+    assert process.poll() is None, "the run finished before it could be killed"
+    kill_tree(process)
+
+
 def metrics(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):

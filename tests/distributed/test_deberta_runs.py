@@ -7,7 +7,7 @@ import os
 import pytest
 
 from spanbert_ds.cli import main
-from tests.distributed.launch import kill_tree, launch, losses, start, wait_for
+from tests.distributed.launch import kill_once_saved, launch, losses
 from tests.distributed.test_pretrain import check, ds_config, train_args
 
 pytestmark = pytest.mark.slow  # launches processes
@@ -47,11 +47,7 @@ def test_kill_9_then_resume_is_bit_exact(work, deberta_run):
     tmp, shards, config = work
     out = str(tmp / "killed")
     args = deberta_args(shards, out, config)
-    process = start(args, ranks=2, launcher="deepspeed")
-    marker = os.path.join(out, "checkpoints", "step2", "complete.json")
-    assert wait_for(lambda: os.path.exists(marker), process), "the run never saved step 2"
-    assert process.poll() is None, "the run finished before it could be killed"
-    kill_tree(process)
+    kill_once_saved(args, out, "step2", ranks=2, launcher="deepspeed")
     check(launch(args, ranks=2, launcher="deepspeed"))
     resumed, first = losses(out), losses(deberta_run)
     assert [resumed[s]["loss"] for s in range(1, STEPS + 1)] == [first[s]["loss"] for s in range(1, STEPS + 1)]

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from spanbert_ds.train.checkpoint import complete_checkpoints
-from tests.distributed.launch import kill_tree, launch, losses, metrics, start, wait_for
+from tests.distributed.launch import kill_once_saved, launch, losses, metrics, start, wait_for
 
 pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
 
@@ -137,12 +137,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     out = str(tmp / f"killed{stage}")
     args = train_args(shards, out, ds_config(tmp, stage))
     shared_memory = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer*"))
-    process = start(args, ranks=2, launcher="deepspeed")
-    # Kill as soon as the step-2 checkpoint is complete: mid-run, with steps done after it to be redone.
-    marker = os.path.join(out, "checkpoints", "step2", "complete.json")
-    assert wait_for(lambda: os.path.exists(marker), process), "the run never saved step 2"
-    assert process.poll() is None, "the run finished before it could be killed"
-    kill_tree(process)
+    kill_once_saved(args, out, "step2", ranks=2, launcher="deepspeed")
     check(launch(args, ranks=2, launcher="deepspeed"))
     assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
     logged = [row["step"] for row in metrics(out) if "loss" in row]

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import time
 
+from tests.slurm.cluster import COMMON_CONF
+
 NAMES = ("node1", "node2")
 INTERFACE = "sim0"
 SUBNET = "10.213.7"
@@ -41,32 +43,13 @@ Host *
 SLURM_CONF = """\
 ClusterName=sim
 SlurmctldHost=node1({node1})
-AuthType=auth/none
-CredType=cred/none
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MailProg=/bin/true
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool-%n
-SlurmctldPidFile={dir}/slurmctld.pid
 SlurmdPidFile={dir}/slurmd-%n.pid
-SlurmctldLogFile={dir}/slurmctld.log
 SlurmdLogFile={dir}/slurmd-%n.log
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
 NodeName=node1 NodeAddr={node1} CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 State=UNKNOWN
 NodeName=node2 NodeAddr={node2} CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
+""" + COMMON_CONF
 
 
 def available():

@@ -8,11 +8,8 @@ import time
 
 from spanbert_ds.train.distributed import free_port
 
-CONF = """\
-ClusterName=ci
-SlurmctldHost=localhost
-SlurmctldPort={ctld_port}
-SlurmdPort={d_port}
+# What every cluster of the tests sets: no authentication, no accounting, no cgroups, root.
+COMMON_CONF = """\
 AuthType=auth/none
 CredType=cred/none
 MpiDefault=none
@@ -26,18 +23,25 @@ ReturnToService=2
 MailProg=/bin/true
 SlurmUser=root
 SlurmdUser=root
-StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
-SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
-SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+StateSaveLocation={dir}/state
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmctldLogFile={dir}/slurmctld.log
+"""
+
+CONF = """\
+ClusterName=ci
+SlurmctldHost=localhost
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmdSpoolDir={dir}/spool
+SlurmdPidFile={dir}/slurmd.pid
+SlurmdLogFile={dir}/slurmd.log
 NodeName=localhost CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
+""" + COMMON_CONF
 
 
 def available():
