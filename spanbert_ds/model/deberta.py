@@ -11,8 +11,9 @@ from transformers' DebertaV2Model, which this matches to 1e-5 on random weights.
 
 Backends: `eager` (the reference: explicit T x T scores and softmax), `sdpa` (the relative terms as a
 T x T additive bias), `fused` (our Triton flash kernel, which gathers the relative terms inside from
-the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` takes it on a
-GPU where its self-check passed, sdpa elsewhere). The layers run padded (`unpad` does not apply).
+the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` times it
+against sdpa once per shape class on a GPU where its self-check passed, and takes sdpa elsewhere).
+The layers run padded (`unpad` does not apply).
 """
 
 import math
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from spanbert_ds import kernels
+from spanbert_ds.kernels import fastest
 from spanbert_ds.model.encoder import FeedForward, init_weights
 
 
@@ -51,6 +53,62 @@ def relative_index(rel_pos, span):
     return (distances + span).clamp(0, 2 * span - 1).to(torch.int32)
 
 
+def relative_bias(q, k, k_r, q_r, rel_pos, span, scale):
+    """The c2p + p2c terms as a (B, nh, T, T) tensor: c2p[i, j] = q_i . k_r[d(i, j)] and p2c[i, j] =
+    k_j . q_r[d(i, j)], d(i, j) the row of distance i - j (p2c is gathered key-major, at the row of
+    -(j - i), then transposed)."""
+    B, nh, T, _ = q.shape
+    c2p_index = (rel_pos + span).clamp(0, 2 * span - 1)
+    p2c_index = (-rel_pos + span).clamp(0, 2 * span - 1)
+    c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index.expand(B, nh, T, T))
+    p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index.expand(B, nh, T, T)).transpose(-1, -2)
+    return (c2p + p2c) * scale
+
+
+# The backends, one signature: q, k, v (B, nh, T, hs); k_r, q_r (nh, 2 * span, hs); rel_pos (T, T).
+
+def eager_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+    """The reference: explicit scores, mask, softmax, dropout, weighted sum."""
+    scores = (q @ k.transpose(-1, -2)) * scale + relative_bias(q, k, k_r, q_r, rel_pos, span, scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return F.dropout(scores.softmax(dim=-1), dropout_p, dropout_p > 0.0) @ v
+
+
+def sdpa_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+    """PyTorch's SDPA with the relative terms (and the padding) as a T x T additive mask."""
+    bias = relative_bias(q, k, k_r, q_r, rel_pos, span, scale)
+    if mask is not None:
+        bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
+def fused_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+    """Our Triton kernel, which gathers c2p and p2c itself from the T x 2 * span products: no T x T tensor."""
+    return kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
+                                                (k @ q_r.transpose(-1, -2)) * scale, relative_index(rel_pos, span),
+                                                mask, dropout_p, scale)
+
+
+def auto_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+    """On CUDA, the faster of the fused kernel and SDPA for this shape class, timed once per process
+    (kernels/fastest.py), where the fused kernels pass their self-check; SDPA everywhere else."""
+    if not kernels.auto_may_fuse(q):
+        return sdpa_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale)
+    _, nh, T, hs = q.shape
+    key = ("disentangled", str(q.device), q.dtype, nh, hs, span, fastest.size_class(T), mask is not None,
+           dropout_p > 0.0)
+    chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v, k_r, q_r), rel_pos, span, mask,
+                                                               dropout_p, scale)
+                                           for name, fn in AUTO_CANDIDATES.items()}, q.device)
+    return AUTO_CANDIDATES[chosen](q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale)
+
+
+AUTO_CANDIDATES = {"fused": fused_disentangled, "sdpa": sdpa_disentangled}  # what `auto` times
+BACKENDS = {"eager": eager_disentangled, "sdpa": sdpa_disentangled, "fused": fused_disentangled,
+            "auto": auto_disentangled}
+
+
 class DisentangledSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -59,7 +117,7 @@ class DisentangledSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_dropout = nn.Dropout(config.hidden_dropout)
-        self.backend = config.attention_backend
+        self.attend = BACKENDS[config.attention_backend]
         self.span = config.position_buckets  # the relative table has 2 * span rows
 
     def heads(self, x):
@@ -69,7 +127,7 @@ class DisentangledSelfAttention(nn.Module):
     def forward(self, x, mask, rel_table, rel_pos, query=None):
         # x: (B, T, H) the keys' and values' input; query: the queries' input (the EMD's), default x.
         # mask: (B, T) key padding mask; rel_table: (2 * span, H); rel_pos: (T, T) bucketed i - j.
-        C = x.shape[-1]
+        B, T, C = x.shape
         w_q, w_k, w_v = self.qkv.weight.split(C)
         b_q, b_k, b_v = self.qkv.bias.split(C)
         q = self.heads(F.linear(x if query is None else query, w_q, b_q))
@@ -77,33 +135,9 @@ class DisentangledSelfAttention(nn.Module):
         table = self.position_dropout(rel_table)
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
-        scale = 1.0 / math.sqrt(3 * q.shape[-1])
-        dropout_p = self.dropout_p if self.training else 0.0
-        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
-            # The kernel gathers c2p and p2c itself from these T x 2 * span products: no T x T tensor.
-            rel_index = relative_index(rel_pos, self.span)
-            y = kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
-                                                     (k @ q_r.transpose(-1, -2)) * scale, rel_index, mask, dropout_p,
-                                                     scale)
-            return self.out(y.transpose(1, 2).reshape(x.shape[0], q.shape[2], C))
-        # c2p[i, j] = q_i . k_r[d(i, j)] and p2c[i, j] = k_j . q_r[d(i, j)], where d(i, j) = the row of distance
-        # i - j (p2c is gathered key-major, at the row of -(j - i), then transposed).
-        B, nh, T, _ = q.shape
-        c2p_index = (rel_pos + self.span).clamp(0, 2 * self.span - 1)
-        p2c_index = (-rel_pos + self.span).clamp(0, 2 * self.span - 1)
-        c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index.expand(B, nh, T, T))
-        p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index.expand(B, nh, T, T)).transpose(-1, -2)
-        bias = (c2p + p2c) * scale
-        if self.backend == "eager":
-            scores = (q @ k.transpose(-1, -2)) * scale + bias
-            if mask is not None:
-                scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-            y = F.dropout(scores.softmax(dim=-1), dropout_p, self.training) @ v
-        else:
-            if mask is not None:
-                bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-        return self.out(y.transpose(1, 2).reshape(x.shape[0], T, C))
+        y = self.attend(q, k, v, k_r, q_r, rel_pos, self.span, mask, self.dropout_p if self.training else 0.0,
+                        1.0 / math.sqrt(3 * q.shape[-1]))
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
 class DebertaLayer(nn.Module):

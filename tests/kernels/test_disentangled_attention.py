@@ -104,3 +104,18 @@ def test_the_deberta_encoders_fused_backend_matches_eager_with_gradients():
     assert abs(losses[0].item() - losses[1].item()) < 1e-5
     for (name, a), b in zip(eager.named_parameters(), fused_model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_auto_times_the_kernel_against_sdpa_once_and_gives_the_same_numbers(monkeypatch):
+    from spanbert_ds.kernels import fastest
+    from spanbert_ds.model import deberta
+
+    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: True)  # what a GPU that passed the self-check says
+    monkeypatch.setattr(fastest, "_CHOICES", {})
+    (q, k, v, k_r, q_r), rel_pos, mask = inputs(torch.float32)
+    scale = 1 / math.sqrt(3 * D)
+    out = deberta.auto_disentangled(q, k, v, k_r, q_r, rel_pos, SPAN, mask, 0.0, scale)
+    (key, (chosen, times)), = fastest.choices().items()
+    assert key[0] == "disentangled" and chosen in ("fused", "sdpa") and set(times) == {"fused", "sdpa"}
+    expected = deberta.eager_disentangled(q, k, v, k_r, q_r, rel_pos, SPAN, mask, 0.0, scale)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
