@@ -121,10 +121,12 @@ def test_deepspeed_hostfile_two_slots_per_node(nodes, work, reference):
 
 
 def test_settings_the_pdsh_path_drops_are_named(nodes, work, reference):
-    """Without .deepspeed_env the shell's OMP_NUM_THREADS reaches no rank: the run says so."""
-    out = work[0] / "ds_no_env_file"
+    """With OMP_NUM_THREADS left out of .deepspeed_env, the shell's value reaches no rank: the run says so."""
+    out = work[0] / "ds_no_threads"
+    env_file = work[0] / "deepspeed_env_without_threads"
+    env_file.write_text("".join(line for line in open(work[3]).readlines() if not line.startswith("OMP_NUM_THREADS")))
     done = on_node1(nodes, work, [DEEPSPEED, "--hostfile", hostfile(work, 1), "train.py", *train_args(work, out, 2)],
-                    DS_ENV_FILE=str(work[0] / "no-such-file"))
+                    DS_ENV_FILE=str(env_file))
     check_trained(done, out, reference, {"node1": [0], "node2": [1]}, steps=2)
     assert "unset on every rank: " in done.stderr and "OMP_NUM_THREADS" in done.stderr.split("unset on every rank: ")[1]
     assert ".deepspeed_env" in done.stderr
