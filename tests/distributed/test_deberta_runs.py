@@ -1,6 +1,6 @@
 """The deberta backbone through the same training system: `deepspeed train.py --objective deberta` on two
 ranks under ZeRO-2 (losses fall, kill -9 resume is bit-exact, TensorBoard has the loss), span masking + SBO
-on a DeBERTa backbone, and the export transformers opens."""
+on a DeBERTa backbone (two ranks agree with one), and the export transformers opens."""
 
 import os
 
@@ -57,9 +57,14 @@ def test_span_masking_and_sbo_on_a_deberta_backbone_export_to_transformers(work,
     transformers = pytest.importorskip("transformers")
     tmp, shards, config = work
     out = str(tmp / "spanbert_on_deberta")
-    check(launch(deberta_args(shards, out, config, objective="spanbert", steps=4), ranks=1, launcher="python"))
+    check(launch(deberta_args(shards, out, config, objective="spanbert", steps=4), ranks=2, launcher="deepspeed"))
+    one_rank = str(tmp / "spanbert_on_deberta_one_rank")
+    check(launch(deberta_args(shards, one_rank, config, objective="spanbert", steps=4), ranks=1, launcher="python"))
     rows = losses(out)
     assert {"mlm_loss", "sbo_loss"} <= set(rows[4])
+    # Two ranks under ZeRO-2 train what one rank does with the same global batch.
+    assert [rows[s]["loss"] for s in range(1, 5)] == pytest.approx([losses(one_rank)[s]["loss"] for s in range(1, 5)],
+                                                                   rel=1e-5)
     assert main(["export", out, str(tmp_path / "hf")]) == 0
     model = transformers.DebertaV2ForMaskedLM.from_pretrained(tmp_path / "hf")
     assert model.config.position_buckets == 256 and (tmp_path / "hf" / "sbo_head.safetensors").exists()
