@@ -13,7 +13,8 @@ Backends: `eager` (the reference: explicit T x T scores and softmax), `sdpa` (th
 T x T additive bias), `fused` (our Triton flash kernel, which gathers the relative terms inside from
 the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` times it
 against sdpa once per shape class on a GPU where its self-check passed, and takes sdpa elsewhere).
-The layers run padded (`unpad` does not apply).
+With `unpad` (the default) the GEMMs and LayerNorms run on the real rows only, and each attention lays
+them out again over the longest real sequence of the batch.
 """
 
 import math
@@ -25,6 +26,7 @@ import torch.utils.checkpoint
 
 from spanbert_ds import kernels
 from spanbert_ds.kernels import fastest
+from spanbert_ds.model import padding
 from spanbert_ds.model.encoder import FeedForward, init_weights
 
 
@@ -125,19 +127,26 @@ class DisentangledSelfAttention(nn.Module):
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
 
     def forward(self, x, mask, rel_table, rel_pos, query=None):
-        # x: (B, T, H) the keys' and values' input; query: the queries' input (the EMD's), default x.
-        # mask: (B, T) key padding mask; rel_table: (2 * span, H); rel_pos: (T, T) bucketed i - j.
-        B, T, C = x.shape
+        # x: (B, T, H) the keys' and values' input, mask its (B, T) key padding mask; or (N, H) real rows with
+        # mask their Unpadded layout. query: the queries' input (the EMD's), default x. rel_table: (2 * span, H);
+        # rel_pos: (T, T) bucketed i - j (T: the layout's max_seqlen when unpadded).
+        C = x.shape[-1]
         w_q, w_k, w_v = self.qkv.weight.split(C)
         b_q, b_k, b_v = self.qkv.bias.split(C)
-        q = self.heads(F.linear(x if query is None else query, w_q, b_q))
-        k, v = self.heads(F.linear(x, w_k, b_k)), self.heads(F.linear(x, w_v, b_v))
+        q, k, v = F.linear(x if query is None else query, w_q, b_q), F.linear(x, w_k, b_k), F.linear(x, w_v, b_v)
+        unpadded = isinstance(mask, padding.Unpadded)
+        if unpadded:  # the padded backends see the rows laid out again over the longest real sequence
+            q, k, v = (padding.heads_padded(t.view(t.shape[0], self.num_heads, -1), mask) for t in (q, k, v))
+        else:
+            q, k, v = self.heads(q), self.heads(k), self.heads(v)
         table = self.position_dropout(rel_table)
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
-        y = self.attend(q, k, v, k_r, q_r, rel_pos, self.span, mask, self.dropout_p if self.training else 0.0,
-                        1.0 / math.sqrt(3 * q.shape[-1]))
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+        y = self.attend(q, k, v, k_r, q_r, rel_pos, self.span, mask.mask if unpadded else mask,
+                        self.dropout_p if self.training else 0.0, 1.0 / math.sqrt(3 * q.shape[-1]))
+        if unpadded:
+            return self.out(padding.heads_unpadded(y, mask))
+        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], C))
 
 
 class DebertaLayer(nn.Module):
@@ -195,17 +204,24 @@ class DebertaEncoder(nn.Module):
         if perturb is not None:
             x = perturb(x)
         rel_table = self.rel_ln(self.rel_embeddings.weight)
-        rel_pos = relative_positions(input_ids.shape[1], self.config, input_ids.device)
-        layers = self.layers[:-1] if self.config.emd else self.layers
-        for layer in layers:
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=x.device)
+        # With `unpad`, the layers work on the real rows only. Batches pad at the end, so a token's place
+        # among its sequence's real tokens is its position, and relative distances stay what they were.
+        layout = padding.unpad(mask) if mask is not None and self.config.unpad else None
+        if layout is not None:
+            x, mask, T = padding.take(x, layout), layout, layout.max_seqlen
+            positions = layout.repad_index % layout.max_seqlen
+        rel_pos = relative_positions(T, self.config, x.device)
+        for layer in self.layers[:-1] if self.config.emd else self.layers:
             x = self._run(layer, x, mask, rel_table, rel_pos)
-        if not self.config.emd:
-            return x
-        # The EMD: the last layer twice more, with the absolute positions added to the queries only.
-        query = x + self.embeddings.position(torch.arange(x.shape[1], device=x.device))
-        for _ in range(2):
-            query = self._run(self.layers[-1], x, mask, rel_table, rel_pos, query)
-        return query
+        if self.config.emd:
+            # The EMD: the last layer twice more, with the absolute positions added to the queries only.
+            query = x + self.embeddings.position(positions)
+            for _ in range(2):
+                query = self._run(self.layers[-1], x, mask, rel_table, rel_pos, query)
+            x = query
+        return padding.put_back(x, layout) if layout is not None else x
 
     def _run(self, layer, *inputs):
         recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"

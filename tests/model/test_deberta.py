@@ -170,3 +170,22 @@ def test_the_relative_index_the_kernel_reads_is_the_eager_paths_gather_index():
     index = relative_index(rel_pos, 8)
     i, j = torch.meshgrid(torch.arange(100), torch.arange(100), indexing="ij")
     assert torch.equal(index[i - j + 99].long(), (rel_pos + 8).clamp(0, 15))
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("emd", [False, True])
+def test_unpadded_layers_give_the_padded_numbers(backend, emd):
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=V, backbone="deberta", position_buckets=8, max_position_embeddings=64, emd=emd,
+                         attention_backend=backend, hidden_dropout=0.0, attention_dropout=0.0)
+    padded = OBJECTIVES["roberta"](config.replace(unpad=False))
+    unpadded = OBJECTIVES["roberta"](config.replace(unpad=True))
+    unpadded.load_state_dict(padded.state_dict())
+    batch = synthetic_batch(V, seq_len=48, masking="token")
+    assert not batch["attention_mask"].bool().all()  # the batch has padding to take out
+    losses = [model(batch)["loss"] for model in (padded, unpadded)]
+    for loss in losses:
+        loss.backward()
+    assert abs(losses[0].item() - losses[1].item()) < 1e-5
+    for (name, a), b in zip(padded.named_parameters(), unpadded.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
