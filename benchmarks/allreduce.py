@@ -16,16 +16,18 @@ import os
 import socket
 import statistics
 import sys
-import time
 
 import torch
+import torch.distributed as dist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
 
 from spanbert_ds.model.config import PRESETS  # noqa: E402
-from spanbert_ds.train.distributed import fill_rank_environment, on_gpus  # noqa: E402
+from spanbert_ds.train.distributed import (fill_rank_environment, gather_from_ranks, on_gpus,  # noqa: E402
+                                           open_process_group)
+from spanbert_ds.train.preflight import time_all_reduce  # noqa: E402
 
 
 def scaling():
@@ -46,33 +48,20 @@ def main():
     args = parser.parse_args()
 
     rank, world_size, _ = fill_rank_environment()
-    import deepspeed
-    import torch.distributed as dist
-
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpus() else "gloo", auto_mpi_discovery=False)
+    open_process_group(rank)
     params, _ = scaling().count_params(scaling().build_on_meta(PRESETS[args.model].replace(vocab_size=args.vocab)))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpus() else torch.device("cpu")
     gradient = torch.ones(params, dtype=dtype, device=device)
-    hosts = [None] * world_size
-    dist.all_gather_object(hosts, socket.gethostname())
-    times = []
-    for _ in range(args.repeats + 2):  # the first two pay for connections and buffers
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dist.barrier()
-        started = time.perf_counter()
-        dist.all_reduce(gradient)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    median = statistics.median(times[2:])
+    hosts = gather_from_ranks(socket.gethostname(), world_size)
+    times = time_all_reduce(gradient, args.repeats, warmup=2)
+    median = statistics.median(times)
     if rank == 0:
         size = params * gradient.element_size()
         sent = 2 * (world_size - 1) / world_size * size
         print(f"{args.model} (vocab {args.vocab}): {params:,} parameters, {args.dtype} gradient {size / 1e6:.1f} MB; "
               f"{world_size} ranks on {len(set(hosts))} node(s) over {dist.get_backend()}: all-reduce median "
-              f"{median * 1e3:.1f} ms (min {min(times[2:]) * 1e3:.1f}) of {args.repeats}; each rank sent "
+              f"{median * 1e3:.1f} ms (min {min(times) * 1e3:.1f}) of {args.repeats}; each rank sent "
               f"{sent / 1e6:.1f} MB: bus bandwidth {sent / median / 1e9:.2f} GB/s ({sent * 8 / median / 1e9:.1f} Gb/s)")
     dist.destroy_process_group()
 

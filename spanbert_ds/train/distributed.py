@@ -67,10 +67,11 @@ def _from_mpirun(env):
     # MPI_Init crash with a segmentation fault, and `deepspeed --launcher openmpi` asks for eth0 unless
     # --launcher_args names the interfaces.
     wanted = [name for name in env.get("OMPI_MCA_btl_tcp_if_include", "").split(",") if name and "/" not in name]
-    missing = [name for name in wanted if name not in interfaces()]
+    names = interfaces()
+    missing = [name for name in wanted if name not in names]
     if missing:
         raise UserError(f"mpirun's btl_tcp_if_include names {missing[0]}, an interface node {socket.gethostname()} "
-                        f"does not have (it has: {', '.join(sorted(interfaces()))}); `deepspeed --launcher openmpi` "
+                        f"does not have (it has: {', '.join(sorted(names))}); `deepspeed --launcher openmpi` "
                         "asks for eth0 unless you pass --launcher_args='--mca btl_tcp_if_include IFACE'")
     try:
         from mpi4py import MPI
@@ -204,11 +205,8 @@ def on_gpus():
 def rank_settings_report(world_size):
     """Collective. Each rank's host; the RANK_SETTINGS that differ between ranks (one line each, naming the
     ranks and hosts); and, on a run the deepspeed launcher spread over nodes, those unset on every rank."""
-    import torch.distributed as dist
-
-    mine = (socket.gethostname(), {name: os.environ.get(name) for name in RANK_SETTINGS})
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, mine)
+    everyone = gather_from_ranks((socket.gethostname(), {name: os.environ.get(name) for name in RANK_SETTINGS}),
+                                 world_size)
     differing = []
     for name in RANK_SETTINGS:
         where = {}  # value -> {host: [ranks]}
@@ -221,6 +219,20 @@ def rank_settings_report(world_size):
                 for value, hosts in where.items()))
     unset = [name for name in RANK_SETTINGS if all(settings[name] is None for _, settings in everyone)]
     return [host for host, _ in everyone], differing, unset if int(os.environ.get("CROSS_SIZE", "1")) > 1 else []
+
+
+def gather_from_ranks(value, world_size):
+    """Collective. Every rank's value (any picklable object), in rank order, on every rank."""
+    import torch.distributed as dist
+
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def ranks_by_host(hosts):
+    """{host: [its ranks]} from each rank's host, hosts in the order of their first rank."""
+    return {host: [rank for rank, its in enumerate(hosts) if its == host] for host in dict.fromkeys(hosts)}
 
 
 def rank_list(ranks):
@@ -249,15 +261,21 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def start_process_group(rank, world_size):
-    """deepspeed.init_distributed on NCCL (GPUs) or Gloo (CPUs), then the checks every run makes of it.
-    Returns each rank's host."""
+def open_process_group(rank, timeout=None):
+    """deepspeed.init_distributed on NCCL (GPUs) or Gloo (CPUs), leaving nothing in /dev/shm. timeout: that
+    of the rendezvous and every collective (default DeepSpeed's)."""
     import deepspeed
     import torch.distributed as dist
 
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpus() else "gloo", auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpus() else "gloo", auto_mpi_discovery=False,
+                               **({"timeout": timeout} if timeout else {}))
     dist.barrier()  # every rank has mapped the others' shared-memory buffers: their names can go
     unlink_shared_memory_names(rank)
+
+
+def start_process_group(rank, world_size):
+    """The process group of a training run, and the checks every run makes of it. Returns each rank's host."""
+    open_process_group(rank)
     return check_rank_settings(rank, world_size)
 
 

@@ -16,9 +16,11 @@ import torch
 import torch.distributed as dist
 
 from spanbert_ds.data.shards import FILES
+from spanbert_ds.errors import UserError
 from spanbert_ds.train.args import add_arguments, load_ds_config  # noqa: F401 (the command's arguments)
-from spanbert_ds.train.distributed import (RANK_SETTINGS, fill_rank_environment, forwarding_hint, on_gpus,
-                                           rank_list, rank_settings_report)
+from spanbert_ds.train.distributed import (RANK_SETTINGS, fill_rank_environment, forwarding_hint,
+                                           gather_from_ranks, on_gpus, open_process_group, rank_list,
+                                           rank_settings_report, ranks_by_host)
 
 RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
 SAMPLED_BLOCKS, BLOCK = 16, 1 << 16
@@ -33,13 +35,10 @@ def run(args):
     rank, world_size, _ = fill_rank_environment()  # refuses the network settings that would hang, one line
     say = print if rank == 0 else (lambda *_, **__: None)
     started = time.monotonic()
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpus() else "gloo", auto_mpi_discovery=False,
-                               timeout=RENDEZVOUS_TIMEOUT)
+    open_process_group(rank, RENDEZVOUS_TIMEOUT)
     try:
         hosts, differing, _ = rank_settings_report(world_size)
-        by_host = {host: [r for r, its in enumerate(hosts) if its == host] for host in dict.fromkeys(hosts)}
+        by_host = ranks_by_host(hosts)
         say(f"ok    rendezvous: {world_size} rank{'s' * (world_size > 1)} on {len(by_host)} node{'s' * (len(by_host) > 1)} ("
             + ", ".join(f"{host}: {rank_list(ranks)}" for host, ranks in by_host.items())
             + f") at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {dist.get_backend()}, "
@@ -95,14 +94,8 @@ def _fingerprint(folder):
     return "sha256 " + digest.hexdigest()[:16]
 
 
-def _gather(value, world_size):
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, value)
-    return everyone
-
-
 def _same_everywhere(seen, hosts, what):
-    everyone = _gather(seen, len(hosts))
+    everyone = gather_from_ranks(seen, len(hosts))
     if everyone[0].startswith(("missing", "incomplete")):
         raise Failed(f"{what} is {everyone[0]} on rank 0 ({hosts[0]})")
     odd = [r for r, value in enumerate(everyone) if value != everyone[0]]
@@ -125,7 +118,7 @@ def _output(folder, rank, world_size, hosts):
                 f.write(os.environ["MASTER_ADDR"])
         except OSError as error:
             problem = f"rank 0 ({hosts[0]}) cannot write in it: {error.strerror}"
-    if problem := _gather(problem, world_size)[0]:
+    if problem := gather_from_ranks(problem, world_size)[0]:
         raise Failed(f"--output {folder}: {problem}")
     try:
         with open(f"{probe}-{rank}", "w") as f:
@@ -133,7 +126,7 @@ def _output(folder, rank, world_size, hosts):
         mine = None if os.path.exists(probe) else "does not see rank 0's file in it"
     except OSError as error:
         mine = f"cannot write in it: {error.strerror}"
-    everyone = _gather(mine, world_size)
+    everyone = gather_from_ranks(mine, world_size)
     if rank == 0:
         for r in range(world_size):
             if not everyone[r] and not os.path.exists(f"{probe}-{r}"):
@@ -142,7 +135,7 @@ def _output(folder, rank, world_size, hosts):
         _remove(probe)
         if made:
             os.rmdir(folder)
-    everyone = _gather(everyone, world_size)[0]  # rank 0's verdict, for every rank
+    everyone = gather_from_ranks(everyone, world_size)[0]  # rank 0's verdict, for every rank
     bad = [r for r, value in enumerate(everyone) if value]
     if bad:
         raise Failed(f"--output {folder}: rank {bad[0]} ({hosts[bad[0]]}) {everyone[bad[0]]}; every node must see "
@@ -158,8 +151,6 @@ def _remove(path):
 
 
 def _batch(args, world_size):
-    from spanbert_ds.errors import UserError
-
     try:
         config = load_ds_config(args.deepspeed_config, world_size, args.steps)
     except UserError as error:
@@ -175,17 +166,9 @@ def _all_reduce(world_size):
         return "one rank: nothing to exchange"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpus() else torch.device("cpu")
     data = torch.ones(ALL_REDUCE_BYTES // 4, device=device)
-    dist.all_reduce(data)  # the first pays for connections and buffers
-    times = []
-    for _ in range(ALL_REDUCE_REPEATS):
-        data.fill_(1.0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        dist.all_reduce(data)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+    times = time_all_reduce(data, ALL_REDUCE_REPEATS)
+    data.fill_(1.0)
+    dist.all_reduce(data)
     if not bool((data == world_size).all()):
         raise Failed(f"an all-reduce of ones over {world_size} ranks did not sum to {world_size}")
     best = min(times)
@@ -193,3 +176,19 @@ def _all_reduce(world_size):
     bus = 2 * (world_size - 1) / world_size * ALL_REDUCE_BYTES / best / 1e9
     return (f"{ALL_REDUCE_BYTES >> 20} MiB in {best * 1e3:.1f} ms (best of {ALL_REDUCE_REPEATS}), "
             f"bus bandwidth {bus:.2f} GB/s")
+
+
+def time_all_reduce(data, repeats, warmup=1):
+    """Collective. Seconds each of `repeats` all-reduces of `data` took, after `warmup` untimed ones (which
+    pay for connections and buffers); the ranks start each one together."""
+    sync = torch.cuda.synchronize if data.is_cuda else (lambda: None)
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        dist.barrier()
+        started = time.perf_counter()
+        dist.all_reduce(data)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return times

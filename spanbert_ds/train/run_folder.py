@@ -22,7 +22,7 @@ from spanbert_ds.folders import FolderLock
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES, TIED
 from spanbert_ds.train import checkpoint
-from spanbert_ds.train.distributed import said_by_rank_0
+from spanbert_ds.train.distributed import ranks_by_host, said_by_rank_0
 
 
 def lock(output, rank):
@@ -61,7 +61,7 @@ def write(args, run, hosts):
         "masking": run.objective_class.masking,
         "masking_config": run.masking_config.to_dict(),
         "world_size": len(hosts),
-        "hosts": {host: [rank for rank, its in enumerate(hosts) if its == host] for host in dict.fromkeys(hosts)},
+        "hosts": ranks_by_host(hosts),
         "gradient_accumulation_steps": run.plan.accumulation,
         "git_commit": _git_commit(),
         "versions": _versions(),
