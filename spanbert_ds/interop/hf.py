@@ -103,8 +103,10 @@ EMD_FILE = "emd.safetensors"
 EMD_NAMES = ("encoder.embeddings.position.weight",)
 # Tensors whose rows are the vocabulary: padded_vocab_size rows here, vocab_size in HF files.
 VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
-# HF names that carry no weights of their own (buffers and tied copies).
-HF_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^cls\.predictions\.decoder\.(weight|bias)$")
+# HF names (as load_hf_into renames them) that carry no weights of their own (buffers and tied copies), and
+# the replaced-token-detection head DeBERTa V3 checkpoints carry, which transformers' MLM model skips too.
+HF_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^(cls\.predictions|lm_head)\.decoder\."
+                        r"(weight|bias)$|^mask_predictions\.")
 # BertForPreTraining's names -> RobertaForMaskedLM's, by prefix (the encoder's are the same under roberta.).
 ROBERTA_PREFIXES = {
     "bert.": "roberta.",
@@ -112,7 +114,6 @@ ROBERTA_PREFIXES = {
     "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
     "cls.predictions.bias": "lm_head.bias",
 }
-ROBERTA_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^lm_head\.decoder\.(weight|bias)$")
 ROBERTA_POSITIONS = "embeddings.position_embeddings.weight"
 SBO_FILE = "sbo_head.safetensors"
 SBO_PREFIX = "sbo_head."
@@ -132,8 +133,9 @@ def name_pairs(config):
 
 
 def to_hf_state_dict(state, config, roberta=None):
-    """Our objective's state dict -> (HF BertForPreTraining tensors, or RobertaForMaskedLM's for a model without
-    segments unless roberta is False; SBO head tensors), both fp32 CPU."""
+    """Our objective's state dict -> (HF tensors: BertForPreTraining's, RobertaForMaskedLM's for a model without
+    segments unless roberta is False, DebertaV2ForMaskedLM's for the deberta backbone; the tensors kept under
+    our names beside them: the SBO head and the EMD's positions), all fp32 CPU."""
     if config.pre_layernorm:
         raise UserError("export: this model is pre-LayerNorm; Hugging Face's BertForPreTraining is post-LayerNorm "
                         "only, so it cannot hold it. Train with pre_layernorm false to export to HF BERT")
@@ -142,51 +144,32 @@ def to_hf_state_dict(state, config, roberta=None):
     for key in VOCAB_ROWS:
         if key in state:
             state[key] = state[key][: config.vocab_size]
-    if config.backbone == "deberta":
-        return _to_deberta(state, config)
-    hf = {}
+    hf, missing = {}, []
     for ours, names in name_pairs(config):
         if ours not in state:
+            if ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight":
+                missing.append(ours)
             continue
-        tensor = state.pop(ours)
-        if isinstance(names, tuple):
-            for name, part in zip(names, tensor.chunk(len(names), dim=0)):
-                hf[name] = part.contiguous()
-        else:
-            hf[names] = tensor.contiguous()
-    if "bert.embeddings.token_type_embeddings.weight" not in hf:
-        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing.
-        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, config.hidden_size)
-    missing = [ours for ours, hf_name in name_pairs(config)
-               if ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight"
-               and (hf_name[0] if isinstance(hf_name, tuple) else hf_name) not in hf]
+        names = names if isinstance(names, tuple) else (names,)
+        for name, part in zip(names, state.pop(ours).chunk(len(names), dim=0)):
+            hf[name] = part.contiguous()
     if missing:
         raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} "
                         f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's "
                         "objective?")
-    sbo = {k: v.contiguous() for k, v in state.items() if k.startswith(SBO_PREFIX) and k not in TIED}
+    extra = {k: v.contiguous() for k, v in state.items()
+             if (k.startswith(SBO_PREFIX) or k in EMD_NAMES) and k not in TIED}
+    if config.backbone == "deberta":
+        left = [k for k in state if k not in extra and k not in TIED]
+        if left:
+            raise UserError(f"export: DebertaV2 has no place for {', '.join(left[:3])} (the NSP head); export a "
+                            "deberta backbone trained with the deberta, roberta or spanbert objective")
+        return hf, extra
+    if "bert.embeddings.token_type_embeddings.weight" not in hf:
+        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing.
+        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, config.hidden_size)
     roberta = is_roberta(config) if roberta is None else roberta
-    return (_bert_to_roberta(hf, config) if roberta else hf), sbo
-
-
-def _to_deberta(state, config):
-    """(DebertaV2ForMaskedLM tensors, extra tensors under our names: the SBO head and the EMD's positions)."""
-    hf = {}
-    for ours, names in name_pairs(config):
-        if ours in state:
-            tensor = state.pop(ours)
-            parts = tensor.chunk(len(names), dim=0) if isinstance(names, tuple) else (tensor,)
-            for name, part in zip(names if isinstance(names, tuple) else (names,), parts):
-                hf[name] = part.contiguous()
-        elif ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight":
-            raise UserError(f"export: the state dict lacks {ours}; is it the state dict of this model config's "
-                            "objective?")
-    left = [k for k in state if not k.startswith(SBO_PREFIX) and k not in TIED and k not in EMD_NAMES]
-    if left:
-        raise UserError(f"export: DebertaV2 has no place for {', '.join(left[:3])} (the NSP head); export a deberta "
-                        "backbone trained with the deberta, roberta or spanbert objective")
-    extra = {k: v.contiguous() for k, v in state.items() if k not in TIED}
-    return hf, extra
+    return (_bert_to_roberta(hf, config) if roberta else hf), extra
 
 
 def is_roberta(config):
@@ -216,9 +199,7 @@ def _bert_to_roberta(hf, config):
 
 def _roberta_to_bert(hf, hf_config):
     back = {new: old for old, new in ROBERTA_PREFIXES.items()}
-    if not any(name.startswith("roberta.") for name in hf):  # RobertaModel names: add the prefix
-        hf = {("roberta." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
-    bert = {_rename(name, back): tensor for name, tensor in hf.items() if not ROBERTA_DERIVED.search(name)}
+    bert = {_rename(name, back): tensor for name, tensor in hf.items()}
     positions = "bert." + ROBERTA_POSITIONS
     if positions in bert:
         bert[positions] = bert[positions][_position_offset(hf_config.get("pad_token_id", 1)):]
@@ -509,18 +490,17 @@ def load_hf_into(objective, hf_dir):
     if not files:
         raise UserError(f"--init-from {hf_dir}: no model.safetensors (or pytorch_model.bin) there")
     hf = {_current_name(k): v for k, v in _read_tensors(os.path.join(hf_dir, files[0])).items()}
-    deberta = hf_config.get("model_type") == "deberta-v2"
-    if deberta != (config.backbone == "deberta"):
-        raise UserError(f"--init-from {hf_dir}: a {hf_config.get('model_type', 'bert')} checkpoint cannot start a model "
+    model_type = hf_config.get("model_type", "bert")
+    if (model_type == "deberta-v2") != (config.backbone == "deberta"):
+        raise UserError(f"--init-from {hf_dir}: a {model_type} checkpoint cannot start a model "
                         f"with the {config.backbone} backbone; leave --model out to take the checkpoint's")
-    if hf_config.get("model_type") == "roberta":
-        hf = _roberta_to_bert(hf, hf_config)
-    prefix = "deberta." if deberta else "bert."
-    if not any(k.startswith(prefix) for k in hf):  # BertModel / DebertaV2Model names: add the prefix
+    prefix = {"roberta": "roberta.", "deberta-v2": "deberta."}.get(model_type, "bert.")
+    if not any(k.startswith(prefix) for k in hf):  # BertModel / RobertaModel / DebertaV2Model names: add the prefix
         hf = {(prefix + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
-    if deberta:
-        hf = {_rename(k, DEBERTA_LEGACY): v for k, v in hf.items()
-              if not re.search(r"position_ids$|decoder\.(weight|bias)$|^mask_predictions\.", k)}
+    if model_type == "roberta":
+        hf = _roberta_to_bert(hf, hf_config)
+    elif model_type == "deberta-v2":
+        hf = {_rename(k, DEBERTA_LEGACY): v for k, v in hf.items()}
 
     params = dict(objective.state_dict(keep_vars=True))
     loaded, used = {}, set()
