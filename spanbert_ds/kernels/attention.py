@@ -85,13 +85,14 @@ def _keep(seed, rng_base, offs_q, offs_k, T, dropout_p):
 
 
 @triton.jit
-def _relative_bias(C2P, P2C, REL, c2p_base, p2c_base, q_rows, k_rows, ok, s_ct, T):
-    """DeBERTa's c2p + p2c terms of a tile: C2P[query, r] + P2C[key, r] at r = REL[query - key + T - 1], the
-    row of their bucketed distance (C2P = scale q k_r^T and P2C = scale k q_r^T, each T x 2 * buckets)."""
+def _relative_bias(C2P, P2C, REL, base, q_rows, k_rows, ok, s_ct, T):
+    """DeBERTa's c2p + p2c terms of a tile, in log2 units like the scores: C2P[query, r] + P2C[key, r] at
+    r = REL[query - key + T - 1], the row of their bucketed distance (C2P = scale q k_r^T and P2C = scale
+    k q_r^T, each T x 2 * buckets, one layout: base is the (batch, head) offset in both); and r."""
     index = tl.load(REL + (q_rows - k_rows) + T - 1, mask=ok, other=0)
-    c2p = tl.load(C2P + c2p_base + q_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
-    p2c = tl.load(P2C + p2c_base + k_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
-    return (c2p.to(tl.float32) + p2c.to(tl.float32)), index
+    c2p = tl.load(C2P + base + q_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
+    p2c = tl.load(P2C + base + k_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
+    return (c2p.to(tl.float32) + p2c.to(tl.float32)) * 1.4426950408889634, index
 
 
 @triton.autotune(configs=_configs(), key=_KEY)
@@ -136,9 +137,9 @@ def _attn_fwd(Q, K, V, O, LSE, KPM, CU, C2P, P2C, REL,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
         s = _dot(q, kt) * qk_scale  # (M, N), log2 units
         if BIAS:
-            bias, _ = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, offs_m[:, None],
-                                     cols[None, :], m_ok[:, None] & n_ok[None, :], s_ct, T)
-            s += bias * 1.4426950408889634
+            bias, _ = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, offs_m[:, None], cols[None, :],
+                                     m_ok[:, None] & n_ok[None, :], s_ct, T)
+            s += bias
         valid = n_ok
         if HAS_MASK:
             valid = valid & (tl.load(KPM + ob * s_mb + cols, mask=n_ok, other=0) != 0)
@@ -237,9 +238,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU, C2P, P2C, REL, DP2C
         st = _dot(k, qt) * qk_scale  # (N, M) = S^T, log2 units
         if BIAS:
             tile_ok = n_ok[:, None] & m_ok[None, :]
-            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, rows[None, :],
-                                         offs_n[:, None], tile_ok, s_ct, T)
-            st += bias * 1.4426950408889634
+            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, rows[None, :], offs_n[:, None],
+                                         tile_ok, s_ct, T)
+            st += bias
         pt = tl.math.exp2(st - lse[None, :])  # (N, M) = P^T
         pt = tl.where(valid[:, None], pt, 0.0)
         dpt = _dot(v, tl.trans(do))  # (N, M) = (dO V^T)^T
@@ -313,9 +314,9 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU, C2P, P2C, REL, DC2P,
         s = _dot(q, kt) * qk_scale  # (M, N), log2 units
         if BIAS:
             tile_ok = m_ok[:, None] & n_ok[None, :]
-            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, ob * s_cb + oh * s_ch, offs_m[:, None],
-                                         cols[None, :], tile_ok, s_ct, T)
-            s += bias * 1.4426950408889634
+            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, offs_m[:, None], cols[None, :],
+                                         tile_ok, s_ct, T)
+            s += bias
         p = tl.math.exp2(s - lse[:, None])  # (M, N)
         p = tl.where(valid[None, :], p, 0.0)
         dp = _dot(do, vt)  # (M, N)
