@@ -13,7 +13,7 @@ Attention, (B, H, T, D) with no padding mask (SDPA's flash backend takes none), 
 FLOPs: 4 B H T^2 D forward, 2.5 x that backward (FlashAttention's convention).
 
 DeBERTa's disentangled attention, (B, H, T, D) with 256 position buckets each way (DeBERTa V3), no padding
-and no dropout, against eager PyTorch (the deberta backbone's explicit T x T formulation, the reference),
+and no dropout, against eager PyTorch (the deberta backbone's eager backend, the reference),
 torch.compile of it and flashdeberta's Triton kernel (PyPI `flashdeberta`, where installed). Ours and eager
 include the T x 2*buckets products q k_r^T and k q_r^T; flashdeberta takes the projected relative tables.
 FLOPs: the content terms' 4 B H T^2 D, x 3.5 for forward + backward, as for attention.
@@ -213,9 +213,8 @@ def run_cases(device, dtype):
             del q, k, v
 
     if ARGS.only in (None, "disentangled"):
-        from spanbert_ds import kernels
         from spanbert_ds.model.config import ModelConfig
-        from spanbert_ds.model.deberta import relative_index, relative_positions
+        from spanbert_ds.model.deberta import eager_disentangled, fused_disentangled, relative_rows
 
         if ARGS.smoke:
             shapes = [("tiny", 2, 2, 40, 32, 8, 32)]
@@ -224,23 +223,16 @@ def run_cases(device, dtype):
                       for m, (hidden, heads) in DEBERTA_MODELS.items() for t in ARGS.deberta_seq]
         for model, b, h, t, d, span, reach in shapes:
             config = ModelConfig(backbone="deberta", position_buckets=span, max_relative_positions=reach)
-            rel_pos = relative_positions(t, config, device)
-            c2p_index = (rel_pos + span).clamp(0, 2 * span - 1).expand(b, h, t, t)
-            p2c_index = (-rel_pos + span).clamp(0, 2 * span - 1).expand(b, h, t, t)
-            rel_index = relative_index(rel_pos, span)
+            relative = relative_rows(t, config, device)  # (T, T) rows of the relative table
             scale = 1.0 / math.sqrt(3 * d)
             inputs = (randn(b, h, t, d), randn(b, h, t, d), randn(b, h, t, d), randn(h, 2 * span, d),
                       randn(h, 2 * span, d))
 
             def eager(q, k, v, k_r, q_r):
-                c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index)
-                p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index).transpose(-1, -2)
-                return ((q @ k.transpose(-1, -2) + c2p + p2c) * scale).softmax(-1) @ v
+                return eager_disentangled(q, k, v, k_r, q_r, relative, None, 0.0, scale)
 
             def ours(q, k, v, k_r, q_r):
-                return kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
-                                                            (k @ q_r.transpose(-1, -2)) * scale, rel_index, None,
-                                                            0.0, scale)
+                return fused_disentangled(q, k, v, k_r, q_r, relative, None, 0.0, scale)
 
             def peer(q, k, v, k_r, q_r):
                 try:

@@ -22,12 +22,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from spanbert_ds import kernels
 from spanbert_ds.kernels import fastest
 from spanbert_ds.model import padding
-from spanbert_ds.model.encoder import FeedForward, init_weights
+from spanbert_ds.model.encoder import FeedForward, init_weights, recompute_mode, run_layer
 
 
 def log_bucket_position(relative, buckets, span):
@@ -48,62 +47,66 @@ def relative_positions(length, config, device):
     return log_bucket_position(ids[:, None] - ids[None, :], config.position_buckets, config.relative_span)
 
 
-def relative_index(rel_pos, span):
-    """The relative table's row for each distance d = i - j, at d + T - 1 ((2T - 1,) int32): what the fused
-    kernel looks up (rel_pos's first row and column hold every distance)."""
-    distances = torch.cat([rel_pos[0, 1:].flip(0), rel_pos[:, 0]])  # i - j from -(T - 1) to T - 1
-    return (distances + span).clamp(0, 2 * span - 1).to(torch.int32)
+def relative_rows(length, config, device):
+    """(T, T): the row of the 2 * position_buckets relative table that query i and key j meet at, that of
+    their bucketed distance i - j. Distances are odd (d(j, i) = -d(i, j)), so the transpose is the row of
+    j - i."""
+    span = config.position_buckets
+    return (relative_positions(length, config, device) + span).clamp(0, 2 * span - 1)
 
 
-def relative_bias(q, k, k_r, q_r, rel_pos, span, scale):
-    """The c2p + p2c terms as a (B, nh, T, T) tensor: c2p[i, j] = q_i . k_r[d(i, j)] and p2c[i, j] =
-    k_j . q_r[d(i, j)], d(i, j) the row of distance i - j (p2c is gathered key-major, at the row of
-    -(j - i), then transposed)."""
+def relative_index(rows):
+    """The row for each distance d = i - j, at d + T - 1 ((2T - 1,) int32): what the fused kernel looks up
+    (the first row and column of `rows` hold every distance)."""
+    return torch.cat([rows[0, 1:].flip(0), rows[:, 0]]).to(torch.int32)  # i - j from -(T - 1) to T - 1
+
+
+def relative_bias(q, k, k_r, q_r, rows, scale):
+    """The c2p + p2c terms as a (B, nh, T, T) tensor: c2p[i, j] = q_i . k_r[rows[i, j]] and p2c[i, j] =
+    k_j . q_r[rows[i, j]] (p2c gathered key-major, at rows^T, then transposed)."""
     B, nh, T, _ = q.shape
-    c2p_index = (rel_pos + span).clamp(0, 2 * span - 1)
-    p2c_index = (-rel_pos + span).clamp(0, 2 * span - 1)
-    c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, c2p_index.expand(B, nh, T, T))
-    p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, p2c_index.expand(B, nh, T, T)).transpose(-1, -2)
+    c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, rows.expand(B, nh, T, T))
+    p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, rows.T.expand(B, nh, T, T)).transpose(-1, -2)
     return (c2p + p2c) * scale
 
 
-# The backends, one signature: q, k, v (B, nh, T, hs); k_r, q_r (nh, 2 * span, hs); rel_pos (T, T).
+# The backends, one signature: q, k, v (B, nh, T, hs); k_r, q_r (nh, 2 * buckets, hs); rows (T, T) from
+# relative_rows.
 
-def eager_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+def eager_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
     """The reference: explicit scores, mask, softmax, dropout, weighted sum."""
-    scores = (q @ k.transpose(-1, -2)) * scale + relative_bias(q, k, k_r, q_r, rel_pos, span, scale)
+    scores = (q @ k.transpose(-1, -2)) * scale + relative_bias(q, k, k_r, q_r, rows, scale)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
     return F.dropout(scores.softmax(dim=-1), dropout_p, dropout_p > 0.0) @ v
 
 
-def sdpa_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+def sdpa_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
     """PyTorch's SDPA with the relative terms (and the padding) as a T x T additive mask."""
-    bias = relative_bias(q, k, k_r, q_r, rel_pos, span, scale)
+    bias = relative_bias(q, k, k_r, q_r, rows, scale)
     if mask is not None:
         bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
 
-def fused_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
-    """Our Triton kernel, which gathers c2p and p2c itself from the T x 2 * span products: no T x T tensor."""
+def fused_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
+    """Our Triton kernel, which gathers c2p and p2c itself from the T x 2 * buckets products: no T x T tensor."""
     return kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
-                                                (k @ q_r.transpose(-1, -2)) * scale, relative_index(rel_pos, span),
-                                                mask, dropout_p, scale)
+                                                (k @ q_r.transpose(-1, -2)) * scale, relative_index(rows), mask,
+                                                dropout_p, scale)
 
 
-def auto_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale):
+def auto_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
     """On CUDA, the faster of the fused kernel and SDPA for this shape class, timed once per process
     (kernels/fastest.py), where the fused kernels pass their self-check; SDPA everywhere else."""
     if not kernels.auto_may_fuse(q):
-        return sdpa_disentangled(q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale)
+        return sdpa_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
     _, nh, T, hs = q.shape
-    key = ("disentangled", str(q.device), q.dtype, nh, hs, span, fastest.size_class(T), mask is not None,
+    key = ("disentangled", str(q.device), q.dtype, nh, hs, k_r.shape[1], fastest.size_class(T), mask is not None,
            dropout_p > 0.0)
-    chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v, k_r, q_r), rel_pos, span, mask,
-                                                               dropout_p, scale)
+    chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v, k_r, q_r), rows, mask, dropout_p, scale)
                                            for name, fn in AUTO_CANDIDATES.items()}, q.device)
-    return AUTO_CANDIDATES[chosen](q, k, v, k_r, q_r, rel_pos, span, mask, dropout_p, scale)
+    return AUTO_CANDIDATES[chosen](q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
 
 
 AUTO_CANDIDATES = {"fused": fused_disentangled, "sdpa": sdpa_disentangled}  # what `auto` times
@@ -120,16 +123,15 @@ class DisentangledSelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_dropout = nn.Dropout(config.hidden_dropout)
         self.attend = BACKENDS[config.attention_backend]
-        self.span = config.position_buckets  # the relative table has 2 * span rows
 
     def heads(self, x):
         B, T, C = x.shape
         return x.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
 
-    def forward(self, x, mask, rel_table, rel_pos, query=None):
+    def forward(self, x, mask, rel_table, rows, query=None):
         # x: (B, T, H) the keys' and values' input, mask its (B, T) key padding mask; or (N, H) real rows with
-        # mask their Unpadded layout. query: the queries' input (the EMD's), default x. rel_table: (2 * span, H);
-        # rel_pos: (T, T) bucketed i - j (T: the layout's max_seqlen when unpadded).
+        # mask their Unpadded layout. query: the queries' input (the EMD's), default x. rel_table:
+        # (2 * buckets, H); rows: relative_rows of T (the layout's max_seqlen when unpadded).
         C = x.shape[-1]
         w_q, w_k, w_v = self.qkv.weight.split(C)
         b_q, b_k, b_v = self.qkv.bias.split(C)
@@ -142,7 +144,7 @@ class DisentangledSelfAttention(nn.Module):
         table = self.position_dropout(rel_table)
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
-        y = self.attend(q, k, v, k_r, q_r, rel_pos, self.span, mask.mask if unpadded else mask,
+        y = self.attend(q, k, v, k_r, q_r, rows, mask.mask if unpadded else mask,
                         self.dropout_p if self.training else 0.0, 1.0 / math.sqrt(3 * q.shape[-1]))
         if unpadded:
             return self.out(padding.heads_unpadded(y, mask))
@@ -160,9 +162,9 @@ class DebertaLayer(nn.Module):
         self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, mask, rel_table, rel_pos, query=None):
+    def forward(self, x, mask, rel_table, rows, query=None):
         residual = x if query is None else query
-        x = self.ln1(residual + self.dropout(self.attn(x, mask, rel_table, rel_pos, query)))
+        x = self.ln1(residual + self.dropout(self.attn(x, mask, rel_table, rows, query)))
         return self.ln2(x + self.dropout(self.ffn(x)))
 
 
@@ -212,23 +214,14 @@ class DebertaEncoder(nn.Module):
         if layout is not None:
             x, mask, T = padding.take(x, layout), layout, layout.max_seqlen
             positions = layout.repad_index % layout.max_seqlen
-        rel_pos = relative_positions(T, self.config, x.device)
+        rows = relative_rows(T, self.config, x.device)  # once: every layer meets the same distances
+        recompute = recompute_mode(self)
         for layer in self.layers[:-1] if self.config.emd else self.layers:
-            x = self._run(layer, x, mask, rel_table, rel_pos)
+            x = run_layer(layer, recompute, x, mask, rel_table, rows)
         if self.config.emd:
             # The EMD: the last layer twice more, with the absolute positions added to the queries only.
             query = x + self.embeddings.position(positions)
             for _ in range(2):
-                query = self._run(self.layers[-1], x, mask, rel_table, rel_pos, query)
+                query = run_layer(self.layers[-1], recompute, x, mask, rel_table, rows, query)
             x = query
         return padding.put_back(x, layout) if layout is not None else x
-
-    def _run(self, layer, *inputs):
-        recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
-        if recompute == "torch":
-            return torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
-        if recompute == "deepspeed":
-            import deepspeed  # only runs that ask for it pay the import
-
-            return deepspeed.checkpointing.checkpoint(layer, *inputs)
-        return layer(*inputs)

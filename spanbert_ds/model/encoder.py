@@ -83,6 +83,24 @@ class Layer(nn.Module):
         return self.ln2(x + self.dropout(self.ffn(x)))
 
 
+def recompute_mode(encoder):
+    """The activation checkpointing an encoder's forward applies: its config's while training with grad, else
+    "none"."""
+    training = encoder.training and torch.is_grad_enabled()
+    return encoder.config.activation_checkpointing if training else "none"
+
+
+def run_layer(layer, recompute, *inputs):
+    """layer(*inputs), recomputed in backward where recompute is "torch" or "deepspeed"."""
+    if recompute == "torch":
+        return torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
+    if recompute == "deepspeed":
+        import deepspeed  # only runs that ask for it pay the import
+
+        return deepspeed.checkpointing.checkpoint(layer, *inputs)
+    return layer(*inputs)
+
+
 def init_weights(module, config, embeddings):
     """BERT's initialisation: N(0, 0.02) weights, zero biases, identity LayerNorms (for Module.apply)."""
     std = config.initializer_range
@@ -118,16 +136,9 @@ class Encoder(nn.Module):
         layout = padding.unpad(mask) if mask is not None and self.config.unpad else None
         if layout is not None:
             x, mask = padding.take(x, layout), layout
-        recompute = self.config.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
+        recompute = recompute_mode(self)
         for layer in self.layers:
-            if recompute == "torch":
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask, use_reentrant=False)
-            elif recompute == "deepspeed":
-                import deepspeed  # only runs that ask for it pay the import
-
-                x = deepspeed.checkpointing.checkpoint(layer, x, mask)
-            else:
-                x = layer(x, mask)
+            x = run_layer(layer, recompute, x, mask)
         if self.final_ln is not None:
             x = self.final_ln(x)
         return padding.put_back(x, layout) if layout is not None else x

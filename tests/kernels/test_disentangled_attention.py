@@ -48,9 +48,9 @@ def reference(q, k, v, k_r, q_r, rel_pos, mask, scale, keep=None, p=0.0):
 
 def fused(q, k, v, k_r, q_r, rel_pos, mask, scale, p=0.0, seed=None):
     c2p, p2c = (q @ k_r.transpose(-1, -2)) * scale, (k @ q_r.transpose(-1, -2)) * scale
-    return kernels.fused_disentangled_attention(q, k, v, c2p, p2c, relative_index(rel_pos, SPAN), mask, p, scale) \
-        if seed is None else attention.flash_disentangled_attention(q, k, v, c2p, p2c, relative_index(rel_pos, SPAN),
-                                                                    mask, p, scale, seed)
+    index = relative_index((rel_pos + SPAN).clamp(0, 2 * SPAN - 1))
+    return kernels.fused_disentangled_attention(q, k, v, c2p, p2c, index, mask, p, scale) \
+        if seed is None else attention.flash_disentangled_attention(q, k, v, c2p, p2c, index, mask, p, scale, seed)
 
 
 def check(tensors, rel_pos, mask, dtype, p=0.0, seed=None, keep=None):
@@ -114,8 +114,9 @@ def test_auto_times_the_kernel_against_sdpa_once_and_gives_the_same_numbers(monk
     monkeypatch.setattr(fastest, "_CHOICES", {})
     (q, k, v, k_r, q_r), rel_pos, mask = inputs(torch.float32)
     scale = 1 / math.sqrt(3 * D)
-    out = deberta.auto_disentangled(q, k, v, k_r, q_r, rel_pos, SPAN, mask, 0.0, scale)
+    rows = (rel_pos + SPAN).clamp(0, 2 * SPAN - 1)
+    out = deberta.auto_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
     (key, (chosen, times)), = fastest.choices().items()
     assert key[0] == "disentangled" and chosen in ("fused", "sdpa") and set(times) == {"fused", "sdpa"}
-    expected = deberta.eager_disentangled(q, k, v, k_r, q_r, rel_pos, SPAN, mask, 0.0, scale)
+    expected = deberta.eager_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

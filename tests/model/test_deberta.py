@@ -163,13 +163,16 @@ def test_fine_tuning_a_deberta_encoder_is_refused_in_one_line(tmp_path):
 
 
 def test_the_relative_index_the_kernel_reads_is_the_eager_paths_gather_index():
-    from spanbert_ds.model.deberta import relative_index
+    from spanbert_ds.model.deberta import relative_index, relative_rows
 
     config = tiny_config(backbone="deberta", position_buckets=8, max_relative_positions=64)
     rel_pos = relative_positions(100, config, "cpu")
-    index = relative_index(rel_pos, 8)
+    rows = relative_rows(100, config, "cpu")
+    index = relative_index(rows)
     i, j = torch.meshgrid(torch.arange(100), torch.arange(100), indexing="ij")
+    assert torch.equal(rows, (rel_pos + 8).clamp(0, 15))
     assert torch.equal(index[i - j + 99].long(), (rel_pos + 8).clamp(0, 15))
+    assert torch.equal(rows.T, (-rel_pos + 8).clamp(0, 15))  # what p2c gathers at: the row of j - i
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
