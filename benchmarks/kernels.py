@@ -16,7 +16,10 @@ DeBERTa's disentangled attention, (B, H, T, D) with 256 position buckets each wa
 and no dropout, against eager PyTorch (the deberta backbone's eager backend, the reference),
 torch.compile of it and flashdeberta's Triton kernel (PyPI `flashdeberta`, where installed). Ours and eager
 include the T x 2*buckets products q k_r^T and k q_r^T; flashdeberta takes the projected relative tables.
-FLOPs: the content terms' 4 B H T^2 D, x 3.5 for forward + backward, as for attention.
+FLOPs: the content terms' 4 B H T^2 D, x 3.5 for forward + backward, as for attention. Then the same on
+packed sequences of lengths uniform in [T/2, T) (varlen, what the backbone's unpadded layers run): ours'
+packed layout, eager on the rows padded again to the longest, and flashdeberta's varlen kernel; FLOPs
+summed over the sequences.
 
 Prints one table: time, throughput, each peer's time divided by ours (> 1: ours is faster) and the largest
 difference of each forward output from eager's, then whether the goals are met.
@@ -213,8 +216,21 @@ def run_cases(device, dtype):
             del q, k, v
 
     if ARGS.only in (None, "disentangled"):
+        from spanbert_ds.model import padding
         from spanbert_ds.model.config import ModelConfig
-        from spanbert_ds.model.deberta import eager_disentangled, fused_disentangled, relative_rows
+        from spanbert_ds.model.deberta import (eager_disentangled, fused_disentangled, fused_disentangled_varlen,
+                                               relative_rows)
+
+        def flashdeberta():
+            """flashdeberta's padded and varlen disentangled attention."""
+            try:
+                from flashdeberta.ops.flash_attention import flash_attention_with_disentangled
+                from flashdeberta.ops.flash_attention_varlen import flash_attention_with_disentangled_varlen
+            except ImportError as e:
+                raise Unavailable(f"flashdeberta is not installed ({e})") from e
+            if device.type == "cpu":  # it enters torch.cuda.device(q.device.index), which a CPU tensor lacks
+                torch.cuda.device = lambda index: contextlib.nullcontext()
+            return flash_attention_with_disentangled, flash_attention_with_disentangled_varlen
 
         if ARGS.smoke:
             shapes = [("tiny", 2, 2, 40, 32, 8, 32)]
@@ -235,15 +251,9 @@ def run_cases(device, dtype):
                 return fused_disentangled(q, k, v, k_r, q_r, relative, None, 0.0, scale)
 
             def peer(q, k, v, k_r, q_r):
-                try:
-                    from flashdeberta.ops.flash_attention import flash_attention_with_disentangled
-                except ImportError as e:
-                    raise Unavailable(f"flashdeberta is not installed ({e})") from e
-                if device.type == "cpu":  # it enters torch.cuda.device(q.device.index), which a CPU tensor lacks
-                    torch.cuda.device = lambda index: contextlib.nullcontext()
                 lengths = torch.full((b,), t, dtype=torch.int32, device=device)
-                return flash_attention_with_disentangled(q, k, v, lengths, k_r[None], q_r[None], False, scale, span,
-                                                         reach)
+                padded, _ = flashdeberta()
+                return padded(q, k, v, lengths, k_r[None], q_r[None], False, scale, span, reach)
 
             add_case("disentangled", f"{model} B{b} H{h} T{t} D{d}", [
                 ("ours (triton)", ours, inputs),
@@ -251,6 +261,34 @@ def run_cases(device, dtype):
                 ("torch.compile", compiled(eager), inputs),
                 ("flashdeberta", peer, inputs),
             ], 3.5 * 4 * b * h * t * t * d, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
+            del inputs
+
+            lengths = torch.randint(t // 2, t, (b,), generator=gen)
+            layout = padding.unpad((torch.arange(t)[None, :] < lengths[:, None]).to(device))
+            relative_packed = relative_rows(layout.max_seqlen, config, device)
+            n = int(lengths.sum())
+            inputs = (randn(n, h, d), randn(n, h, d), randn(n, h, d), randn(h, 2 * span, d), randn(h, 2 * span, d))
+
+            def eager_varlen(q, k, v, k_r, q_r):
+                q, k, v = (padding.heads_padded(x, layout) for x in (q, k, v))
+                y = eager_disentangled(q, k, v, k_r, q_r, relative_packed, layout.mask, 0.0, scale)
+                return padding.heads_unpadded(y, layout).view(n, h, d)
+
+            def ours_varlen(q, k, v, k_r, q_r):
+                return fused_disentangled_varlen(q, k, v, k_r, q_r, relative_packed, layout, 0.0, scale)
+
+            def peer_varlen(q, k, v, k_r, q_r):
+                _, varlen = flashdeberta()
+                cu, longest = layout.cu_seqlens, layout.max_seqlen
+                return varlen(q, k, v, k_r[None], q_r[None], cu, cu, longest, longest, False, scale, span, reach)
+
+            add_case("disentangled", f"{model} varlen B{b} H{h} N{n} D{d}", [
+                ("ours (triton)", ours_varlen, inputs),
+                ("eager", eager_varlen, inputs),
+                ("torch.compile", compiled(eager_varlen), inputs),
+                ("flashdeberta", peer_varlen, inputs),
+            ], 3.5 * 4 * h * d * int((lengths ** 2).sum()), lambda rate: f"{rate / 1e12:7.4g} TFLOP/s",
+                lambda out: torch.randn_like(out))
             del inputs
     return rows, notes
 

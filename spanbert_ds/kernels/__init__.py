@@ -5,7 +5,8 @@
   reference elsewhere (it is a pure speed-up, so falling back is fine).
 - `fused_attention(q, k, v, key_padding_mask, dropout_p, scale)`: the Triton flash-attention kernel, or a
   UserError saying why it cannot run. Someone who asked for "fused" gets it or an error, never a
-  silent fallback. `fused_attention_varlen` is the same on packed (total_tokens, H, D) sequences.
+  silent fallback. `fused_attention_varlen` is the same on packed (total_tokens, H, D) sequences, and
+  `fused_disentangled_attention(_varlen)` are DeBERTa's disentangled attention in both layouts.
 
 Triton is imported only when a kernel is first used, so the CPU path never pays for it. On a machine
 without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is set before triton is
@@ -154,6 +155,23 @@ def fused_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask=
     from spanbert_ds.kernels import attention
 
     return attention.flash_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask, dropout_p, scale)
+
+
+def fused_disentangled_attention_varlen(q, k, v, c2p, p2c, rel_index, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                        scale=None):
+    """The same on packed sequences: q, k, v (total_tokens, H, D) and c2p, p2c (total_tokens, H, R), back to back
+    as cu_seqlens int (B+1) says; max_seqlen the longest sequence, and rel_index (2 max_seqlen - 1,) the row for
+    each distance i - j at i - j + max_seqlen - 1."""
+    _check_attention_inputs(q, k, v, "(total_tokens, H, D)")
+    if (c2p.dim() != 3 or c2p.shape[:2] != q.shape[:2] or p2c.shape != c2p.shape
+            or rel_index.numel() != 2 * max_seqlen - 1):
+        raise UserError(f"fused disentangled attention: c2p and p2c must be (total_tokens, H, R) for q "
+                        f"{tuple(q.shape)} and rel_index (2 max_seqlen - 1,) for max_seqlen {max_seqlen}, got "
+                        f"{tuple(c2p.shape)}, {tuple(p2c.shape)}, {tuple(rel_index.shape)}")
+    from spanbert_ds.kernels import attention
+
+    return attention.flash_disentangled_attention_varlen(q, k, v, c2p, p2c, rel_index, cu_seqlens, max_seqlen,
+                                                         dropout_p, scale)
 
 
 def fused_attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None):

@@ -18,6 +18,12 @@ The kernels see a sequence as (batch offset, head offset, first token, length); 
 is 0 and the first token is cu_seqlens[b]. Exponentials run in base 2 (exp2 is what the hardware has), so
 the saved lse is in log2 units. A query whose keys are all padding gets zeros: its lse is stored as +inf,
 which makes every recomputed probability 0 in the backward.
+
+BIAS adds DeBERTa's relative terms to the scores, in either layout: C2P[i, r] + P2C[j, r] at the row
+r = REL[i - j + T - 1] of the distance between query i and key j (T is max_seqlen for varlen), gathered
+inside the kernels from tables laid out like q: (B, H, T, R) padded, (total_tokens, H, R) packed, read at
+the sequence's first token like q. So no T x T matrix is made for them either; their gradients (dS summed
+over the pairs that read each entry) are atomic adds.
 """
 
 import math
@@ -88,7 +94,7 @@ def _keep(seed, rng_base, offs_q, offs_k, T, dropout_p):
 def _relative_bias(C2P, P2C, REL, base, q_rows, k_rows, ok, s_ct, T):
     """DeBERTa's c2p + p2c terms of a tile, in log2 units like the scores: C2P[query, r] + P2C[key, r] at
     r = REL[query - key + T - 1], the row of their bucketed distance (C2P = scale q k_r^T and P2C = scale
-    k q_r^T, each T x 2 * buckets, one layout: base is the (batch, head) offset in both); and r."""
+    k q_r^T, each T x 2 * buckets, one layout: base is the (batch, head, first token) offset in both); and r."""
     index = tl.load(REL + (q_rows - k_rows) + T - 1, mask=ok, other=0)
     c2p = tl.load(C2P + base + q_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
     p2c = tl.load(P2C + base + k_rows.to(tl.int64) * s_ct + index, mask=ok, other=0.0)
@@ -122,6 +128,7 @@ def _attn_fwd(Q, K, V, O, LSE, KPM, CU, C2P, P2C, REL,
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # (M, D)
     k_base = K + ob * s_kb + oh * s_kh + start * s_kt
     v_base = V + ob * s_vb + oh * s_vh + start * s_vt
+    c_base = ob * s_cb + oh * s_ch + start * s_ct  # C2P/P2C rows of this sequence (start = 0 when padded)
     rng_base = pid_bh.to(tl.int64) * T * T
     inv_keep = 1.0 / (1.0 - dropout_p)
 
@@ -137,7 +144,7 @@ def _attn_fwd(Q, K, V, O, LSE, KPM, CU, C2P, P2C, REL,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
         s = _dot(q, kt) * qk_scale  # (M, N), log2 units
         if BIAS:
-            bias, _ = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, offs_m[:, None], cols[None, :],
+            bias, _ = _relative_bias(C2P, P2C, REL, c_base, offs_m[:, None], cols[None, :],
                                      m_ok[:, None] & n_ok[None, :], s_ct, T)
             s += bias
         valid = n_ok
@@ -221,6 +228,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU, C2P, P2C, REL, DP2C
     q_base = Q + ob * s_qb + oh * s_qh + start * s_qt
     do_base = DO + ob * s_db + oh * s_dh + start * s_dt
     l_base = ob * s_lb + oh * s_lh + start
+    c_base = ob * s_cb + oh * s_ch + start * s_ct
     rng_base = pid_bh.to(tl.int64) * T * T
     inv_keep = 1.0 / (1.0 - dropout_p)
 
@@ -238,8 +246,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU, C2P, P2C, REL, DP2C
         st = _dot(k, qt) * qk_scale  # (N, M) = S^T, log2 units
         if BIAS:
             tile_ok = n_ok[:, None] & m_ok[None, :]
-            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, rows[None, :], offs_n[:, None],
-                                         tile_ok, s_ct, T)
+            bias, index = _relative_bias(C2P, P2C, REL, c_base, rows[None, :], offs_n[:, None], tile_ok, s_ct, T)
             st += bias
         pt = tl.math.exp2(st - lse[None, :])  # (N, M) = P^T
         pt = tl.where(valid[:, None], pt, 0.0)
@@ -254,7 +261,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU, C2P, P2C, REL, DP2C
         dst = pt * (dpt - delta[None, :])
         dk += _dot(dst.to(qt.dtype), tl.trans(qt))
         if BIAS:  # the p2c term of score (i, j) is P2C[j, r]: its gradient is dS[i, j], summed over the i at r
-            tl.atomic_add(DP2C + ob * s_cb + oh * s_ch + offs_n[:, None].to(tl.int64) * s_ct + index, dst,
+            tl.atomic_add(DP2C + c_base + offs_n[:, None].to(tl.int64) * s_ct + index, dst,
                           mask=tile_ok & valid[:, None])
 
     dk = dk * sm_scale
@@ -297,6 +304,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU, C2P, P2C, REL, DC2P,
     delta = tl.load(DELTA + ob * s_lb + oh * s_lh + start + offs_m, mask=m_ok, other=0.0)
     k_base = K + ob * s_kb + oh * s_kh + start * s_kt
     v_base = V + ob * s_vb + oh * s_vh + start * s_vt
+    c_base = ob * s_cb + oh * s_ch + start * s_ct
     rng_base = pid_bh.to(tl.int64) * T * T
     inv_keep = 1.0 / (1.0 - dropout_p)
 
@@ -314,8 +322,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU, C2P, P2C, REL, DC2P,
         s = _dot(q, kt) * qk_scale  # (M, N), log2 units
         if BIAS:
             tile_ok = m_ok[:, None] & n_ok[None, :]
-            bias, index = _relative_bias(C2P, P2C, REL, ob * s_cb + oh * s_ch, offs_m[:, None], cols[None, :],
-                                         tile_ok, s_ct, T)
+            bias, index = _relative_bias(C2P, P2C, REL, c_base, offs_m[:, None], cols[None, :], tile_ok, s_ct, T)
             s += bias
         p = tl.math.exp2(s - lse[:, None])  # (M, N)
         p = tl.where(valid[None, :], p, 0.0)
@@ -326,7 +333,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KPM, CU, C2P, P2C, REL, DC2P,
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(kt.dtype), tl.trans(kt))
         if BIAS:  # the c2p term of score (i, j) is C2P[i, r]: its gradient is dS[i, j], summed over the j at r
-            tl.atomic_add(DC2P + ob * s_cb + oh * s_ch + offs_m[:, None].to(tl.int64) * s_ct + index, ds,
+            tl.atomic_add(DC2P + c_base + offs_m[:, None].to(tl.int64) * s_ct + index, ds,
                           mask=tile_ok & valid[None, :])
 
     dq = dq * sm_scale
@@ -352,12 +359,12 @@ def _block_d(d):
     return max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16
 
 
-def _bias_args(bias, like):
-    """(C2P, P2C, REL) and their (batch, head, token) strides, or placeholders when there is no bias."""
+def _bias_args(bias, like, varlen):
+    """(C2P, P2C, REL) and their (batch, head, token) strides, or placeholders when there is no bias. The
+    tables are contiguous and laid out alike (and so are their fp32 gradients): one set of strides for all."""
     if bias is None:
         return (like, like, like), (0, 0, 0)
-    c2p, p2c, rel = bias
-    return (c2p, p2c, rel), (c2p.stride(0), c2p.stride(1), c2p.stride(2))
+    return bias, _strides(bias[0], varlen)
 
 
 def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed, bias=None):
@@ -373,7 +380,7 @@ def _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed, bias
     if t_max == 0 or batch == 0:
         return o.zero_(), lse
     grid = lambda meta: (triton.cdiv(t_max, meta["BLOCK_M"]), batch, heads)  # noqa: E731
-    tensors, s_c = _bias_args(bias, q)
+    tensors, s_c = _bias_args(bias, q, varlen)
     _attn_fwd[grid](q, k, v, o, lse, kpm if kpm is not None else q, cu if varlen else q, *tensors,
                     *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
                     *s_l, kpm.stride(0) if kpm is not None else 0, *s_c,
@@ -393,7 +400,7 @@ def _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scal
                                       torch.zeros(bias[1].shape, dtype=torch.float32, device=q.device))
     if t_max == 0 or batch == 0:
         return (dq.zero_(), dk.zero_(), dv.zero_(), *d_bias)
-    tensors, s_c = _bias_args(bias, q)
+    tensors, s_c = _bias_args(bias, q, varlen)
     dc2p, dp2c = d_bias if bias is not None else (q, q)
     s_l = (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
     delta = torch.empty_like(lse)
@@ -476,31 +483,44 @@ class FlashAttentionVarlen(torch.autograd.Function):
 
 
 class DisentangledFlashAttention(torch.autograd.Function):
-    """Padded layout with DeBERTa's relative terms: the scores are q k^T * scale + C2P[i, r] + P2C[j, r] at
-    r = rel_index[i - j + T - 1]; C2P, P2C (B, H, T, R) come in scaled, and get their gradients (through
-    atomic adds, so their summation order is not fixed)."""
+    """DeBERTa's relative terms, in either layout: the scores are q k^T * scale + C2P[i, r] + P2C[j, r] at
+    r = rel_index[i - j + T - 1]. Padded: q, k, v (B, H, T, D), C2P, P2C (B, H, T, R) and a key padding mask;
+    packed (cu_seqlens given): q, k, v (total_tokens, H, D), C2P, P2C (total_tokens, H, R) and T = max_seqlen.
+    C2P, P2C come in scaled, and get their gradients (through atomic adds, so their summation order is not
+    fixed)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, c2p, p2c, rel_index, key_padding_mask, dropout_p, scale, seed):
+    def forward(ctx, q, k, v, c2p, p2c, rel_index, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, scale, seed):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         c2p, p2c = c2p.contiguous(), p2c.contiguous()
         rel = rel_index.to(device=q.device, dtype=torch.int32).contiguous()
-        batch, heads, t_max, _ = q.shape
-        kpm = None
+        kpm = cu = None
+        if cu_seqlens is not None:
+            cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+            batch, heads, t_max = cu.numel() - 1, q.shape[1], max_seqlen
+        else:
+            batch, heads, t_max, _ = q.shape
         if key_padding_mask is not None:
             kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).contiguous().view(torch.uint8)
-        o, lse = _forward(q, k, v, kpm, None, batch, heads, t_max, dropout_p, scale, seed, (c2p, p2c, rel))
-        ctx.save_for_backward(q, k, v, o, lse, kpm, c2p, p2c, rel)
+        o, lse = _forward(q, k, v, kpm, cu, batch, heads, t_max, dropout_p, scale, seed, (c2p, p2c, rel))
+        ctx.save_for_backward(q, k, v, o, lse, kpm, cu, c2p, p2c, rel)
         ctx.args = (batch, heads, t_max, dropout_p, scale, seed)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, kpm, c2p, p2c, rel = ctx.saved_tensors
+        q, k, v, o, lse, kpm, cu, c2p, p2c, rel = ctx.saved_tensors
         batch, heads, t_max, dropout_p, scale, seed = ctx.args
-        dq, dk, dv, dc2p, dp2c = _backward(do, q, k, v, o, lse, kpm, None, batch, heads, t_max, dropout_p, scale,
-                                           seed, (c2p, p2c, rel))
-        return dq, dk, dv, dc2p.to(c2p.dtype), dp2c.to(p2c.dtype), None, None, None, None, None
+        dq, dk, dv, dc2p, dp2c = _backward(do, q, k, v, o, lse, kpm, cu, batch, heads, t_max, dropout_p, scale, seed,
+                                           (c2p, p2c, rel))
+        return dq, dk, dv, dc2p.to(c2p.dtype), dp2c.to(p2c.dtype), None, None, None, None, None, None, None
+
+
+def _scale_and_seed(q, dropout_p, scale, seed):
+    """The checked defaults of every entry point: scale 1/sqrt(D), and the dropout seed drawn when None."""
+    _check_dropout(dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return scale, _draw_seed(dropout_p) if seed is None else int(seed)
 
 
 def flash_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask=None, dropout_p=0.0, scale=None,
@@ -508,11 +528,19 @@ def flash_disentangled_attention(q, k, v, c2p, p2c, rel_index, key_padding_mask=
     """DeBERTa's attention without T x T matrices: q, k, v (B, H, T, D); c2p = scale q k_r^T and
     p2c = scale k q_r^T (B, H, T, R); rel_index int (2T - 1,): the row of R for each distance i - j, at
     i - j + T - 1."""
-    _check_dropout(dropout_p)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = _draw_seed(dropout_p) if seed is None else int(seed)
-    return DisentangledFlashAttention.apply(q, k, v, c2p, p2c, rel_index, key_padding_mask, float(dropout_p), scale,
-                                            seed)
+    scale, seed = _scale_and_seed(q, dropout_p, scale, seed)
+    return DisentangledFlashAttention.apply(q, k, v, c2p, p2c, rel_index, key_padding_mask, None, None,
+                                            float(dropout_p), scale, seed)
+
+
+def flash_disentangled_attention_varlen(q, k, v, c2p, p2c, rel_index, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                        scale=None, seed=None):
+    """The same on packed sequences: q, k, v (total_tokens, H, D) and c2p, p2c (total_tokens, H, R), the
+    sequences back to back as cu_seqlens (B+1) says; rel_index (2 max_seqlen - 1,), the row for each
+    distance i - j at i - j + max_seqlen - 1, so one index serves every sequence of the batch."""
+    scale, seed = _scale_and_seed(q, dropout_p, scale, seed)
+    return DisentangledFlashAttention.apply(q, k, v, c2p, p2c, rel_index, None, cu_seqlens, int(max_seqlen),
+                                            float(dropout_p), scale, seed)
 
 
 def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, seed=None):
@@ -520,18 +548,14 @@ def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, s
 
     seed: the dropout seed (drawn from torch's CPU generator when None).
     """
-    _check_dropout(dropout_p)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = _draw_seed(dropout_p) if seed is None else int(seed)
+    scale, seed = _scale_and_seed(q, dropout_p, scale, seed)
     return FlashAttention.apply(q, k, v, key_padding_mask, float(dropout_p), scale, seed)
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None, seed=None):
     """The same on packed sequences: q, k, v (total_tokens, H, D), cu_seqlens (B+1) cumulative lengths
     starting at 0; max_seqlen the longest sequence (computed from cu_seqlens when None, a device sync)."""
-    _check_dropout(dropout_p)
+    scale, seed = _scale_and_seed(q, dropout_p, scale, seed)
     if max_seqlen is None:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if cu_seqlens.numel() > 1 else 0
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = _draw_seed(dropout_p) if seed is None else int(seed)
     return FlashAttentionVarlen.apply(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale, seed)

@@ -13,8 +13,10 @@ Backends: `eager` (the reference: explicit T x T scores and softmax), `sdpa` (th
 T x T additive bias), `fused` (our Triton flash kernel, which gathers the relative terms inside from
 the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` times it
 against sdpa once per shape class on a GPU where its self-check passed, and takes sdpa elsewhere).
-With `unpad` (the default) the GEMMs and LayerNorms run on the real rows only, and each attention lays
-them out again over the longest real sequence of the batch.
+With `unpad` (the default) the GEMMs and LayerNorms run on the real rows only. Where the fused kernel runs
+(`fused`, and `auto` where the fused kernels may run, as encoder.py decides for BERT) attention takes those
+rows packed, in the kernel's varlen layout, with the relative products made for the real rows only; the
+other backends lay them out again over the longest real sequence of the batch.
 """
 
 import math
@@ -96,6 +98,15 @@ def fused_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
                                                 dropout_p, scale)
 
 
+def fused_disentangled_varlen(q, k, v, k_r, q_r, rows, layout, dropout_p, scale):
+    """The kernel on packed rows: q, k, v (N, nh, hs) of the Unpadded `layout` (in place of the mask), rows
+    relative_rows of its max_seqlen. c2p and p2c are (N, nh, 2 * buckets): nothing padded, nothing T x T."""
+    c2p = torch.einsum("nhd,hrd->nhr", q, k_r) * scale
+    p2c = torch.einsum("nhd,hrd->nhr", k, q_r) * scale
+    return kernels.fused_disentangled_attention_varlen(q, k, v, c2p, p2c, relative_index(rows), layout.cu_seqlens,
+                                                       layout.max_seqlen, dropout_p, scale)
+
+
 def auto_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
     """On CUDA, the faster of the fused kernel and SDPA for this shape class, timed once per process
     (kernels/fastest.py), where the fused kernels pass their self-check; SDPA everywhere else."""
@@ -122,6 +133,7 @@ class DisentangledSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_dropout = nn.Dropout(config.hidden_dropout)
+        self.backend = config.attention_backend
         self.attend = BACKENDS[config.attention_backend]
 
     def heads(self, x):
@@ -137,18 +149,24 @@ class DisentangledSelfAttention(nn.Module):
         b_q, b_k, b_v = self.qkv.bias.split(C)
         q, k, v = F.linear(x if query is None else query, w_q, b_q), F.linear(x, w_k, b_k), F.linear(x, w_v, b_v)
         unpadded = isinstance(mask, padding.Unpadded)
-        if unpadded:  # the padded backends see the rows laid out again over the longest real sequence
-            q, k, v = (padding.heads_padded(t.view(t.shape[0], self.num_heads, -1), mask) for t in (q, k, v))
+        if unpadded:
+            q, k, v = (t.view(t.shape[0], self.num_heads, -1) for t in (q, k, v))  # (N, nh, hs)
         else:
             q, k, v = self.heads(q), self.heads(k), self.heads(v)
         table = self.position_dropout(rel_table)
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
-        y = self.attend(q, k, v, k_r, q_r, rows, mask.mask if unpadded else mask,
-                        self.dropout_p if self.training else 0.0, 1.0 / math.sqrt(3 * q.shape[-1]))
-        if unpadded:
-            return self.out(padding.heads_unpadded(y, mask))
-        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], C))
+        dropout_p, scale = self.dropout_p if self.training else 0.0, 1.0 / math.sqrt(3 * q.shape[-1])
+        if not unpadded:
+            y = self.attend(q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
+            return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], C))
+        # the varlen kernel takes the packed rows as they are (the choice encoder.py makes for BERT)
+        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
+            return self.out(fused_disentangled_varlen(q, k, v, k_r, q_r, rows, mask, dropout_p, scale).flatten(1))
+        # the padded backends see the rows laid out again over the longest real sequence
+        q, k, v = (padding.heads_padded(t, mask) for t in (q, k, v))
+        y = self.attend(q, k, v, k_r, q_r, rows, mask.mask, dropout_p, scale)
+        return self.out(padding.heads_unpadded(y, mask))
 
 
 class DebertaLayer(nn.Module):
