@@ -45,6 +45,14 @@ class ModelConfig:
     position_buckets: int = 256  # relative distances beyond +-position_buckets/2 share log-spaced buckets
     max_relative_positions: int = -1  # the longest distance the buckets span; -1: max_position_embeddings
     emd: bool = False
+    # Replaced-token detection (the electra and debertav3 objectives, model/rtd.py): the generator's share of
+    # the discriminator's width and of its layers, how the two share their embedding tables (none, share,
+    # gdes), and lambda, the weight of the discriminator's loss. 0 and "" stand for the objective's own
+    # choice (ELECTRA: 1/4 of the width, every layer, share; DeBERTaV3: full width, half the layers, gdes).
+    generator_width: float = 0.0
+    generator_depth: float = 0.0
+    embedding_sharing: str = ""
+    rtd_weight: float = 50.0
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

@@ -112,13 +112,16 @@ def decode_loss(h, weight, bias, labels, vocab_size):
 
 
 class MLMHead(nn.Module):
-    """Masked LM: transform (dense -> GeLU -> LayerNorm) -> decoder tied to the word embeddings + own bias."""
+    """Masked LM: transform (dense -> GeLU -> LayerNorm) -> decoder tied to the word embeddings + own bias.
 
-    def __init__(self, config, word_embeddings):
+    in_features: the width of the hidden states, when it is not the embeddings' (ELECTRA's narrower generator).
+    """
+
+    def __init__(self, config, word_embeddings, in_features=None):
         super().__init__()
         self.vocab_size = config.vocab_size
-        self.transform = DenseGeluLayerNorm(config.hidden_size, config.hidden_size, config.layer_norm_eps,
-                                            config.initializer_range)
+        self.transform = DenseGeluLayerNorm(in_features or config.hidden_size, config.hidden_size,
+                                            config.layer_norm_eps, config.initializer_range)
         self.decoder_weight = word_embeddings.weight  # tied: the same Parameter, (padded_vocab, H)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
 

@@ -26,6 +26,7 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.model.deberta import DebertaEncoder
 from spanbert_ds.model.encoder import Encoder
 from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead, gather_rows
+from spanbert_ds.model.rtd import Generator, RTDHead, replace_masked, sample
 
 ENCODERS = {"bert": Encoder, "deberta": DebertaEncoder}  # ModelConfig.backbone -> the encoder class
 
@@ -34,9 +35,29 @@ ENCODERS = {"bert": Encoder, "deberta": DebertaEncoder}  # ModelConfig.backbone 
 TIED = ("mlm_head.decoder_weight", "sbo_head.decoder_weight")
 
 
+def aliases(module):
+    """State-dict names of tensors that an earlier name already holds (the tied decoders, the tables the
+    RTD networks share): checkpoints and exports read each tensor once, under its first name."""
+    seen, names = set(), []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            names.append(name)
+        seen.add(id(tensor))
+    return names
+
+
 def mean(total, count):
     """A summed loss over `count` rows as a mean; 0 (not NaN) when there are none."""
     return total / max(count, 1)
+
+
+def encoder_flops(encoder, seq_len):
+    """Training FLOPs per token of an encoder (forward and backward, x3): 2 per weight outside the embeddings
+    (lookups, not matmuls) plus attention's 2 * 2 * layers * hidden * seq."""
+    embeddings = sum(p.numel() for p in encoder.embeddings.parameters())
+    weights = sum(p.numel() for p in encoder.parameters()) - embeddings
+    c = encoder.config
+    return 3 * (2 * weights + 4 * c.num_layers * c.hidden_size * seq_len)
 
 
 def score(part, logits, labels):
@@ -56,19 +77,33 @@ class Objective(nn.Module):
     parts = ("mlm",)  # the predictions it makes: "<part>_loss" in training, scores in evaluation
     needs = ("input_ids", "attention_mask") + MLM_KEYS  # batch keys forward reads
     config_overrides = {}  # model settings the objective fixes, whatever --model says
+    config_defaults = {}  # model settings the objective chooses where --model leaves them unset (0 or "")
+    encoder_predicts_masked = True  # the MLM head sits on the encoder (ELECTRA's sits on its generator)
 
     @classmethod
     def configure(cls, config):
-        """The model config this objective trains: `config` with the objective's overrides."""
-        return config.replace(**cls.config_overrides)
+        """The model config this objective trains: `config` with the objective's overrides and defaults."""
+        config = config.replace(**cls.config_overrides)
+        return config.replace(**{k: v for k, v in cls.config_defaults.items() if getattr(config, k) in (0, "")})
+
+    @classmethod
+    def summarize(cls, parts):
+        """The step's logged numbers from its `logged` means (over micro-batches and ranks)."""
+        return parts
 
     def __init__(self, config):
         super().__init__()
         config = self.configure(config)
         self.config = config
         self.encoder = ENCODERS[config.backbone](config)
-        self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
+        if self.encoder_predicts_masked:
+            self.mlm_head = MLMHead(config, self.encoder.embeddings.word)
         self._values_checked = False
+
+    @classmethod
+    def logged(cls):
+        """The names of the numbers `forward` returns in training, which the loop logs."""
+        return ("loss",) + tuple(f"{part}_loss" for part in cls.parts)
 
     def parameter_groups(self, weight_decay):
         """Optimizer groups: no weight decay on biases and LayerNorm weights (BERT's recipe)."""
@@ -86,11 +121,8 @@ class Objective(nn.Module):
         masked positions only): 2 * padded vocab * hidden, plus the head's own dense layers.
         """
         c = self.config
-        embeddings = sum(p.numel() for p in self.encoder.embeddings.parameters())
-        encoder = sum(p.numel() for p in self.encoder.parameters()) - embeddings
-        per_token = 3 * (2 * encoder + 4 * c.num_layers * c.hidden_size * seq_len)
         per_row = 3 * (2 * c.padded_vocab_size * c.hidden_size + 2 * 2 * c.hidden_size**2)
-        return per_token, per_row
+        return encoder_flops(self.encoder, seq_len), per_row
 
     def forward(self, batch, scores=False):
         """Training losses ({"loss": with grad, "<part>_loss": detached}) or, with scores=True, each
@@ -271,9 +303,89 @@ class DeBERTa(RoBERTa):
     config_overrides = {"type_vocab_size": 0, "backbone": "deberta", "emd": True}
 
 
+class ELECTRA(Objective):
+    """Replaced-token detection (Clark et al. 2020). The generator (model/rtd.py) fills the masked positions
+    with samples from its softmax; the discriminator, this objective's encoder, tells for every real token
+    whether it was replaced. loss = generator MLM + lambda (rtd_weight) x discriminator loss; no gradient
+    crosses the sampling. Only the discriminator is what pretraining is for."""
+
+    name = "electra"
+    masking = "token"
+    packing = "full"
+    parts = ("mlm", "rtd")
+    encoder_predicts_masked = False
+    config_defaults = {"generator_width": 0.25, "generator_depth": 1.0, "embedding_sharing": "share"}
+    # Summed per micro-batch, so that summarize's ratios are exact over a step.
+    COUNTS = ("rtd_replaced_correct", "rtd_replaced", "rtd_original_correct", "rtd_original", "rtd_masked")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.generator = Generator(self.config, ENCODERS[self.config.backbone], self.encoder)
+        self.rtd_head = RTDHead(self.config)
+
+    @classmethod
+    def logged(cls):
+        return super().logged() + cls.COUNTS
+
+    @classmethod
+    def summarize(cls, parts):
+        """The discriminator's accuracy on replaced and on original tokens, and the replaced fraction of the
+        masked tokens (how often the generator's sample differs from the original)."""
+        parts = dict(parts)
+        n = {key: parts.pop(key) for key in cls.COUNTS if key in parts}
+        for name, top, bottom in (("rtd_replaced_accuracy", "rtd_replaced_correct", "rtd_replaced"),
+                                  ("rtd_original_accuracy", "rtd_original_correct", "rtd_original"),
+                                  ("replaced_fraction", "rtd_replaced", "rtd_masked")):
+            if n.get(bottom):
+                parts[name] = n[top] / n[bottom]
+        return parts
+
+    def training_flops(self, seq_len):
+        per_token, _ = super().training_flops(seq_len)
+        small, c = self.generator.encoder.config, self.config
+        per_row = 3 * (2 * c.padded_vocab_size * c.hidden_size + 2 * small.hidden_size * c.hidden_size)
+        return per_token + encoder_flops(self.generator.encoder, seq_len) + 3 * 2 * c.hidden_size**2, per_row
+
+    def forward(self, batch, scores=False):
+        self.check_batch(batch)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        token_types = batch.get("token_type_ids") if self.config.type_vocab_size else None
+        positions, labels = batch["mlm_positions"], batch["mlm_labels"]
+        logits = self.generator(ids, mask, token_types, positions).float()  # (N, vocab)
+        with torch.no_grad():
+            corrupted, replaced = replace_masked(ids, positions, sample(logits), labels)  # (B, T) each
+        rtd_logits = self.rtd_head(self.encoder(corrupted, mask, token_types)).float()  # (B, T)
+        real = mask.bool()
+        rtd_sum = (F.binary_cross_entropy_with_logits(rtd_logits, replaced.float(), reduction="none") * real).sum()
+        right = (rtd_logits > 0) == replaced
+        n_real = real.sum()
+        if scores:
+            return {**score("mlm", logits, labels), "rtd_loss_sum": rtd_sum, "rtd_correct": (right & real).sum(),
+                    "rtd_count": n_real}
+        mlm_loss = mean(F.cross_entropy(logits, labels, reduction="sum"), labels.shape[0])
+        rtd_loss = rtd_sum / n_real.clamp(min=1)
+        replaced, original = replaced & real, ~replaced & real
+        return {"loss": mlm_loss + self.config.rtd_weight * rtd_loss, "mlm_loss": mlm_loss.detach(),
+                "rtd_loss": rtd_loss.detach(), "rtd_replaced_correct": (right & replaced).sum(),
+                "rtd_replaced": replaced.sum(), "rtd_original_correct": (right & original).sum(),
+                "rtd_original": original.sum(), "rtd_masked": torch.tensor(labels.shape[0], device=ids.device)}
+
+
+class DeBERTaV3(ELECTRA):
+    """DeBERTaV3 (He et al. 2023): ELECTRA's replaced-token detection on the deberta backbone, with a generator
+    of the discriminator's width and half its layers, sharing the word table through gradient-disentangled
+    embedding sharing (model/rtd.py)."""
+
+    name = "debertav3"
+    config_overrides = {"type_vocab_size": 0, "backbone": "deberta", "emd": False}
+    config_defaults = {"generator_width": 1.0, "generator_depth": 0.5, "embedding_sharing": "gdes"}
+
+
 OBJECTIVES = {
     "spanbert": SpanBERT,
     "bert": BERT,
     "roberta": RoBERTa,
     "deberta": DeBERTa,
+    "electra": ELECTRA,
+    "debertav3": DeBERTaV3,
 }

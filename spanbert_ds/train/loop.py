@@ -145,7 +145,7 @@ def train(args, run, rank, world_size, stop):
     monitor = Monitor(args.output, rank == 0, start, args.steps, *objective.training_flops(args.max_seq_len))
     if start:
         monitor.message(f"resumed from {load_tag} at step {start}")
-    sums = StepSums(engine.device)
+    sums = StepSums(engine.device, objective.logged())
     bad_steps, exit_code, step = 0, 0, start
 
     for micro_index, batch in enumerate(loader, start=start * accumulation):
@@ -163,6 +163,7 @@ def train(args, run, rank, world_size, stop):
         # rank takes the same one (evaluation and saving are collective).
         step = (micro_index + 1) // accumulation
         parts, counts, stop_requested = sums.reduce(stop.signal is not None, accumulation * world_size)
+        parts = objective.summarize(parts)
         monitor.count(*counts)
         finite = all(map(math.isfinite, parts.values()))
         bad_steps = 0 if finite else bad_steps + 1

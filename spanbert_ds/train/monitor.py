@@ -86,7 +86,8 @@ class Monitor:
         if "eval_loss" in metrics:
             self.held_out = {"eval_loss": metrics["eval_loss"], "eval_mlm_acc": metrics.get("eval_mlm_accuracy")}
             self.bar.write(_held_out_line(step, metrics), file=sys.stderr)
-        shown = {k: metrics[k] for k in (*StepSums.PARTS, "lr", "tokens_per_s") if k in metrics}
+        shown = {k: v for k, v in metrics.items() if k.endswith("loss") and not k.startswith("eval_")}
+        shown.update({k: metrics[k] for k in ("lr", "tokens_per_s") if k in metrics})
         shown.update({k: v for k, v in self.held_out.items() if v is not None})
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self.bar.update(step - self.bar.n)
@@ -117,9 +118,7 @@ class StepSums:
     samples and rows through the vocabulary decoders. `reduce` all-reduces them together with the stop
     flag: one collective per step, and every rank learns that some rank was asked to stop."""
 
-    PARTS = ("loss", "mlm_loss", "sbo_loss", "nsp_loss")
-
-    def __init__(self, device, parts=PARTS):
+    def __init__(self, device, parts):
         self.parts = parts
         self.sums = torch.zeros(len(parts) + 4, dtype=torch.float64, device=device)
         self.present = list(parts)
@@ -163,7 +162,7 @@ def optimizer_scalars(engine):
 def _held_out_line(step, metrics):
     """e.g. `step 500 held out: mlm loss 4.02 accuracy 31.5% (unigram 5.9% / 6.81); sbo ...`"""
     parts = []
-    for part in ("mlm", "sbo", "nsp"):
+    for part in ("mlm", "sbo", "nsp", "rtd"):
         if f"eval_{part}_loss" not in metrics:
             continue
         text = f"{part} loss {metrics[f'eval_{part}_loss']:.3f} accuracy {100 * metrics[f'eval_{part}_accuracy']:.1f}%"
@@ -184,6 +183,8 @@ def _tag(name):
 def _group(name):
     if name.endswith("loss"):
         return "loss"
+    if name.startswith("rtd_") or name == "replaced_fraction":
+        return "rtd"
     if name in ("tokens_per_s", "samples_per_s", "steps_per_s", "mfu"):
         return "throughput"
     if "gb" in name:

@@ -144,7 +144,8 @@ def test_sbo_head_is_exported_beside_the_model(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
 
 
-@pytest.mark.parametrize("name", list(OBJECTIVES))
+# ELECTRA and DeBERTaV3 export their networks to other HF classes (tests/interop/test_rtd_export.py)
+@pytest.mark.parametrize("name", [name for name, objective in OBJECTIVES.items() if objective.encoder_predicts_masked])
 def test_round_trip_ours_hf_ours_is_exact(tmp_path, name):
     tok = wordpiece(lowercase=True)
     objective, _ = trained(name, tok.get_vocab_size())
