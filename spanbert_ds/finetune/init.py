@@ -36,6 +36,7 @@ def load_init(path):
 
 def _from_run(path):
     from spanbert_ds.interop.export import run_and_tag
+    from spanbert_ds.model.rtd import merged_state_dict
     from spanbert_ds.train.run_folder import load_run
 
     run_dir, tag = run_and_tag(path, None)
@@ -44,7 +45,8 @@ def _from_run(path):
                         "Face folder (no config.json)")
     objective, tag = load_run(run_dir, tag)
     _check_backbone(objective.config, path)
-    return Init(objective.config, _task_state(objective.state_dict()), os.path.join(run_dir, "tokenizer"),
+    # an RTD run's encoder is its discriminator, whose gdes tables become plain ones here
+    return Init(objective.config, _task_state(merged_state_dict(objective)), os.path.join(run_dir, "tokenizer"),
                 f"{run_dir} checkpoint {tag} ({objective.name})")
 
 

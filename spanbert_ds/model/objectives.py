@@ -352,8 +352,11 @@ class ELECTRA(Objective):
         token_types = batch.get("token_type_ids") if self.config.type_vocab_size else None
         positions, labels = batch["mlm_positions"], batch["mlm_labels"]
         logits = self.generator(ids, mask, token_types, positions).float()  # (N, vocab)
+        # Held-out scores draw from a generator of their own, seeded alike for every batch: the same masks
+        # give the same samples at every evaluation, and training's random stream is left alone.
+        draws = torch.Generator(logits.device).manual_seed(0) if scores else None
         with torch.no_grad():
-            corrupted, replaced = replace_masked(ids, positions, sample(logits), labels)  # (B, T) each
+            corrupted, replaced = replace_masked(ids, positions, sample(logits, draws), labels)  # (B, T) each
         rtd_logits = self.rtd_head(self.encoder(corrupted, mask, token_types)).float()  # (B, T)
         real = mask.bool()
         rtd_sum = (F.binary_cross_entropy_with_logits(rtd_logits, replaced.float(), reduction="none") * real).sum()

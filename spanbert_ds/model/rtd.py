@@ -60,6 +60,18 @@ class GradientDisentangled(nn.Module):
         return F.embedding(ids, self.weight)
 
 
+def merged_state_dict(module):
+    """module.state_dict() with each gradient-disentangled table written as the plain table the discriminator
+    reads, E_G + E_delta under `<table>.weight`: what fine-tuning starts from and exports write."""
+    state = module.state_dict()
+    for name, table in module.named_modules():
+        if isinstance(table, GradientDisentangled):
+            prefix = f"{name}." if name else ""
+            del state[prefix + "shared_weight"], state[prefix + "delta"]
+            state[prefix + "weight"] = table.weight.detach()
+    return state
+
+
 class ProjectedEmbeddings(nn.Module):
     """Embeddings of the shared tables' width, projected down to a narrower generator's
     (ELECTRA's embeddings_project)."""
@@ -135,10 +147,10 @@ class RTDHead(nn.Module):
         return self.classifier(F.gelu(self.dense(hidden))).squeeze(-1)  # (..., H) -> (...)
 
 
-def sample(logits):
+def sample(logits, generator=None):
     """One token per row from softmax(logits) at temperature 1 (Gumbel-max: argmax of logits + Gumbel
-    noise), from torch's generator, which the training loop seeds per micro-batch."""
-    noise = torch.empty_like(logits, dtype=torch.float32).exponential_().log()  # -Gumbel
+    noise), from `generator`, by default torch's, which the training loop seeds per micro-batch."""
+    noise = torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator).log()  # -Gumbel
     return (logits.float() - noise).argmax(dim=-1)
 
 

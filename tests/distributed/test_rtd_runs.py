@@ -9,6 +9,9 @@ import os
 import pytest
 import torch
 
+from spanbert_ds.errors import UserError
+from spanbert_ds.finetune.init import load_init, load_into
+from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.train.run_folder import load_run
 from tests.distributed.launch import kill_once_saved, launch, losses
 from tests.distributed.test_pretrain import check, ds_config, train_args
@@ -79,3 +82,23 @@ def test_rtd_trains_on_two_ranks_and_resumes_bit_exact_after_kill_9(work, object
     states, states_resumed = optimizer_states(first, tag), optimizer_states(killed, tag)
     assert states and len(states) == len(states_resumed)
     assert all(torch.equal(a, b) for a, b in zip(states, states_resumed))
+
+
+def test_fine_tuning_starts_from_electras_discriminator(work):
+    tmp, shards, config = work
+    out = str(tmp / "electra_gdes")
+    args = rtd_args(shards, out, config, "electra")
+    args[args.index("--model") + 1] = "tiny,embedding_sharing=gdes"
+    args[args.index("--steps") + 1] = "4"  # the learning rate warms up from 0 over 2 steps
+    check(launch(args, ranks=1, launcher="python"))
+    objective, _ = load_run(out)
+    init = load_init(out)
+    model = TaskModel(init.config, "sequence", num_labels=3)
+    assert load_into(model, init) == ["classifier.bias", "classifier.weight", "pooler.bias", "pooler.weight"]
+    word = objective.encoder.embeddings.word  # E_G + E_delta: the table the discriminator was reading
+    assert torch.equal(model.encoder.embeddings.word.weight, word.shared_weight + word.delta)
+    assert not torch.equal(word.shared_weight, word.weight)  # E_delta moved off zero
+    debertav3 = str(tmp / "debertav3")  # the other test's run, when it ran first
+    if os.path.isdir(os.path.join(debertav3, "checkpoints")):
+        with pytest.raises(UserError, match="a deberta encoder; fine-tuning takes BERT-family encoders only"):
+            load_init(debertav3)

@@ -8,7 +8,7 @@ import torch
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import PRESETS
 from spanbert_ds.model.objectives import OBJECTIVES, aliases
-from spanbert_ds.model.rtd import generator_config, replace_masked, sample
+from spanbert_ds.model.rtd import generator_config, merged_state_dict, replace_masked, sample
 from tests.model.synthetic import synthetic_batch, tiny_config
 
 CONFIGS = {"electra": lambda **kw: tiny_config(**kw),
@@ -128,14 +128,14 @@ def test_shared_tables_are_one_tensor_saved_once():
     assert "generator.mlm_head.decoder_weight" in second and "encoder.embeddings.word.weight" not in second
 
 
-def test_the_loss_is_mlm_plus_lambda_times_rtd():
+def test_the_loss_is_mlm_plus_lambda_times_rtd(monkeypatch):
+    # the generator's argmax in place of its samples, so that training and scoring see the same replacements
+    monkeypatch.setattr("spanbert_ds.model.objectives.sample", lambda logits, generator=None: logits.argmax(-1))
     model = build("electra")
     batch = synthetic_batch(100, masking="token")
-    torch.manual_seed(1)
     out = model(batch)
     assert out["loss"].item() == pytest.approx(out["mlm_loss"].item() + 50.0 * out["rtd_loss"].item(), rel=1e-6)
     model.eval()
-    torch.manual_seed(1)
     scores = model(batch, scores=True)
     assert scores["rtd_count"] == batch["attention_mask"].sum()
     assert scores["rtd_loss_sum"].item() / scores["rtd_count"].item() == pytest.approx(out["rtd_loss"].item(), rel=1e-5)
@@ -156,3 +156,29 @@ def test_both_losses_fall_when_overfitting_one_batch(objective):
         first = first or {k: out[k].item() for k in ("mlm_loss", "rtd_loss")}
         last = {k: out[k].item() for k in ("mlm_loss", "rtd_loss")}
     assert last["mlm_loss"] < 0.5 * first["mlm_loss"] and last["rtd_loss"] < first["rtd_loss"], (first, last)
+
+
+def test_held_out_scores_draw_the_same_samples_every_time_and_leave_trainings_stream_alone():
+    model = build("electra").eval()
+    batch = synthetic_batch(100, masking="token")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        first = model(batch, scores=True)
+        state = torch.get_rng_state()
+        second = model(batch, scores=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert {k: v.item() for k, v in first.items()} == {k: v.item() for k, v in second.items()}
+
+
+def test_merged_state_dict_writes_the_table_the_discriminator_reads():
+    model = build("electra", embedding_sharing="gdes")
+    with torch.no_grad():
+        model.encoder.embeddings.word.delta.normal_()
+    state = merged_state_dict(model)
+    word = model.encoder.embeddings.word
+    assert "encoder.embeddings.word.delta" not in state and "encoder.embeddings.word.shared_weight" not in state
+    assert torch.equal(state["encoder.embeddings.word.weight"], word.shared_weight + word.delta)
+    plain = OBJECTIVES["electra"](CONFIGS["electra"](embedding_sharing="none"))
+    missing, _ = plain.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items()
+                                                if k.startswith("encoder.")}, strict=False)
+    assert missing == []
