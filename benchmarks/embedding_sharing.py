@@ -30,7 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
 
-from benchmarks.runs import Job, machine, prepare_shards, read_metrics, run_jobs, write_ds_config  # noqa: E402
+from benchmarks.runs import (Job, machine, prepare_shards, read_metrics, run_jobs, save_figure,  # noqa: E402
+                             write_ds_config)
 
 MODES = {"none": "NES (no sharing)", "share": "ES (one table)", "gdes": "GDES (sg(E_G) + E_delta)"}
 SHORT = {"none": "NES", "share": "ES", "gdes": "GDES"}
@@ -179,11 +180,7 @@ def plot(results, args):
     bars.set_xticks(range(len(MODES)), [SHORT[mode] for mode in MODES])
     bars.set(ylabel="average cosine similarity of word embeddings", title="the tug-of-war on the token table")
     bars.legend()
-    fig.tight_layout()
-    path = os.path.join(args.out, "embedding_sharing.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, args.out, "embedding_sharing.png")
 
 
 def main(argv=None):

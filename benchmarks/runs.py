@@ -131,3 +131,14 @@ def machine():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}; "
             f"load average now {load:.1f}")
+
+
+def save_figure(fig, out, name):
+    """A matplotlib figure as out/name (PNG); returns its path."""
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

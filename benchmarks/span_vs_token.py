@@ -57,7 +57,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
 
-from benchmarks.runs import Job, machine, prepare_shards, read_metrics, run_jobs, write_ds_config  # noqa: E402
+from benchmarks.runs import (Job, machine, prepare_shards, read_metrics, run_jobs, save_figure,  # noqa: E402
+                             write_ds_config)
 
 SCHEMES = {"token": "roberta", "span": "spanbert"}  # our name -> train.py's --objective
 LABELS = {"token": "token masking + MLM", "span": "span masking + MLM + SBO"}
@@ -378,7 +379,7 @@ def plots(results, args):
     for ax in (train_ax, eval_ax):
         ax.legend()
         ax.grid(alpha=0.3)
-    paths.append(save(fig, args, "pretraining_loss.png"))
+    paths.append(save_figure(fig, args.out, "pretraining_loss.png"))
 
     # 2. span-fill accuracy per length
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -394,7 +395,7 @@ def plots(results, args):
                ylabel="accuracy %", xticks=list(LENGTHS))
         ax.legend()
         ax.grid(alpha=0.3)
-    paths.append(save(fig, args, "span_fill_accuracy.png"))
+    paths.append(save_figure(fig, args.out, "span_fill_accuracy.png"))
 
     # 3. fine-tuning scores
     if args.tasks:
@@ -411,17 +412,8 @@ def plots(results, args):
         ax.set(title="fine-tuned (bars: mean over seeds, dots: seeds)", ylabel="score %")
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
-        paths.append(save(fig, args, "finetune_scores.png"))
+        paths.append(save_figure(fig, args.out, "finetune_scores.png"))
     return paths
-
-
-def save(fig, args, name):
-    path = os.path.join(args.out, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
 
 
 # --- main -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pretraining heads: MLM, SpanBERT's span boundary objective (SBO), NSP.
+"""Pretraining heads: MLM, SpanBERT's span boundary objective (SBO), NSP, replaced-token detection (RTD).
 
 The MLM and SBO heads run on gathered rows only ((N, H) masked tokens, (M, H) span
 targets), never on the whole (B*T, H) sequence: with 15% masking that removes ~85% of
@@ -174,13 +174,32 @@ class NSPHead(nn.Module):
         super().__init__()
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, 2)
-        for linear in (self.pooler, self.classifier):
-            nn.init.normal_(linear.weight, std=config.initializer_range)
-            nn.init.zeros_(linear.bias)
+        init_linear(config, self.pooler, self.classifier)
 
     def forward(self, cls_state):
         # cls_state: (B, H) the [CLS] hidden state -> logits (B, 2): 0 = true next, 1 = random
         return self.classifier(torch.tanh(self.pooler(cls_state)))
+
+
+class RTDHead(nn.Module):
+    """Replaced-token detection on every token (ELECTRA's discriminator head): dense -> GeLU -> one logit,
+    replaced (> 0) or original."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        init_linear(config, self.dense, self.classifier)
+
+    def forward(self, hidden):
+        return self.classifier(F.gelu(self.dense(hidden))).squeeze(-1)  # (..., H) -> (...)
+
+
+def init_linear(config, *linears):
+    """BERT's initialisation of a head's dense layers: N(0, initializer_range) weights, zero biases."""
+    for linear in linears:
+        nn.init.normal_(linear.weight, std=config.initializer_range)
+        nn.init.zeros_(linear.bias)
 
 
 def gather_rows(hidden, flat_index):

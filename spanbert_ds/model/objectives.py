@@ -25,8 +25,8 @@ from spanbert_ds.data.masking import MLM_KEYS, NSP_KEYS, SBO_KEYS
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.deberta import DebertaEncoder
 from spanbert_ds.model.encoder import Encoder
-from spanbert_ds.model.heads import MLMHead, NSPHead, SBOHead, gather_rows
-from spanbert_ds.model.rtd import Generator, RTDHead, replace_masked, sample
+from spanbert_ds.model.heads import MLMHead, NSPHead, RTDHead, SBOHead, gather_rows
+from spanbert_ds.model.rtd import Generator, replace_masked, sample
 
 ENCODERS = {"bert": Encoder, "deberta": DebertaEncoder}  # ModelConfig.backbone -> the encoder class
 

@@ -132,21 +132,6 @@ class Generator(nn.Module):
         return self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
 
 
-class RTDHead(nn.Module):
-    """The discriminator's head (ELECTRA's): dense -> GeLU -> one replaced-or-original logit per token."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 1)
-        for linear in (self.dense, self.classifier):
-            nn.init.normal_(linear.weight, std=config.initializer_range)
-            nn.init.zeros_(linear.bias)
-
-    def forward(self, hidden):
-        return self.classifier(F.gelu(self.dense(hidden))).squeeze(-1)  # (..., H) -> (...)
-
-
 def sample(logits, generator=None):
     """One token per row from softmax(logits) at temperature 1 (Gumbel-max: argmax of logits + Gumbel
     noise), from `generator`, by default torch's, which the training loop seeds per micro-batch."""
