@@ -9,6 +9,8 @@ Export (`export_hf`) writes a folder that `transformers` opens unchanged:
   sbo_head.safetensors   our SBO head (our names), when the objective has one
   tokenizer.json, vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE),
   tokenizer_config.json (with the right do_lower_case), special_tokens_map.json
+The replaced-token detection objectives (electra, debertav3) train two networks, which HF keeps as two
+models: interop/rtd_hf.py names them, on top of this file's tables.
 Import (`load_hf_into`, behind `--init-from HF_DIR`) loads an HF BERT folder (BertModel or
 BertForPreTraining names) or RoBERTa folder (RobertaModel or RobertaForMaskedLM names) into an
 objective's encoder and heads, and reports what it had to initialise.
@@ -166,8 +168,10 @@ def to_hf_state_dict(state, config, roberta=None):
                             "deberta backbone trained with the deberta, roberta or spanbert objective")
         return hf, extra
     if "bert.embeddings.token_type_embeddings.weight" not in hf:
-        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing.
-        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, config.hidden_size)
+        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing. It has the
+        # word table's width, which is wider than hidden_size in a generator that projects shared tables down.
+        width = hf["bert.embeddings.word_embeddings.weight"].shape[1]
+        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, width)
     roberta = is_roberta(config) if roberta is None else roberta
     return (_bert_to_roberta(hf, config) if roberta else hf), extra
 
@@ -245,8 +249,10 @@ def _bert_config_dict(config):
     }
 
 
-def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
-    """Write an objective (or its state dict, e.g. consolidated from ZeRO) as an HF BERT folder.
+def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, generator=False):
+    """Write an objective (or its state dict, e.g. consolidated from ZeRO) as an HF BERT folder (RoBERTa,
+    DeBERTa-V2: see the top of this file). A replaced-token detection objective writes its discriminator,
+    or with generator=True its generator (interop/rtd_hf.py).
 
     tokenizer_source: a folder holding tokenizer.json (a shard folder, whose meta.json then
     gives the casing and special tokens, or an HF folder), a tokenizer.json path, an object
@@ -255,14 +261,19 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
     """
     from safetensors.torch import save_file
 
+    from spanbert_ds.interop import rtd_hf  # built on this module, so imported when used
+
     if isinstance(objective_or_state_dict, nn.Module):
         model_config = getattr(objective_or_state_dict, "config", model_config)
-        state = objective_or_state_dict.state_dict()
+    if rtd_hf.is_rtd(objective_or_state_dict):
+        config, hf, extras = rtd_hf.rtd_to_hf(objective_or_state_dict, model_config, generator)
+    elif generator:
+        name = getattr(objective_or_state_dict, "name", None)
+        raise UserError(rtd_hf.NO_GENERATOR.format(what=f"the {name} objective" if name else "this model"))
     else:
         state = objective_or_state_dict
-    hf, extra = to_hf_state_dict(state, model_config)
-    sbo = {k: v for k, v in extra.items() if k.startswith(SBO_PREFIX)}
-    emd = {k: v for k, v in extra.items() if k in EMD_NAMES}
+        hf, extra = to_hf_state_dict(state.state_dict() if isinstance(state, nn.Module) else state, model_config)
+        config, extras = hf_config_dict(model_config), extra_files(extra)
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
@@ -271,16 +282,21 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir):
         return written[-1]
 
     with open(path("config.json"), "w") as f:
-        json.dump(hf_config_dict(model_config), f, indent=2, sort_keys=True)
+        json.dump(config, f, indent=2, sort_keys=True)
     save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
-    if sbo:
-        save_file(sbo, path(SBO_FILE), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
-    if emd:
-        save_file(emd, path(EMD_FILE), metadata={"format": "pt"})
+    for name, tensors in extras.items():
+        if tensors:
+            save_file(tensors, path(name), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
     if tokenizer_source is not None:
         for name in write_tokenizer_files(tokenizer_source, out_dir, model_config):
             written.append(name)
     return written
+
+
+def extra_files(extra):
+    """to_hf_state_dict's tensors kept under our names -> {file name: its tensors} (empty ones are not written)."""
+    return {SBO_FILE: {k: v for k, v in extra.items() if k.startswith(SBO_PREFIX)},
+            EMD_FILE: {k: v for k, v in extra.items() if k in EMD_NAMES}}
 
 
 # --- tokenizer files ----------------------------------------------------------------------------
