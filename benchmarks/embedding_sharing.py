@@ -6,7 +6,9 @@
 Three runs of the same objective, the same model, data, seed and initial weights, which differ only in how
 the generator and discriminator share their token tables (model/rtd.py): none (NES), share (ES, ELECTRA's)
 and gdes (GDES, DeBERTaV3's). For each it reports
-- the discriminator's loss over the last tenth of the steps, and its held-out loss and accuracy;
+- the discriminator's loss over the last tenth of the steps, beside the loss of a discriminator that knows only
+  the share of replaced tokens (the binary entropy of that share, rtd_prior_loss: at small scale the
+  discriminator stays close to it), and its held-out loss and accuracy;
 - the generator's MLM loss and held-out accuracy;
 - the tug-of-war the paper (He et al. 2023, section 3) uses to explain the difference: the average cosine
   similarity between the word embeddings of each network's table (over the vocabulary's non-special
@@ -127,7 +129,9 @@ def collect(jobs, args):
         results.setdefault(mode, []).append({
             "seed": seed,
             "curve": [(row["step"], row["rtd_loss"]) for row in trained],
+            "prior_curve": [(row["step"], row["rtd_prior_loss"]) for row in trained if "rtd_prior_loss" in row],
             "rtd_loss": sum(row["rtd_loss"] for row in tail) / len(tail),
+            "rtd_prior_loss": sum(row.get("rtd_prior_loss", float("nan")) for row in tail) / len(tail),
             "mlm_loss": sum(row["mlm_loss"] for row in tail) / len(tail),
             "eval_rtd_loss": last.get("eval_rtd_loss"), "eval_rtd_accuracy": last.get("eval_rtd_accuracy"),
             "eval_mlm_accuracy": last.get("eval_mlm_accuracy"),
@@ -136,7 +140,7 @@ def collect(jobs, args):
     return results
 
 
-COLUMNS = (("rtd_loss", "disc. loss (last 10%)", "{:.4f}"), ("eval_rtd_loss", "held-out disc. loss", "{:.4f}"),
+COLUMNS = (("rtd_loss", "disc. loss (last 10%)", "{:.4f}"), ("rtd_prior_loss", "prior's loss", "{:.4f}"), ("eval_rtd_loss", "held-out disc. loss", "{:.4f}"),
            ("eval_rtd_accuracy", "held-out disc. acc", "{:.2%}"), ("mlm_loss", "gen. MLM loss", "{:.3f}"),
            ("eval_mlm_accuracy", "held-out gen. acc", "{:.2%}"), ("cosine_generator", "avg cos G", "{:.3f}"),
            ("cosine_discriminator", "avg cos D", "{:.3f}"), ("cosine_between", "cos(G_i, D_i)", "{:.3f}"))
@@ -157,6 +161,12 @@ def table(results, args):
     return "\n".join(lines)
 
 
+def smooth(curve, window=5):
+    """A moving average over `window` logged points (the per-step loss is noisy at small batches)."""
+    return [(curve[i][0], sum(v for _, v in curve[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)))
+            for i in range(len(curve))]
+
+
 def plot(results, args):
     try:
         import matplotlib
@@ -169,9 +179,13 @@ def plot(results, args):
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
     for mode, runs in results.items():
         for i, run in enumerate(runs):
-            steps, losses = zip(*run["curve"])
+            steps, losses = zip(*smooth(run["curve"]))
             curves.plot(steps, losses, color=COLORS[mode], alpha=0.8, label=MODES[mode] if i == 0 else None)
-    curves.set(xlabel="step", ylabel="discriminator loss (training)", title="replaced-token detection loss")
+            if run["prior_curve"]:
+                steps, losses = zip(*smooth(run["prior_curve"]))
+                curves.plot(steps, losses, color=COLORS[mode], alpha=0.6, linestyle=":",
+                            label="knowing only the replaced share" if mode == "none" and i == 0 else None)
+    curves.set(xlabel="step", ylabel="discriminator loss (training, smoothed)", title="replaced-token detection loss")
     curves.legend()
     width = 0.38
     for j, (key, label) in enumerate((("cosine_generator", "generator"), ("cosine_discriminator", "discriminator"))):

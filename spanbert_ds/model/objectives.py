@@ -17,6 +17,8 @@ The training loop calls nothing else, so a new objective (ELECTRA, DeBERTa) is a
 class here and one line in OBJECTIVES.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -329,8 +331,10 @@ class ELECTRA(Objective):
 
     @classmethod
     def summarize(cls, parts):
-        """The discriminator's accuracy on replaced and on original tokens, and the replaced fraction of the
-        masked tokens (how often the generator's sample differs from the original)."""
+        """The discriminator's accuracy on replaced and on original tokens, the replaced fraction of the
+        masked tokens (how often the generator's sample differs from the original), and rtd_prior_loss: the
+        loss of a discriminator that knows only how many tokens are replaced (the binary entropy of their
+        share), the mark its rtd_loss has to go below."""
         parts = dict(parts)
         n = {key: parts.pop(key) for key in cls.COUNTS if key in parts}
         for name, top, bottom in (("rtd_replaced_accuracy", "rtd_replaced_correct", "rtd_replaced"),
@@ -338,6 +342,9 @@ class ELECTRA(Objective):
                                   ("replaced_fraction", "rtd_replaced", "rtd_masked")):
             if n.get(bottom):
                 parts[name] = n[top] / n[bottom]
+        if n.get("rtd_replaced") and n.get("rtd_original"):
+            share = n["rtd_replaced"] / (n["rtd_replaced"] + n["rtd_original"])
+            parts["rtd_prior_loss"] = -(share * math.log(share) + (1 - share) * math.log(1 - share))
         return parts
 
     def training_flops(self, seq_len):

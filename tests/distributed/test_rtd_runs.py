@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow  # launches processes
 
 STEPS = 8
 MODELS = {"electra": "tiny", "debertav3": "deberta-tiny"}
-LOGGED = {"loss", "mlm_loss", "rtd_loss", "rtd_replaced_accuracy", "rtd_original_accuracy", "replaced_fraction"}
+LOGGED = {"loss", "mlm_loss", "rtd_loss", "rtd_replaced_accuracy", "rtd_original_accuracy", "replaced_fraction",
+          "rtd_prior_loss"}
 
 
 def rtd_args(shards, out, config, objective):

@@ -62,8 +62,12 @@ def test_a_sample_equal_to_the_original_counts_as_original():
 def test_summarize_turns_step_sums_into_exact_accuracies():
     parts = {"loss": 3.0, "rtd_replaced_correct": 3.0, "rtd_replaced": 4.0, "rtd_original_correct": 45.0,
              "rtd_original": 50.0, "rtd_masked": 8.0}
-    assert OBJECTIVES["electra"].summarize(parts) == {"loss": 3.0, "rtd_replaced_accuracy": 0.75,
-                                                      "rtd_original_accuracy": 0.9, "replaced_fraction": 0.5}
+    summary = OBJECTIVES["electra"].summarize(parts)
+    prior = summary.pop("rtd_prior_loss")  # the binary entropy at 4 replaced of 54 tokens
+    assert summary == {"loss": 3.0, "rtd_replaced_accuracy": 0.75, "rtd_original_accuracy": 0.9,
+                       "replaced_fraction": 0.5}
+    assert prior == pytest.approx(torch.nn.functional.binary_cross_entropy(torch.tensor(4 / 54).expand(54),
+                                                                           (torch.arange(54) < 4).float()).item())
 
 
 def part_gradients(objective, batch):
