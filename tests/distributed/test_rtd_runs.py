@@ -14,7 +14,8 @@ from spanbert_ds.finetune.init import load_init, load_into
 from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.train.run_folder import load_run
 from tests.distributed.launch import kill_once_saved, launch, losses
-from tests.distributed.test_pretrain import check, ds_config, train_args
+from tests.distributed.test_deberta_runs import deberta_args
+from tests.distributed.test_pretrain import check, ds_config
 
 pytestmark = pytest.mark.slow  # launches processes
 
@@ -24,11 +25,8 @@ LOGGED = {"loss", "mlm_loss", "rtd_loss", "rtd_replaced_accuracy", "rtd_original
           "rtd_prior_loss"}
 
 
-def rtd_args(shards, out, config, objective):
-    args = train_args(shards, out, config, steps=STEPS)
-    args[args.index("--model") + 1] = MODELS[objective]
-    args[args.index("--objective") + 1] = objective
-    return args
+def rtd_args(shards, out, config, objective, model=None, steps=STEPS):
+    return deberta_args(shards, out, config, objective, model or MODELS[objective], steps)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +86,8 @@ def test_rtd_trains_on_two_ranks_and_resumes_bit_exact_after_kill_9(work, object
 def test_fine_tuning_starts_from_electras_discriminator(work):
     tmp, shards, config = work
     out = str(tmp / "electra_gdes")
-    args = rtd_args(shards, out, config, "electra")
-    args[args.index("--model") + 1] = "tiny,embedding_sharing=gdes"
-    args[args.index("--steps") + 1] = "4"  # the learning rate warms up from 0 over 2 steps
+    # 4 steps: the learning rate warms up from 0 over 2
+    args = rtd_args(shards, out, config, "electra", model="tiny,embedding_sharing=gdes", steps=4)
     check(launch(args, ranks=1, launcher="python"))
     objective, _ = load_run(out)
     init = load_init(out)
