@@ -20,7 +20,7 @@ from torch import nn
 from spanbert_ds.errors import UserError
 from spanbert_ds.interop.hf import (_bert_config_dict, _rename, _strip_wrapper_prefix, extra_files, hf_config_dict,
                                     to_hf_state_dict)
-from spanbert_ds.model.objectives import OBJECTIVES, aliases
+from spanbert_ds.model.objectives import OBJECTIVES, load_first_names
 from spanbert_ds.model.rtd import merged_state_dict
 
 RTD_FILE = "rtd_head.safetensors"
@@ -71,10 +71,7 @@ def _objective(objective_or_state_dict, config):
         return objective_or_state_dict
     # ELECTRA builds every RTD objective from its model config: DeBERTaV3 only fills other defaults in.
     objective = OBJECTIVES["electra"](config)
-    second = set(aliases(objective))
-    state = _strip_wrapper_prefix(objective_or_state_dict)
-    missing, unexpected = objective.load_state_dict({k: v for k, v in state.items() if k not in second}, strict=False)
-    missing = [k for k in missing if k not in second]
+    missing, unexpected = load_first_names(objective, _strip_wrapper_prefix(objective_or_state_dict))
     if missing or unexpected:
         raise UserError(f"export: the state dict is not one of this model config's RTD objective: missing "
                         f"{missing[:3]}, unexpected {unexpected[:3]}")

@@ -14,6 +14,7 @@ from spanbert_ds.errors import UserError
 ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
 BACKBONE_NAMES = ("bert", "deberta")
 CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
+SHARING_NAMES = ("none", "share", "gdes")  # embedding_sharing of the RTD objectives (model/rtd.py)
 
 
 @dataclass
@@ -73,6 +74,13 @@ class ModelConfig:
             raise UserError("model config: emd (the enhanced mask decoder) belongs to the deberta backbone")
         if self.backbone == "deberta" and self.position_buckets < 2:
             raise UserError(f"model config: position_buckets must be at least 2, got {self.position_buckets}")
+        if self.embedding_sharing not in ("",) + SHARING_NAMES:  # "": the objective's choice
+            raise UserError(f"model config: embedding_sharing {self.embedding_sharing!r} is unknown; use one of "
+                            f"{', '.join(SHARING_NAMES)}")
+        for name in ("generator_width", "generator_depth"):  # 0: the objective's choice
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"model config: {name} must be a fraction in (0, 1] of the discriminator's, got "
+                                f"{getattr(self, name)}")
         if self.activation_checkpointing not in CHECKPOINTING_NAMES:
             raise UserError(
                 f"model config: activation_checkpointing {self.activation_checkpointing!r} is unknown; "

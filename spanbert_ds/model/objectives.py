@@ -48,6 +48,15 @@ def aliases(module):
     return names
 
 
+def load_first_names(module, state):
+    """Load `state` into `module`, each tensor from its first name only: a second name (a tied decoder, a
+    shared table) may hold a 16-bit copy, which must not overwrite the fp32 master. Returns (missing,
+    unexpected) as load_state_dict does, second names left out."""
+    second = set(aliases(module))
+    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in second}, strict=False)
+    return [k for k in missing if k not in second], unexpected
+
+
 def mean(total, count):
     """A summed loss over `count` rows as a mean; 0 (not NaN) when there are none."""
     return total / max(count, 1)

@@ -22,11 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spanbert_ds.errors import UserError
 from spanbert_ds.model.encoder import init_weights
-from spanbert_ds.model.heads import MLMHead
+from spanbert_ds.model.heads import MLMHead, gather_rows
 
-SHARING_NAMES = ("none", "share", "gdes")
 SHARED_TABLES = ("word", "position", "token_type")
 
 
@@ -89,16 +87,6 @@ class ProjectedEmbeddings(nn.Module):
         return self.project(self.inner(*inputs))
 
 
-def check_sharing(config):
-    if config.embedding_sharing not in SHARING_NAMES:
-        raise UserError(f"model config: embedding_sharing {config.embedding_sharing!r} is unknown; use one of "
-                        f"{', '.join(SHARING_NAMES)}")
-    for name in ("generator_width", "generator_depth"):
-        if not 0.0 < getattr(config, name) <= 1.0:
-            raise UserError(f"model config: {name} must be a fraction in (0, 1] of the discriminator's, got "
-                            f"{getattr(config, name)}")
-
-
 class Generator(nn.Module):
     """The small MLM whose samples the discriminator has to find. `discriminator`: the discriminator's
     encoder, whose embedding tables it shares (or, under gdes, whose tables it takes over as E_G and hands
@@ -106,7 +94,6 @@ class Generator(nn.Module):
 
     def __init__(self, config, encoder_class, discriminator):
         super().__init__()
-        check_sharing(config)
         small = generator_config(config)
         self.encoder = encoder_class(small)
         if config.embedding_sharing == "none":
@@ -128,8 +115,7 @@ class Generator(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids, positions):
         """Logits (N, vocab_size) at the flat positions b * T + t of the masked tokens."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
-        return self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
+        return self.mlm_head(gather_rows(self.encoder(input_ids, attention_mask, token_type_ids), positions))
 
 
 def sample(logits, generator=None):

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import FolderLock
 from spanbert_ds.model.config import ModelConfig
-from spanbert_ds.model.objectives import OBJECTIVES, aliases
+from spanbert_ds.model.objectives import OBJECTIVES, load_first_names
 from spanbert_ds.train import checkpoint
 from spanbert_ds.train.distributed import ranks_by_host, said_by_rank_0
 
@@ -92,12 +92,7 @@ def load_run(run_dir, tag=None):
     config = ModelConfig.from_json(os.path.join(run_dir, "model_config.json"))
     objective = OBJECTIVES[run_config["objective"]](config)
     state = checkpoint.fp32_state_dict(root, tag, objective)
-    # A tied decoder is the word embedding under another name: load it once, from the embedding (a
-    # 16-bit copy saved under the other name would otherwise overwrite the fp32 master).
-    second_names = set(aliases(objective))
-    missing, unexpected = objective.load_state_dict({k: v.float() for k, v in state.items() if k not in second_names},
-                                                    strict=False)
-    missing = [name for name in missing if name not in second_names]
+    missing, unexpected = load_first_names(objective, {k: v.float() for k, v in state.items()})
     if missing or unexpected:
         raise UserError(f"checkpoint {os.path.join(root, tag)} does not match the run's model: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
