@@ -2,7 +2,13 @@
 
 One source of truth for each setting: the engine (batch sizes, precision, ZeRO,
 optimizer, schedule) lives in the ds_config; the model in --model; the run in the
-flags below.
+flags below. The few numbers people change between runs (global batch, micro batch,
+peak learning rate, warmup) also have flags, which override the ds_config's values.
+
+The global batch (train_batch_size) is the training hyperparameter and is kept at every
+world size; the micro batch is a memory choice, the most samples a rank runs at once,
+and gradient accumulation makes up the rest (Megatron's --global-batch-size and
+--micro-batch-size).
 """
 
 import argparse
@@ -17,6 +23,12 @@ from spanbert_ds.folders import check_creatable, check_writable
 ZERO_INCOMPATIBLE_OPTIMIZERS = {"lamb", "onebitlamb", "onebitadam", "zerooneadam"}
 # DeepSpeed schedulers whose length is a number of steps: set from --steps.
 SCHEDULERS_WITH_LENGTH = ("WarmupDecayLR", "WarmupCosineLR")
+# DeepSpeed schedulers that warm up over warmup_num_steps; those that also hold the peak rate as warmup_max_lr.
+SCHEDULERS_WITH_WARMUP = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+SCHEDULERS_WITH_PEAK = ("WarmupLR", "WarmupDecayLR")  # WarmupCosineLR peaks at the optimizer's lr
+# The flags that override the ds_config: argparse dest -> the flag as typed.
+OVERRIDE_FLAGS = {"global_batch_size": "--global-batch-size", "micro_batch_size": "--micro-batch-size",
+                  "lr": "--lr", "warmup": "--warmup"}
 MAX_DS_CONFIG_BYTES = 1 << 20  # a ds_config is a few KB; it is copied into run_config.json and every checkpoint
 
 
@@ -54,6 +66,19 @@ def add_arguments(parser):
         help="check, the way the run will start, what it depends on (same data and settings on every rank, a "
              "shared output folder, batch sizes, the network), then exit; no training")
     run.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    schedule = parser.add_argument_group("batch and schedule", "override the ds_config's values for this run; "
+                                         "the resolved values are in RUN/run_config.json")
+    arg = schedule.add_argument
+    arg("--global-batch-size", type=int, default=None, metavar="N",
+        help="samples per optimizer step over all ranks (train_batch_size; the paper's batch size, kept at every "
+             "world size; a resume must keep it)")
+    arg("--micro-batch-size", type=int, default=None, metavar="N",
+        help="the most samples a rank runs at once (train_micro_batch_size_per_gpu, a memory choice): the largest "
+             "size up to N that splits the global batch is used, with gradient accumulation for the rest")
+    arg("--lr", type=float, default=None, help="the peak learning rate (the optimizer's lr and the scheduler's "
+                                               "warmup_max_lr)")
+    arg("--warmup", default=None, metavar="STEPS|FRACTION",
+        help="warmup steps of the schedule (e.g. 10000) or a fraction of --steps (e.g. 0.01)")
     deepspeed.add_config_arguments(parser)
     return parser
 
@@ -100,9 +125,16 @@ def check_run_args(args):
         raise UserError(f"--output {args.output} and --data {args.data} overlap; give the run its own folder")
 
 
-def load_ds_config(path, world_size, total_steps, notes=None):
-    """Read, check and complete a ds_config for `world_size` ranks. Returns a dict for deepspeed.initialize;
-    what was changed from the file is said in `notes` (a list) when given."""
+def overrides_of(args):
+    """{flag dest: value} of the override flags given on the command line (see OVERRIDE_FLAGS)."""
+    return {name: getattr(args, name) for name in OVERRIDE_FLAGS if getattr(args, name, None) is not None}
+
+
+def load_ds_config(path, world_size, total_steps, notes=None, overrides=None):
+    """Read, check and complete a ds_config for `world_size` ranks, with the command line's `overrides`
+    (overrides_of(args)) over the file's values. Returns a dict for deepspeed.initialize; what was changed
+    from the file is said in `notes` (a list) when given."""
+    overrides = overrides or {}
     try:
         size = os.path.getsize(path)
         if size > MAX_DS_CONFIG_BYTES:
@@ -123,7 +155,8 @@ def load_ds_config(path, world_size, total_steps, notes=None):
     for block in ("fp16", "bf16", "zero_optimization", "optimizer", "scheduler", "checkpoint"):
         if block in config and not isinstance(config[block], dict):
             raise UserError(f"{path}: {block} must be an object ({{...}}), got {config[block]!r}")
-    _resolve_batch_sizes(config, path, world_size)
+    batch_flags = _override_batch_sizes(config, path, overrides, notes)
+    _resolve_batch_sizes(config, path, world_size, batch_flags, notes)
 
     fp16 = config.get("fp16", {}).get("enabled", False)
     bf16 = config.get("bf16", {}).get("enabled", False)
@@ -144,6 +177,7 @@ def load_ds_config(path, world_size, total_steps, notes=None):
         raise UserError(f"{path}: fp16 is enabled, but DeepSpeed's fp16 training needs a CUDA GPU and there is none "
                         "here; set bf16.enabled (or neither, for fp32) on a CPU")
     _check_scheduler(config.get("scheduler"), path)
+    _override_schedule(config, path, overrides, total_steps, notes)
 
     scheduler = config.get("scheduler", {})
     if scheduler.get("type") in SCHEDULERS_WITH_LENGTH:
@@ -210,10 +244,83 @@ def _check_scheduler(block, path):
             raise UserError(f"{path}: scheduler.params.{name} must be a number of 0 or more, got {value!r}")
 
 
-def _resolve_batch_sizes(config, path, world_size):
-    """Fill in the missing batch sizes as DeepSpeed would (accumulation 1 unless derivable), and check that
-    the three agree."""
+def _override_batch_sizes(config, path, overrides, notes):
+    """--global-batch-size and --micro-batch-size over the file's values. Returns {ds_config key: flag} of
+    those given, for the messages. With either flag the accumulation follows from the batch sizes, as in
+    Megatron: the file's gradient_accumulation_steps is dropped (it still counts where the file sets no
+    global batch, which it then defines)."""
+    given = {}
+    for name, key in (("global_batch_size", "train_batch_size"), ("micro_batch_size", "train_micro_batch_size_per_gpu")):
+        if name not in overrides:
+            continue
+        value = overrides[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{OVERRIDE_FLAGS[name]} must be a whole number of at least 1, got {value!r}")
+        config[key] = value
+        given[key] = OVERRIDE_FLAGS[name]
+    if given and config.get("train_batch_size") is not None and config.get("gradient_accumulation_steps") is not None:
+        dropped = config.pop("gradient_accumulation_steps")
+        if notes is not None:
+            notes.append(f"{path}: gradient_accumulation_steps {dropped} left out: with {' and '.join(given.values())} "
+                         "it follows from the batch sizes and the number of ranks")
+    return given
+
+
+def _override_schedule(config, path, overrides, total_steps, notes):
+    """--lr and --warmup over the optimizer's and the scheduler's values."""
+    scheduler = config.get("scheduler")
+    kind = scheduler.get("type") if scheduler else None
+    if "lr" in overrides:
+        lr = overrides["lr"]
+        if not (_number(lr) and lr > 0):
+            raise UserError(f"--lr must be a number above 0, got {lr!r}")
+        if scheduler and kind not in SCHEDULERS_WITH_WARMUP:
+            raise UserError(f"--lr: {path}'s scheduler {kind} sets its rates itself; set them in its scheduler block, "
+                            f"or use one of {', '.join(SCHEDULERS_WITH_WARMUP)} there")
+        config["optimizer"].setdefault("params", {})["lr"] = lr
+        if kind in SCHEDULERS_WITH_PEAK:
+            scheduler.setdefault("params", {})["warmup_max_lr"] = lr
+    if "warmup" in overrides:
+        steps = _warmup_steps(overrides["warmup"], total_steps)
+        if kind not in SCHEDULERS_WITH_WARMUP:
+            raise UserError(f"--warmup: {path} has {f'scheduler {kind}' if kind else 'no scheduler'}, which does not "
+                            "warm up; add a scheduler block such as {\"type\": \"WarmupDecayLR\", \"params\": "
+                            "{\"warmup_num_steps\": 10000}}")
+        if kind in SCHEDULERS_WITH_LENGTH and steps >= total_steps:
+            raise UserError(f"--warmup {overrides['warmup']} is {steps} steps, not below --steps {total_steps}; warm "
+                            "up for fewer steps (or a fraction of the run, e.g. --warmup 0.01)")
+        scheduler.setdefault("params", {})["warmup_num_steps"] = steps
+        if steps != overrides["warmup"] and notes is not None:
+            notes.append(f"--warmup {overrides['warmup']}: {steps} warmup steps of --steps {total_steps}")
+
+
+def _warmup_steps(value, total_steps):
+    """--warmup's steps: a whole number of steps, or a fraction of the run below 1."""
+    text = str(value).strip()
+    try:
+        steps = int(text)
+    except ValueError:
+        try:
+            fraction = float(text)
+        except ValueError:
+            fraction = None
+        if fraction is None or not 0 <= fraction < 1:
+            raise UserError(f"--warmup {value}: give whole steps (e.g. 10000) or a fraction of --steps below 1 "
+                            "(e.g. 0.01)") from None
+        return int(fraction * total_steps)
+    if steps < 0:
+        raise UserError(f"--warmup must be 0 or more steps, got {steps}")
+    return steps
+
+
+def _resolve_batch_sizes(config, path, world_size, flags=None, notes=None):
+    """Fill in the missing batch sizes for `world_size` ranks and check that the three agree. The global
+    batch is kept; the micro batch is the most a rank runs at once: where it does not split the global
+    batch over the ranks, the largest size below it that does is used (said in `notes`), and gradient
+    accumulation makes up the rest. An accumulation the file sets is kept, and must fit. `flags`: the
+    ds_config keys the command line set, with their flags, for the messages."""
     names = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    flags = flags or {}
     for name in names:
         value = config.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -221,20 +328,29 @@ def _resolve_batch_sizes(config, path, world_size):
     total, micro, accumulation = (config.get(name) for name in names)
     if total is None and micro is None:  # as DeepSpeed: either alone is enough, accumulation alone is not
         raise UserError(f"{path}: set train_batch_size or train_micro_batch_size_per_gpu (or both)")
+    said = {name: flags.get(name, name) for name in names[:2]}  # what the user set: a key of the file or a flag
+    where = "" if "train_batch_size" in flags else f"{path}: "
     if total is None:
         accumulation = accumulation or 1
         total = micro * accumulation * world_size
-    elif micro is None:
-        accumulation = accumulation or 1
-        if total % (accumulation * world_size):
-            raise UserError(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
-                            f"{accumulation} x {world_size} ranks")
-        micro = total // (accumulation * world_size)
+    elif total % world_size:
+        raise UserError(f"{where}{said['train_batch_size']} {total} cannot be split over {world_size} ranks (each "
+                        f"rank takes a whole number of samples a step); {_what_splits(total, world_size)}")
     elif accumulation is None:
-        if total % (micro * world_size):
-            raise UserError(f"{path}: train_batch_size {total} is not divisible by "
-                            f"train_micro_batch_size_per_gpu {micro} x {world_size} ranks; change one of them")
-        accumulation = total // (micro * world_size)
+        share = total // world_size  # samples a rank takes a step
+        most = min(micro or share, share)
+        fitted = max(d for d in range(1, most + 1) if share % d == 0)
+        if micro is not None and fitted != micro and notes is not None:
+            notes.append(f"{where}{said['train_batch_size']} {total} over {world_size} ranks is {share} samples a rank: "
+                         f"micro batch {fitted} x {share // fitted} accumulation step{'s' * (share // fitted > 1)} "
+                         f"({said['train_micro_batch_size_per_gpu']} {micro} is the most a rank runs at once)")
+        micro, accumulation = fitted, share // fitted
+    elif micro is None:
+        if total % (accumulation * world_size):
+            raise UserError(f"{where}{said['train_batch_size']} {total} is not divisible by gradient_accumulation_steps "
+                            f"{accumulation} x {world_size} ranks; drop gradient_accumulation_steps from {path} and let "
+                            "it follow from the batch sizes")
+        micro = total // (accumulation * world_size)
     if micro * accumulation * world_size != total:
         raise UserError(
             f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x gradient_accumulation_steps "
@@ -243,3 +359,14 @@ def _resolve_batch_sizes(config, path, world_size):
         )
     config.update(train_batch_size=total, train_micro_batch_size_per_gpu=micro,
                   gradient_accumulation_steps=accumulation)
+
+
+def _what_splits(total, world_size):
+    """Which global batches split over `world_size` ranks, and which numbers of ranks split `total`."""
+    below = total // world_size * world_size
+    batches = [b for b in (below, below + world_size, below + 2 * world_size) if b > 0][:2]
+    fewer = max(n for n in range(1, world_size) if total % n == 0)
+    more = [n for n in range(world_size + 1, total + 1) if total % n == 0][:1]
+    ranks = " or ".join(str(n) for n in [fewer, *more])
+    return (f"use a global batch that splits over {world_size} ranks, {' or '.join(map(str, batches))} (train.py "
+            f"--global-batch-size N, or train_batch_size; scale the learning rate with it), or run on {ranks} ranks")

@@ -24,7 +24,7 @@ from spanbert_ds.interop.hf import config_from_hf, format_report, load_hf_into
 from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.train import checkpoint, preflight, resume, run_folder
-from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config
+from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config, overrides_of
 from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
                                            start_process_group)
 from spanbert_ds.train.evaluate import HeldOutEvaluation
@@ -80,7 +80,7 @@ class Run:
 def prepare(args, world_size, rank):
     check_run_args(args)
     notes = []
-    ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes)
+    ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes, overrides_of(args))
     shards = Shards(args.data, check_ids=True)
     valid = shards.valid
     if valid:

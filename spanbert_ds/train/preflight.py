@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from spanbert_ds.data.shards import FILES
 from spanbert_ds.errors import UserError
-from spanbert_ds.train.args import add_arguments, load_ds_config  # noqa: F401 (the command's arguments)
+from spanbert_ds.train.args import add_arguments, load_ds_config, overrides_of  # noqa: F401 (add_arguments: the command's)
 from spanbert_ds.train.distributed import (RANK_SETTINGS, fill_rank_environment, forwarding_hint,
                                            gather_from_ranks, on_gpus, open_process_group, rank_list,
                                            rank_settings_report, ranks_by_host)
@@ -152,11 +152,10 @@ def _remove(path):
 
 def _batch(args, world_size):
     try:
-        config = load_ds_config(args.deepspeed_config, world_size, args.steps)
+        config = load_ds_config(args.deepspeed_config, world_size, args.steps, overrides=overrides_of(args))
     except UserError as error:
         raise Failed(str(error)) from None
-    micro = config["train_micro_batch_size_per_gpu"]
-    accumulation = config["train_batch_size"] // (micro * world_size)
+    micro, accumulation = config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]
     return (f"train_batch_size {config['train_batch_size']} = micro batch {micro} x {world_size} ranks x "
             f"{accumulation} accumulation steps")
 

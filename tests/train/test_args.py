@@ -39,7 +39,9 @@ def test_a_micro_batch_alone_is_accepted_as_deepspeed_accepts_it(tmp_path):
     "change, message",
     [
         ({"gradient_accumulation_steps": 3}, "train_batch_size 32 != train_micro_batch_size_per_gpu 8 x gradient_accumulation_steps 3 x 2 ranks"),
-        ({"train_micro_batch_size_per_gpu": 5}, "not divisible"),
+        ({"train_batch_size": 33}, "train_batch_size 33 cannot be split over 2 ranks"),
+        ({"train_micro_batch_size_per_gpu": None, "gradient_accumulation_steps": 3},
+         "train_batch_size 32 is not divisible by gradient_accumulation_steps 3 x 2 ranks; drop gradient_accumulation_steps"),
         ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "fp16 and bf16 are both enabled"),
         ({"optimizer": {"type": "Lamb", "params": {"lr": 1e-3}}, "zero_optimization": {"stage": 2}}, "does not support optimizer Lamb under ZeRO stage 2"),
         ({"zero_optimization": {"stage": 4}}, "stage is 4"),
