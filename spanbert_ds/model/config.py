@@ -6,7 +6,9 @@ checkpoints and the exporter turns it into a Hugging Face BertConfig.
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass
 
 from spanbert_ds.errors import UserError
@@ -15,6 +17,34 @@ ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
 BACKBONE_NAMES = ("bert", "deberta")
 CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
 SHARING_NAMES = ("none", "share", "gdes")  # embedding_sharing of the RTD objectives (model/rtd.py)
+
+
+def _finite(test):
+    return lambda value: math.isfinite(value) and test(value)
+
+
+_FRACTION = "a fraction in (0, 1] of the discriminator's (leave it out for the objective's choice)"
+# Every numeric setting's range, checked alike when a config is made: name -> (test, the range in words). Floats
+# must also be finite: NaN passes every comparison's negation, so each test says what is allowed.
+RANGES = {
+    **{name: (lambda v: v >= 1, "at least 1")
+       for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                    "max_position_embeddings", "sbo_max_targets", "sbo_position_dim", "position_buckets")},
+    "type_vocab_size": (lambda v: v >= 0, "0 (no segments) or more"),
+    "pad_token_id": (lambda v: v >= 0, "a token id, 0 or more"),
+    "max_relative_positions": (lambda v: v == -1 or v >= 1, "-1 (max_position_embeddings) or at least 1"),
+    "hidden_dropout": (_finite(lambda v: 0 <= v < 1), "a probability in [0, 1)"),
+    "attention_dropout": (_finite(lambda v: 0 <= v < 1), "a probability in [0, 1)"),
+    "layer_norm_eps": (_finite(lambda v: v > 0), "positive and finite (BERT: 1e-12, DeBERTa: 1e-7)"),
+    "initializer_range": (_finite(lambda v: v > 0), "positive and finite (BERT: 0.02)"),
+    "generator_width": (_finite(lambda v: 0 < v <= 1), _FRACTION),  # None (left out): the objective's choice
+    "generator_depth": (_finite(lambda v: 0 < v <= 1), _FRACTION),
+    "rtd_weight": (_finite(lambda v: v > 0),
+                   "positive and finite (lambda, the discriminator loss's weight; ELECTRA: 50)"),
+}
+KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+# What files written before unset meant a key left out hold for the three RTD choices the objective makes.
+LEGACY_UNSET = {"generator_width": 0.0, "generator_depth": 0.0, "embedding_sharing": ""}
 
 
 @dataclass
@@ -48,14 +78,23 @@ class ModelConfig:
     emd: bool = False
     # Replaced-token detection (the electra and debertav3 objectives, model/rtd.py): the generator's share of
     # the discriminator's width and of its layers, how the two share their embedding tables (none, share,
-    # gdes), and lambda, the weight of the discriminator's loss. 0 and "" stand for the objective's own
-    # choice (ELECTRA: 1/4 of the width, every layer, share; DeBERTaV3: full width, half the layers, gdes).
-    generator_width: float = 0.0
-    generator_depth: float = 0.0
-    embedding_sharing: str = ""
+    # gdes), and lambda, the weight of the discriminator's loss. Unset (None, a key left out) is the
+    # objective's own choice (ELECTRA: 1/4 of the width, every layer, share; DeBERTaV3: full width, half
+    # the layers, gdes).
+    generator_width: float | None = None
+    generator_depth: float | None = None
+    embedding_sharing: str | None = None
     rtd_weight: float = 50.0
 
     def __post_init__(self):
+        self._check_types()
+        for name, (allowed, wanted) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not allowed(value):
+                raise UserError(f"model config: {name} must be {wanted}, got {value}")
+        if self.pad_token_id >= self.vocab_size:
+            raise UserError(f"model config: pad_token_id {self.pad_token_id} is not an id of the vocabulary of "
+                            f"{self.vocab_size} tokens")
         if self.hidden_size % self.num_heads:
             raise UserError(
                 f"model config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}; "
@@ -74,26 +113,26 @@ class ModelConfig:
             raise UserError("model config: emd (the enhanced mask decoder) belongs to the deberta backbone")
         if self.backbone == "deberta" and self.position_buckets < 2:
             raise UserError(f"model config: position_buckets must be at least 2, got {self.position_buckets}")
-        if self.embedding_sharing not in ("",) + SHARING_NAMES:  # "": the objective's choice
+        if self.embedding_sharing is not None and self.embedding_sharing not in SHARING_NAMES:
             raise UserError(f"model config: embedding_sharing {self.embedding_sharing!r} is unknown; use one of "
-                            f"{', '.join(SHARING_NAMES)}")
-        for name in ("generator_width", "generator_depth"):  # 0: the objective's choice
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"model config: {name} must be a fraction in (0, 1] of the discriminator's, got "
-                                f"{getattr(self, name)}")
+                            f"{', '.join(SHARING_NAMES)} (or leave it out for the objective's choice)")
         if self.activation_checkpointing not in CHECKPOINTING_NAMES:
             raise UserError(
                 f"model config: activation_checkpointing {self.activation_checkpointing!r} is unknown; "
                 f"use one of {', '.join(CHECKPOINTING_NAMES)}"
             )
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "sbo_max_targets", "sbo_position_dim"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"model config: {name} must be positive, got {getattr(self, name)}")
-        if self.type_vocab_size < 0:
-            raise UserError(
-                f"model config: type_vocab_size must be 0 (no segments) or more, got {self.type_vocab_size}"
-            )
+
+    def _check_types(self):
+        """Each value of its field's kind (a JSON file may hold anything); ints are taken as floats."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), _kind(field)
+            if value is None and _optional(field):
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, field.name, value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise UserError(f"model config: {field.name} must be {KIND_WORDS[kind]}, got {value!r}")
 
     @property
     def relative_span(self):
@@ -117,7 +156,8 @@ class ModelConfig:
     # --- JSON ---------------------------------------------------------------------------
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The settings as a dict; unset ones (the objective's choice) are left out, as a file leaves them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def to_json(self, path=None):
         """The config as a JSON string; also written to `path` when given."""
@@ -137,7 +177,13 @@ class ModelConfig:
                             "sbo_position_dim (the released SpanBERT's 15 and 200)")
         if unknown:
             raise UserError(f"{where}: unknown keys {unknown}; the known keys are {sorted(known)}")
-        return cls(**values)
+        if all(values.get(k, None) == v for k, v in LEGACY_UNSET.items()):
+            # written before unset was a key left out: these three values together were the objective's choice
+            values = {k: v for k, v in values.items() if k not in LEGACY_UNSET}
+        try:
+            return cls(**values)
+        except UserError as error:
+            raise UserError(f"{where}: {str(error).removeprefix('model config: ')}") from None
 
     @classmethod
     def from_json(cls, path):
@@ -174,7 +220,10 @@ class ModelConfig:
                 raise UserError(f"--model {spec!r}: {pair!r} is not key=value (e.g. tiny,vocab_size=8000)")
             values[key.strip()] = _parse_value(config, key.strip(), text.strip(), spec)
         values.update(overrides)
-        return config.replace(**values)
+        try:
+            return config.replace(**values)
+        except UserError as error:
+            raise UserError(f"--model {spec!r}: {str(error).removeprefix('model config: ')}") from None
 
     def replace(self, **changes):
         known = {f.name for f in dataclasses.fields(self)}
@@ -199,11 +248,21 @@ def model_config_for(spec, vocab_size, pad_id, where, base=None):
     return config
 
 
+def _kind(field):
+    """A field's type, Optional[...] unwrapped."""
+    kinds = [k for k in typing.get_args(field.type) if k is not type(None)]
+    return kinds[0] if kinds else field.type
+
+
+def _optional(field):
+    return type(None) in typing.get_args(field.type)
+
+
 def _parse_value(config, key, text, spec):
     fields = {f.name: f for f in dataclasses.fields(config)}
     if key not in fields:
         raise UserError(f"--model {spec!r}: unknown key {key!r}; the known keys are {sorted(fields)}")
-    kind = type(getattr(config, key))
+    kind = _kind(fields[key])
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):

@@ -88,14 +88,14 @@ class Objective(nn.Module):
     parts = ("mlm",)  # the predictions it makes: "<part>_loss" in training, scores in evaluation
     needs = ("input_ids", "attention_mask") + MLM_KEYS  # batch keys forward reads
     config_overrides = {}  # model settings the objective fixes, whatever --model says
-    config_defaults = {}  # model settings the objective chooses where --model leaves them unset (0 or "")
+    config_defaults = {}  # model settings the objective chooses where --model leaves them unset (None)
     encoder_predicts_masked = True  # the MLM head sits on the encoder (ELECTRA's sits on its generator)
 
     @classmethod
     def configure(cls, config):
         """The model config this objective trains: `config` with the objective's overrides and defaults."""
         config = config.replace(**cls.config_overrides)
-        return config.replace(**{k: v for k, v in cls.config_defaults.items() if getattr(config, k) in (0, "")})
+        return config.replace(**{k: v for k, v in cls.config_defaults.items() if getattr(config, k) is None})
 
     @classmethod
     def summarize(cls, parts):

@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from spanbert_ds.errors import UserError
@@ -56,3 +59,81 @@ def test_check_vocab_message():
                                         "pass --model with vocab_size 8000"):
         PRESETS["tiny"].check_vocab(8000)
     PRESETS["tiny"].check_vocab(30522)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("deberta-tiny,rtd_weight=-1", "rtd_weight must be positive and finite"),
+    ("deberta-tiny,rtd_weight=nan", "rtd_weight must be positive and finite"),
+    ("deberta-tiny,rtd_weight=0", "rtd_weight must be positive and finite"),
+    ("tiny,generator_width=0", "generator_width must be a fraction in \\(0, 1\\]"),
+    ("tiny,generator_depth=0", "generator_depth must be a fraction in \\(0, 1\\]"),
+    ("tiny,generator_width=nan", "generator_width must be a fraction in \\(0, 1\\]"),
+    ("tiny,embedding_sharing=", "embedding_sharing '' is unknown"),
+    ("tiny,layer_norm_eps=0", "layer_norm_eps must be positive and finite"),
+    ("tiny,layer_norm_eps=inf", "layer_norm_eps must be positive and finite"),
+    ("tiny,initializer_range=-0.02", "initializer_range must be positive and finite"),
+    ("tiny,hidden_dropout=1", "hidden_dropout must be a probability in \\[0, 1\\)"),
+    ("tiny,attention_dropout=nan", "attention_dropout must be a probability in \\[0, 1\\)"),
+    ("tiny,pad_token_id=-1", "pad_token_id must be a token id"),
+    ("tiny,vocab_size=100,pad_token_id=100", "pad_token_id 100 is not an id of the vocabulary of 100 tokens"),
+    ("tiny,max_relative_positions=0", "max_relative_positions must be -1"),
+    ("tiny,position_buckets=0", "position_buckets must be at least 1"),
+])
+def test_every_model_setting_is_checked_for_its_range(spec, words):
+    with pytest.raises(UserError, match=f"^--model '{spec}': {words}"):
+        ModelConfig.from_name_or_path(spec)
+
+
+def test_an_rtd_setting_left_out_is_the_objectives_choice_and_one_given_is_kept():
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    assert PRESETS["tiny"].generator_width is None and "generator_width" not in PRESETS["tiny"].to_dict()
+    electra = OBJECTIVES["electra"].configure(PRESETS["tiny"])
+    assert (electra.generator_width, electra.generator_depth, electra.embedding_sharing) == (0.25, 1.0, "share")
+    given = OBJECTIVES["electra"].configure(ModelConfig.from_name_or_path("tiny,generator_width=0.5"))
+    assert given.generator_width == 0.5
+
+
+def test_json_files_leave_unset_keys_out_and_old_files_with_zeros_still_load(tmp_path):
+    PRESETS["tiny"].to_json(tmp_path / "new.json")
+    assert "generator_width" not in (tmp_path / "new.json").read_text()
+    assert ModelConfig.from_json(tmp_path / "new.json") == PRESETS["tiny"]
+    # written before unset was a key left out: the three together meant the objective's choice
+    old = {**PRESETS["tiny"].to_dict(), "generator_width": 0.0, "generator_depth": 0.0, "embedding_sharing": ""}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert ModelConfig.from_json(tmp_path / "old.json") == PRESETS["tiny"]
+    (tmp_path / "zero.json").write_text(json.dumps({**PRESETS["tiny"].to_dict(), "generator_width": 0}))
+    with pytest.raises(UserError, match="zero.json: generator_width must be a fraction"):
+        ModelConfig.from_json(tmp_path / "zero.json")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("hidden_size", "128", "hidden_size must be a whole number, got '128'"),
+    ("num_layers", 2.5, "num_layers must be a whole number, got 2.5"),
+    ("unpad", "yes", "unpad must be true or false, got 'yes'"),
+    ("rtd_weight", None, "rtd_weight must be a number, got None"),
+])
+def test_a_json_value_of_the_wrong_kind_is_refused(tmp_path, key, value, words):
+    (tmp_path / "m.json").write_text(json.dumps({key: value}))
+    with pytest.raises(UserError, match=f"m.json: {words}"):
+        ModelConfig.from_json(tmp_path / "m.json")
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_negative_rtd_weight_in_one_line(tmp_path, python_docs_shards):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / "ds.json").write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8,
+                                                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}))
+    done = subprocess.run([sys.executable, os.path.join(repo, "train.py"), "--deepspeed_config",
+                           str(tmp_path / "ds.json"), "--data", str(python_docs_shards.path), "--output",
+                           str(tmp_path / "run"), "--objective", "debertav3", "--model", "deberta-tiny,rtd_weight=-1",
+                           "--max-seq-len", "64", "--steps", "2"], capture_output=True, text=True, timeout=300,
+                          cwd=repo, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "spanbert-ds train: error: --model 'deberta-tiny,rtd_weight=-1': rtd_weight must be positive and finite "
+        "(lambda, the discriminator loss's weight; ELECTRA: 50), got -1.0"]
+    assert not (tmp_path / "run").exists()
