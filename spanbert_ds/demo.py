@@ -27,7 +27,7 @@ def add_arguments(parser):
     arg("--steps", type=int, default=1000, help="optimizer steps")
     arg("--model", default="tiny", help="model preset")
     arg("--max-seq-len", type=int, default=128, help="tokens per sample")
-    arg("--deepspeed-config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="the DeepSpeed config")
+    arg("--deepspeed_config", default=os.path.join(REPO, "ds_configs", "cpu_zero2.json"), help="the DeepSpeed config")
     arg("--examples", type=int, default=3, help="held-out sentences shown with their fill-mask predictions")
 
 
@@ -55,7 +55,7 @@ def run(args):
         _call([sys.executable, "-m", "spanbert_ds.cli", "prepare", "python-docs", shards, "--tokenizer", "wordpiece",
                "--vocab-size", "8000", "--valid-fraction", str(VALID_FRACTION), "--overwrite"])
     _step("2/5 masking statistics of the SpanBERT span masker on it")
-    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--mode", "doc",
+    _call([sys.executable, "-m", "spanbert_ds.cli", "mask-stats", shards, "--packing", "doc",
            "--max-seq-len", str(args.max_seq_len), "--batches", "20"])
 
     _step(f"3/5 pretraining a {args.model} SpanBERT (MLM + SBO) for {args.steps} steps: deepspeed launcher, "

@@ -16,8 +16,9 @@ def add_arguments(parser):
     parser.add_argument("shards", help="a shard folder made by `spanbert-ds prepare`")
     parser.add_argument("--masker", choices=sorted(MASKERS), default="span",
                         help="span (spanbert), token (bert, roberta) or wholeword (default: span)")
-    parser.add_argument("--mode", choices=("full", "doc", "pair"), default="full",
-                        help="packing mode: doc (spanbert), full (roberta) or pair (bert) (default: full)")
+    parser.add_argument("--packing", choices=("full", "doc", "pair"), default="doc",
+                        help="how samples are cut, as train.py's --packing: doc (spanbert), full (roberta) or pair "
+                             "(bert) (default: doc)")
     parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample (default: 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per batch (default: 32)")
     parser.add_argument("--batches", type=int, default=20, help="number of batches to mask (default: 20)")
@@ -79,7 +80,7 @@ def collect(masker, packed, n_batches, batch_size, epoch, seed):
 def report(c, masker, packed, args):
     cfg = masker.config
     lines = [
-        f"mask-stats: {args.shards}: {args.masker} masking, mode {packed.mode}, T={packed.max_seq_len}, "
+        f"mask-stats: {args.shards}: {args.masker} masking, packing {packed.mode}, T={packed.max_seq_len}, "
         f"{c['sequences']} sequences (epoch {args.epoch}, seed {args.seed})",
         f"  masked fraction          {100 * c['masked'] / max(c['maskable'], 1):6.2f}%   "
         f"(target {100 * cfg.mask_ratio:.2f}% of {c['maskable']} non-special tokens)",
@@ -119,6 +120,6 @@ def run(args):
     config = MaskingConfig.from_spec(args.masking)
     shards = Shards(args.shards)
     masker = MASKERS[args.masker].from_meta(config, shards.meta)
-    packed = PackedSamples(shards, args.mode, args.max_seq_len, seed=args.seed)
+    packed = PackedSamples(shards, args.packing, args.max_seq_len, seed=args.seed)
     counts = collect(masker, packed, args.batches, args.batch_size, args.epoch, args.seed)
     report(counts, masker, packed, args)

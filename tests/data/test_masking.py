@@ -412,7 +412,7 @@ def test_mask_stats_command_prints_the_masking_statistics(python_docs_shards, ca
 
 @pytest.mark.parametrize("kind", ["token", "wholeword"])
 def test_mask_stats_command_for_token_maskers(python_docs_shards, capsys, kind):
-    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masker", kind, "--mode", "pair",
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masker", kind, "--packing", "pair",
                    "--max-seq-len", "128", "--batches", "4"])
     out = capsys.readouterr().out
     assert rc == 0 and "80/10/10 per token" in out and "span length" not in out
