@@ -3,12 +3,20 @@
 Each command module defines `add_arguments(parser)` and `run(args) -> int | None`.
 Modules are imported only when their command runs, so `spanbert-ds prepare`
 never pays for importing DeepSpeed.
+
+SIGTERM and SIGHUP (a scheduler's or `timeout`'s stop, a closed terminal) stop a command as Ctrl-C
+does: they raise KeyboardInterrupt where it is, so each command's clean-up runs (prepare and export
+remove their temporary folder and lock), then one line and exit 128 + the signal's number. Training
+installs its own handlers over these (train/signals.py: stop at the next step, with a checkpoint).
 """
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from spanbert_ds.errors import UserError
 
@@ -49,28 +57,66 @@ def build_parser():
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_terminated(signum, frame):
+    for sig in INTERRUPTING_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """TERM and HUP raise Terminated while a command runs (unless ignored, as under nohup); the handlers
+    before are put back after, so main() called in a test leaves its process as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in INTERRUPTING_SIGNALS}
+    for sig, handler in before.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     top = build_parser()
     if not argv or argv[0] not in COMMANDS:
         top.parse_args(argv)  # prints usage / the unknown-command error and exits
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = _OneLineParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
-                            formatter_class=_HelpFormatter)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    try:
-        return module.run(args) or 0
-    except UserError as error:
-        print(f"spanbert-ds {name}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"spanbert-ds {name}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
-        return 0
+    with _signals_interrupt():
+        try:
+            module = importlib.import_module(COMMANDS[name][0])
+            parser = _OneLineParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
+                                    formatter_class=_HelpFormatter)
+            module.add_arguments(parser)
+            args = parser.parse_args(rest)
+            return module.run(args) or 0
+        except UserError as error:
+            print(f"spanbert-ds {name}: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt as interrupt:
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            print(f"spanbert-ds {name}: interrupted{by}", file=sys.stderr)
+            return 128 + signum
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+            return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ A command that fails after making parents removes the ones it made (`remove_made
 command leaves nothing behind.
 """
 
+import atexit
 import errno
 import os
 import shutil
@@ -31,6 +32,21 @@ def check_creatable(path, what, writes_beside=False):
         raise UserError(f"{what} {path}: {existing} is a file (or a broken link), so no folder can be made below it; "
                         "choose another path")
     check_writable(existing, f"{what} {path}: {existing}")
+
+
+def check_replaceable(path, what, overwrite):
+    """UserError unless `path` may be written by a command that builds a folder beside it and renames it into
+    place (prepare, export): it must not exist, or exist with `overwrite`, and not be a symbolic link (the
+    link would be replaced, not the folder it names). Called at the start, before any work."""
+    if os.path.islink(path) and os.path.isdir(path):
+        target = os.path.realpath(path)
+        if overwrite:
+            raise UserError(f"{what} {path} is a symbolic link to {target}; --overwrite replaces a folder, not a "
+                            f"link: pass {target} itself")
+        raise UserError(f"{what} {path} (a link to {target}) already exists; choose another folder or pass "
+                        f"{target} with --overwrite to replace it")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{what} {path} already exists; choose another folder or pass --overwrite to replace it")
 
 
 def check_writable(folder, named):
@@ -84,6 +100,23 @@ def size_mb(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 2**20
 
 
+def umask_mode():
+    """The mode a file gets from open() under this process's umask (0644 under umask 022)."""
+    try:
+        with open("/proc/self/status") as f:  # read, so no other thread ever creates a file under umask 0
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_umask_mode(path):
+    """Give a file the mode open() gives every other file: writers such as safetensors' save_file make their
+    files 0600, which no one else on a shared cluster can read."""
+    os.chmod(path, umask_mode())
+
+
 def temporary_sibling(path):
     """Where a command builds `path` before renaming it into place: PATH.tmp-PID."""
     return f"{os.path.normpath(path)}.tmp-{os.getpid()}"
@@ -119,11 +152,14 @@ class FolderLock:
     message the next one gets; `release` removes it.
 
     A second command on the same folder waits up to `wait` seconds (a requeued SLURM job may start while
-    the ranks of the job it replaces are still exiting), then refuses with one line."""
+    the ranks of the job it replaces are still exiting), then refuses with one line.
+
+    A process that exits while holding a lock (an error, a full disk, Ctrl-C) releases it at exit too, so
+    the folder is left as it was found; only a kill -9 leaves the (unlocked) file."""
 
     def __init__(self, lock_file, what, wait=10.0):
         self.lock_file, self.what, self.wait = lock_file, what, wait
-        self.fd = None
+        self.fd = self.pid = None
 
     def acquire(self):
         import fcntl
@@ -146,13 +182,20 @@ class FolderLock:
                                     f"file-system lease does, {self.lock_file})") from None
             os.close(fd)
             time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%F %T')}\n".encode(), 0)
-        self.fd = fd
+        self.fd, self.pid = fd, os.getpid()  # held from here: an interrupt now still removes the file
+        _HELD.add(self)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%F %T')}\n".encode(),
+                      0)
+        except BaseException:
+            self.release()
+            raise
         return self
 
     def release(self):
-        if self.fd is not None:
+        _HELD.discard(self)
+        if self.fd is not None and self.pid == os.getpid():  # not in a forked child, which holds a copy
             try:
                 os.remove(self.lock_file)  # while still holding it, so no one locks a file about to vanish
             except OSError:
@@ -165,3 +208,12 @@ class FolderLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+_HELD = set()  # the FolderLocks this process holds, released at exit by whatever path it takes
+
+
+@atexit.register
+def _release_held():
+    for held in list(_HELD):
+        held.release()

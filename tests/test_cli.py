@@ -32,3 +32,26 @@ def test_prepare_removes_the_temporary_folders_of_killed_runs(tmp_path):
     done = cli("prepare", "python-docs", str(out), "--vocab-size", "500")
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["shards", alive.name])
+
+
+def test_term_and_hup_interrupt_a_command_but_nohups_ignored_hup_stays_ignored(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import spanbert_ds.data.prepare as prepare_module
+    from spanbert_ds.cli import main
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update({sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)})
+        return "shards"
+
+    monkeypatch.setattr(prepare_module, "prepare", record)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        assert main(["prepare", "python-docs", str(tmp_path / "out"), "--quiet"]) == 0
+        assert seen[signal.SIGHUP] == signal.SIG_IGN
+        assert callable(seen[signal.SIGTERM])  # raises KeyboardInterrupt, so each command's clean-up runs
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)

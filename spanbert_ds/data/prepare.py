@@ -27,8 +27,8 @@ from spanbert_ds.data.corpus import (BUILTIN, DEFAULT_JSON_KEY, DEFAULT_MAX_LINE
 from spanbert_ds.data.hashing import uniform
 from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import (FolderLock, check_creatable, make_parents, remove_made, remove_stale_siblings,
-                                 temporary_sibling)
+from spanbert_ds.folders import (FolderLock, check_creatable, check_replaceable, make_parents, remove_made,
+                                 remove_stale_siblings, temporary_sibling)
 
 # Text per encode_batch call. tokenizers' Encoding objects cost ~200 bytes a token (strings, offsets,
 # masks), so 256 KiB of text (~60k tokens) peaks at ~15 MB; bigger chunks were not faster here.
@@ -85,8 +85,7 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     returns the opened `Shards`."""
     out = Path(out)
     check_creatable(out, "output", writes_beside=True)
-    if out.exists() and not overwrite:
-        raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to replace it")
+    check_replaceable(out, "output", overwrite)
     if not 0.0 <= valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction} must be at least 0 and below 1 (0.01 to 0.05 is usual)")
     if valid is not None and valid_fraction:
@@ -103,9 +102,7 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     made = make_parents(out)
     try:
         with FolderLock(f"{out}.lock", f"output {out}"):  # two prepares into one folder: one goes on
-            if out.exists() and not overwrite:  # made by another prepare while this one waited for the lock
-                raise UserError(f"output {out} already exists; choose another folder or pass --overwrite to "
-                                "replace it")
+            check_replaceable(out, "output", overwrite)  # made by another prepare while this one waited
             remove_stale_siblings(out)
             _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
                             chunk_bytes, valid, valid_fraction, seed, progress)

@@ -11,8 +11,8 @@ import os
 import shutil
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import (check_creatable, free_mb, make_parents, out_of_space, remove_made,
-                                 remove_stale_siblings, temporary_sibling)
+from spanbert_ds.folders import (check_creatable, check_replaceable, free_mb, make_parents, out_of_space,
+                                 remove_made, remove_stale_siblings, temporary_sibling)
 from spanbert_ds.train.run_folder import load_run
 
 
@@ -90,5 +90,4 @@ def _check_out(out, run_dir, overwrite):
         raise UserError(f"export: {out} is the run folder {run_dir}, or inside it, or holds it; write the Hugging Face "
                         "folder somewhere else (e.g. next to the run)")
     check_creatable(out, "export: output", writes_beside=True)
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    check_replaceable(out, "export: output", overwrite)

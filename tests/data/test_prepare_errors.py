@@ -100,3 +100,66 @@ def test_output_that_is_a_file(capsys, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     assert main(["prepare", str(tmp_path / "c.txt"), str(tmp_path / "out"), "--overwrite"]) == 2
     assert "output " + str(tmp_path / "out") + " is a file" in capsys.readouterr().err
+
+
+def test_overwrite_into_a_symlink_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    import spanbert_ds.data.prepare as prepare_module
+
+    def no_work(*args):
+        raise AssertionError("prepare started tokenizing before refusing the link")
+
+    monkeypatch.setattr(prepare_module, "_prepare_locked", no_work)
+    (tmp_path / "a.txt").write_text("Some text here.\n")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "keep").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for overwrite in (["--overwrite"], []):
+        err = fails(capsys, tmp_path, tmp_path / "a.txt", tmp_path / "link", "--tokenizer", bert_vocab(), *overwrite,
+                    out="existing")
+        assert f"output {tmp_path / 'link'}" in err and str(tmp_path / "real") in err
+        assert ("is a symbolic link to" in err) == bool(overwrite)
+        assert os.path.islink(tmp_path / "link") and (tmp_path / "real" / "keep").exists()
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "link", "real"]  # no lock file, no temporary folder
+
+
+def big_corpus(path, lines=40_000):
+    """About 4 MB of words, in documents of 20 lines: a few seconds of encoding on a slow machine."""
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write(" ".join(rng.choices(words, k=18)) + ".\n" + ("\n" if i % 20 == 19 else ""))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_mid_prepare_cleans_up_like_ctrl_c(tmp_path, name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = big_corpus(tmp_path / "big.txt")
+    out = tmp_path / "made" / "shards"
+    command = [sys.executable, "-m", "spanbert_ds.cli", "prepare", str(corpus), str(out), "--tokenizer", bert_vocab(),
+               "--chunk-bytes", "65536"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=repo)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo, env=env)
+    tokens = out.parent / f"shards.tmp-{child.pid}" / "tokens.bin"
+    deadline = time.monotonic() + 120
+    while not (tokens.exists() and tokens.stat().st_size) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.poll() is None, "prepare ended before it could be signalled mid-work"
+    assert (out.parent / "shards.lock").exists()  # mid-work: the lock and a half-written folder
+    child.send_signal(getattr(signal, name))
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 128 + getattr(signal, name), stderr
+    assert stderr.strip().splitlines() == [f"spanbert-ds prepare: interrupted by {name}"]
+    assert sorted(os.listdir(tmp_path)) == ["big.txt"]  # no OUT, OUT.lock, OUT.tmp-PID nor the parent it made
+    done = subprocess.run(command + ["--quiet"], capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(out.parent)) == ["shards"]

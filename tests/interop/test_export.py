@@ -91,3 +91,60 @@ def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(t
     assert main(["export", run, str(tmp_path / "plain" / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plain is a file (or a broken link), so no folder can be made below it" in err
+
+
+def test_overwrite_into_a_symlink_is_refused_before_loading_the_run(tmp_path, capsys, monkeypatch, objective,
+                                                                      tokenizer):
+    import spanbert_ds.interop.export as export_module
+
+    def no_work(*args):
+        raise AssertionError("export loaded the run before refusing the link")
+
+    run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
+    monkeypatch.setattr(export_module, "load_run", no_work)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "keep").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for overwrite in (["--overwrite"], []):
+        assert main(["export", run, str(tmp_path / "link"), *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tmp_path / 'link'}" in err and str(tmp_path / "real") in err, err
+        assert ("is a symbolic link to" in err) == bool(overwrite)
+    assert os.path.islink(tmp_path / "link") and os.listdir(tmp_path / "real") == ["keep"]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real", "run"]
+
+
+def test_exported_safetensors_have_the_mode_of_the_other_files(tmp_path, objective, tokenizer):
+    run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
+    before = os.umask(0o022)
+    try:
+        assert main(["export", run, str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(before)
+    modes = {name: oct(os.stat(tmp_path / "hf" / name).st_mode & 0o777) for name in os.listdir(tmp_path / "hf")}
+    assert "model.safetensors" in modes and "sbo_head.safetensors" in modes
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_a_stop_signal_during_export_leaves_no_temporary_folder(tmp_path, capsys, monkeypatch, objective, tokenizer):
+    import signal
+    import time
+
+    import spanbert_ds.interop.hf as hf
+
+    def stopped_half_way(objective, config, tokenizer_source, out_dir, generator=False):
+        os.makedirs(out_dir)
+        with open(os.path.join(out_dir, "model.safetensors"), "wb") as f:
+            f.write(b"half")
+        # Today's code has no handler: the signal would kill pytest itself, so stop here instead.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM would kill export outright"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop export")
+
+    run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
+    monkeypatch.setattr(hf, "export_hf", stopped_half_way)
+    assert main(["export", run, str(tmp_path / "new" / "hf")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "spanbert-ds export: interrupted by SIGTERM\n"
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no OUT.tmp-PID, no parent made for OUT
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() puts the handler it found back

@@ -75,6 +75,7 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_one_before(tmp_path, mo
     one_line_exit_2(done, "no space left on the device of")
     assert "the partial step4 was removed and step2 stays the latest" in done.stderr
     assert sorted(os.listdir(disk / "run" / "checkpoints")) == ["latest", "step2"]
+    assert not os.path.lexists(disk / "run" / ".lock")  # the folder is left as found: unlocked, no lock file
 
 
 def test_an_export_onto_a_full_disk_writes_nothing(tmp_path, mount, python_docs_shards):
