@@ -32,6 +32,7 @@ from torch import nn
 
 from spanbert_ds.data.tokenizer import SPECIALS, casing, kind_of, vocab_size
 from spanbert_ds.errors import UserError
+from spanbert_ds.folders import give_umask_mode
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import TIED
 
@@ -259,8 +260,6 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
     with `.tokenizer()` and `.meta` (data.shards.Shards), or None for no tokenizer files.
     Returns the list of files written.
     """
-    from safetensors.torch import save_file
-
     from spanbert_ds.interop import rtd_hf  # built on this module, so imported when used
 
     if isinstance(objective_or_state_dict, nn.Module):
@@ -283,14 +282,22 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
 
     with open(path("config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
+    _save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
     for name, tensors in extras.items():
         if tensors:
-            save_file(tensors, path(name), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
+            _save_file(tensors, path(name), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
     if tokenizer_source is not None:
         for name in write_tokenizer_files(tokenizer_source, out_dir, model_config):
             written.append(name)
     return written
+
+
+def _save_file(tensors, path, metadata):
+    """safetensors' save_file, with the mode every other file of the folder gets (save_file writes 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata=metadata)
+    give_umask_mode(path)
 
 
 def extra_files(extra):
@@ -594,8 +601,6 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     """A fine-tuned model's state dict (finetune/model.py's names) as an HF folder of `architecture`
     (BertForQuestionAnswering, BertForSequenceClassification or BertForTokenClassification); `labels`: the
     label names in id order (None for QA). Returns the files written."""
-    from safetensors.torch import save_file
-
     state = _strip_wrapper_prefix(state)
     # Task heads keep BERT's format for every encoder (RoBERTa's classification head has another shape).
     hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config, roberta=False)
@@ -611,5 +616,5 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     written = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
     with open(written[0], "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    save_file(hf, written[1], metadata={"format": "pt"})
+    _save_file(hf, written[1], metadata={"format": "pt"})
     return written + write_tokenizer_files(tokenizer_source, out_dir, model_config)

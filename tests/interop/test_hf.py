@@ -311,3 +311,22 @@ def test_a_refused_import_leaves_the_model_untouched(tmp_path):
     for model, saved in ((fresh, before), (longer, before_longer)):
         for name, tensor in model.state_dict().items():
             assert torch.equal(tensor, saved[name]), name
+
+
+def test_safetensors_files_get_the_umask_mode_of_the_other_files(tmp_path):
+    from spanbert_ds.finetune.model import TaskModel
+
+    tok = wordpiece(lowercase=True)
+    objective, _ = trained("spanbert", tok.get_vocab_size())
+    before = os.umask(0o027)  # a group-readable cluster setting
+    try:
+        interop.export_hf(objective, objective.config, tok, tmp_path / "pretrained")
+        model = TaskModel(objective.config, "sequence", 3)
+        interop.export_task_hf(model.state_dict(), model.config, "BertForSequenceClassification", ["a", "b", "c"],
+                               tok, tmp_path / "finetuned")
+    finally:
+        os.umask(before)
+    for folder in ("pretrained", "finetuned"):
+        modes = {name: oct(os.stat(tmp_path / folder / name).st_mode & 0o777)
+                 for name in os.listdir(tmp_path / folder)}
+        assert "model.safetensors" in modes and set(modes.values()) == {"0o640"}, (folder, modes)

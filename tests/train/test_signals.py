@@ -1,0 +1,29 @@
+"""Stop signals of a training process: SIGHUP (a closed terminal) stops it as SIGTERM does, unless nohup
+ignores it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.slow
+
+
+def signalled(code):
+    """Run `code` (which makes a StopRequest named stop, then is sent SIGHUP) in a fresh interpreter."""
+    program = ("import os, signal\nfrom spanbert_ds.train.signals import StopRequest\n" + code +
+               "\nos.kill(os.getpid(), signal.SIGHUP)\nprint(stop.signal)")
+    return subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_sighup_asks_for_a_stop_at_the_next_step_like_sigterm():
+    done = signalled("stop = StopRequest()")
+    assert done.returncode == 0 and done.stdout.strip() == "SIGHUP", done.stderr
+
+
+def test_sighup_ignored_by_nohup_stays_ignored():
+    done = signalled("signal.signal(signal.SIGHUP, signal.SIG_IGN)\nstop = StopRequest()")
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
