@@ -71,6 +71,7 @@ ENCODING_ERRORS = ("strict", "replace", "skip")
 _END = None  # in a sentence stream: the document ends here
 _SNIFF_BYTES = 4096
 _PROGRESS_EVERY = 1 << 20  # bytes between progress() calls
+_DECOMPRESS_BUFFER = 1 << 18
 _BATCH_ROWS = 1024  # Parquet/Arrow rows converted to Python strings at a time
 INSTALL_FORMATS = "pip install 'spanbert_ds[formats]'"
 
@@ -248,13 +249,18 @@ class Corpus:
             if len(content) > limit:
                 raise UserError(f"{path}: line {number} (byte offset {offset}{of}) is longer than "
                                 f"--max-line-bytes {limit}; split it into lines or raise the limit")
+            bad = None
+            if b"\0" in content:  # binary data after text: the first bytes looked like text
+                bad = content.index(b"\0"), "holds a NUL byte, which is not text"
+                content = content.replace(b"\0", b"\xff")  # replaced, or the line skipped, like a bad byte
             try:
                 text = content.decode("utf-8")
             except UnicodeDecodeError as e:
+                bad = bad or (e.start, f"is not valid UTF-8 ({e.reason})")
+            if bad:
                 if self.encoding_errors == "strict":
-                    raise UserError(f"{path}: line {number} (byte offset {offset + e.start}{of}) is not valid UTF-8 "
-                                    f"({e.reason}); re-encode the file as UTF-8 or pass --encoding-errors replace "
-                                    "(or skip)") from None
+                    raise UserError(f"{path}: line {number} (byte offset {offset + bad[0]}{of}) {bad[1]}; re-encode "
+                                    "the file as UTF-8 or pass --encoding-errors replace (or skip)")
                 self.bad_lines += 1
                 self._first_bad = self._first_bad or (path, number)
                 text = None if self.encoding_errors == "skip" else content.decode("utf-8", "replace")
@@ -509,18 +515,28 @@ def _open(path, compression):
     with open(path, "rb") as raw:
         if compression is None:
             yield raw, raw
-        elif compression == "gzip":
-            with gzip.GzipFile(fileobj=raw) as stream:
-                yield stream, raw
-        elif compression == "bzip2":
-            with bz2.BZ2File(raw) as stream:
-                yield stream, raw
-        elif compression == "xz":
-            with lzma.LZMAFile(raw) as stream:
-                yield stream, raw
-        else:
-            with io.BufferedReader(_ZstdReader(raw), 1 << 16) as stream:
-                yield stream, raw
+            return
+        # readline() on GzipFile & co. decompresses 8 KiB at a time; a larger buffer reads 2-3x faster.
+        opener = {"gzip": lambda: _Read1(gzip.GzipFile(fileobj=raw)), "bzip2": lambda: _Read1(bz2.BZ2File(raw)),
+                  "xz": lambda: _Read1(lzma.LZMAFile(raw)), "zstd": lambda: _ZstdReader(raw)}[compression]
+        with io.BufferedReader(opener(), _DECOMPRESS_BUFFER) as stream:
+            yield stream, raw
+
+
+class _Read1(io.RawIOBase):
+    """GzipFile, BZ2File or LZMAFile as a raw stream that returns what is decompressed so far: their read(n)
+    waits for n bytes, so a truncated file would fail before the lines it does hold were read."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.f.read1(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class _ZstdReader(io.RawIOBase):
@@ -541,7 +557,7 @@ class _ZstdReader(io.RawIOBase):
             if self.frame is not None and self.frame.eof:
                 data, self.frame = self.frame.unused_data, None
             if not data:
-                data = self.raw.read(1 << 16)
+                data = self.raw.read(_DECOMPRESS_BUFFER)
             if not data:
                 if self.frame is not None:
                     raise EOFError("the file ends inside a zstd frame")

@@ -6,6 +6,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import sys
 import tarfile
 import threading
@@ -282,6 +283,8 @@ def test_a_truncated_archive_deep_in_a_folder_names_the_file_and_offset(capsys, 
     err = fails(capsys, tmp_path, tmp_path / "in", tmp_path / "out", "--tokenizer", bert_vocab_file)
     assert f"b.txt.{suffix}: the {NAME[suffix]} data ends early, after line" in err
     assert "of its decompressed text): the file is truncated" in err
+    line = int(re.search(r"after line (\d+) \(byte offset", err).group(1))
+    assert 1000 < line < 7000  # the lines before the cut were read: the error comes where the data ends
 
 
 def test_a_missing_optional_package_is_named_with_the_extra_to_install(tmp_path, monkeypatch):
@@ -308,6 +311,11 @@ def test_encoding_errors_replace_and_skip_go_on_and_count_the_lines(tmp_path):
     assert list(skipped.documents()) == [["ok line"], ["second doc"]] and skipped.bad_lines == 2
     message = refusal(path)
     assert "a.txt.gz: line 2 (byte offset 12 of its gzip-decompressed text) is not valid UTF-8" in message
+    # NUL bytes after a text-like start are not text either
+    path.write_bytes(gzip.compress(b"text first\n" * 500 + b"then \x00\x01\x02 binary\n"))
+    assert "a.txt.gz: line 501 (byte offset 5505 of its gzip-decompressed text) holds a NUL byte" in refusal(path)
+    skipped = Corpus(path, encoding_errors="skip")
+    assert sum(map(len, skipped.documents())) == 500 and skipped.bad_lines == 1
 
 
 def test_prepare_reports_the_skipped_lines_and_reads_valid_through_the_same_reader(capsys, tmp_path,
