@@ -81,3 +81,13 @@ def test_two_prepares_into_one_new_folder_one_wins_and_the_other_says_so(tmp_pat
     assert len(refusal) == 1 and ("already exists" in refusal[0] or "in use by another run" in refusal[0])
     assert Shards(out, check_ids=True).vocab_size <= 2000
     assert sorted(os.listdir(tmp_path)) == ["shards"]  # no lock file, no temporary folder left
+
+
+def test_a_holder_that_stops_on_an_error_leaves_no_lock_file(tmp_path):
+    """A run that ends on an error (a full disk: a UserError out of the loop) without reaching its release."""
+    path = str(tmp_path / ".lock")
+    done = subprocess.run([sys.executable, "-c", "from spanbert_ds.folders import FolderLock; "
+                           f"FolderLock({path!r}, 'x').acquire(); raise SystemExit('no space left')"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(ENV, PYTHONPATH=REPO), timeout=60)
+    assert done.returncode == 1 and "no space left" in done.stderr
+    assert os.listdir(tmp_path) == []
