@@ -27,17 +27,18 @@ line), never by their name alone:
   standard library, read statically with `ast` from the stdlib sources so that no module is
   imported (importing `antigravity` opens a browser, `this` prints, tkinter needs a display).
 
-Anything else is refused when the Corpus is made, before anything is read or written, in one line
-naming what its first bytes are (an ELF binary, a PDF, a zip or tar archive, UTF-16 text, NUL bytes, ...);
-so is an input that is not a regular file or folder (a FIFO, a device), which prepare could not read twice.
+Anything else is refused when the Corpus is made (each file's first bytes and first line are looked at
+then), before anything is tokenized or written, in one line naming what its first bytes are (an ELF
+binary, a PDF, a zip or tar archive, UTF-16 text, NUL bytes, ...); so is an input that is not a regular
+file or folder (a FIFO, a device), which prepare could not read twice.
 Zstandard needs the `zstandard` package and Parquet/Arrow `pyarrow` (`pip install 'spanbert_ds[formats]'`).
 
 Files are read line by line in binary mode so that a single huge line is caught at
 `max_line_bytes` instead of being loaded whole, and decoding errors can name the line and
 byte offset (of the decompressed text, for a compressed file); a truncated or corrupt compressed file
 is named with the offset where its text ends. With `encoding_errors` "replace" or "skip" a line that
-is not UTF-8 has its bad bytes replaced with U+FFFD, or is dropped; `bad_lines` counts them in the
-last pass and `encoding_note()` says so in one line. `pieces()` streams: a document of any length
+is not UTF-8 (or holds a NUL byte) has its bad bytes replaced with U+FFFD, or is dropped; `bad_lines`
+counts them in the last pass and `encoding_note()` says so in one line. `pieces()` streams: a document of any length
 (a text file without blank lines is one document) comes in pieces of about a megabyte, so nothing
 grows with the corpus.
 """
