@@ -42,6 +42,9 @@ SlurmdLogFile={dir}/slurmd.log
 NodeName=localhost CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """ + COMMON_CONF
+# A node that claims more CPUs than the machine has (so that 16 tasks fit on 2 cores, as 16 GPUs' worth of ranks
+# would on a real node) is kept in service instead of drained.
+MORE_CPUS_THAN_THE_MACHINE = "SlurmdParameters=config_overrides\n"
 
 
 def available():
@@ -49,14 +52,18 @@ def available():
 
 
 class Cluster:
-    def __init__(self, folder):
+    def __init__(self, folder, cpus=None):
+        """cpus: what the node tells SLURM it has (default: this machine's); more lets tests start more tasks
+        than there are cores (--overcommit does not go past the node's CPUs)."""
         self.dir = str(folder)
         for sub in ("state", "spool"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         self.conf = os.path.join(self.dir, "slurm.conf")
         with open(self.conf, "w") as f:
             # Ports of our own, so that no other cluster on this machine (a test run before) answers.
-            f.write(CONF.format(dir=self.dir, cpus=os.cpu_count(), ctld_port=free_port(), d_port=free_port()))
+            f.write(CONF.format(dir=self.dir, cpus=max(cpus or 0, os.cpu_count()), ctld_port=free_port(), d_port=free_port()))
+            if (cpus or 0) > os.cpu_count():
+                f.write(MORE_CPUS_THAN_THE_MACHINE)
         self.env = dict(os.environ, SLURM_CONF=self.conf)
 
     def start(self):

@@ -1,5 +1,6 @@
 """`sbatch slurm/pretrain.sbatch` on a real local SLURM cluster: 2 tasks through srun, and the
-time-limit path: SIGUSR1 -> checkpoint -> exit 75 -> the job requeues itself -> resumes -> completes."""
+time-limit path: SIGUSR1 -> checkpoint -> exit 75 -> the job requeues itself -> resumes -> completes;
+a shipped ds_config on more tasks than its micro batch fits, with the flags that override it."""
 
 import json
 import os
@@ -20,7 +21,7 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"), cpus=16).start()  # 16 tasks fit, whatever the cores
     yield cluster
     cluster.stop()
 
@@ -65,6 +66,33 @@ def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal
     assert job.get("JobState") == "COMPLETED" and job.get("Restarts") == "1", (job, log[-3000:])
     assert "requeueing job" in log and "resumed from step" in log, log[-3000:]
     assert max(losses(out)) == STEPS
+
+
+def test_sbatch_trains_the_shipped_cpu_config_on_four_tasks_keeping_its_global_batch(cluster, python_docs_shards, tmp_path):
+    # cpu_zero2.json: train_batch_size 16, train_micro_batch_size_per_gpu 8, which 4 ranks cannot all take
+    out = str(tmp_path / "run")
+    env = dict(cluster.env, PYTHON=sys.executable, DS_CONFIG="ds_configs/cpu_zero2.json", MODEL="tiny", GLOO_SOCKET_IFNAME="lo",
+               OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=4", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
+         "slurm/pretrain.sbatch", "--data", str(python_docs_shards.path), "--output", out, "--steps", "3", "--max-seq-len", "64",
+         "--log-every", "1", "--num-workers", "0", "--lr", "5e-4", "--warmup", "0.5"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    job_id = submit.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and cluster.job(job_id).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(0.5)
+    log = open(f"{tmp_path}/slurm-{job_id}.out").read()
+    assert cluster.job(job_id).get("JobState") == "COMPLETED", log[-3000:]
+    assert "train_batch_size 16 over 4 ranks is 4 samples a rank: micro batch 4 x 1 accumulation step" in log
+    assert max(losses(out)) == 3
+    resolved = json.load(open(os.path.join(out, "run_config.json")))
+    ds = resolved["ds_config"]
+    assert resolved["world_size"] == 4 and resolved["gradient_accumulation_steps"] == 1
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"]) == (16, 4)
+    assert (resolved["args"]["lr"], resolved["args"]["warmup"]) == (5e-4, "0.5")
+    assert ds["optimizer"]["params"]["lr"] == ds["scheduler"]["params"]["warmup_max_lr"] == 5e-4
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 1  # half of --steps 3
 
 
 def test_sbatch_finetune_runs_finetune_py_on_two_tasks(cluster, tmp_path):
