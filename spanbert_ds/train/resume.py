@@ -3,10 +3,10 @@
 A run folder holds one line of training. A resume must keep what made its batches and its model:
 the objective, the model's shape, the data, the seed, the sequence length and the masking (the
 run's identity, stored in every checkpoint's marker). It may change the training settings: dropout,
-attention backend, activation checkpointing, learning rate, --steps, the number of ranks, and the
-ZeRO stage between 1 and 2. Starting afresh over checkpoints, or going back past later ones, is
-refused: the new run would prune or overwrite them, and --resume auto or export could later take an
-old one for the latest.
+attention backend, activation checkpointing, learning rate, warmup, --steps, the micro batch, the
+number of ranks, and the ZeRO stage between 1 and 2; not the global batch. Starting afresh over
+checkpoints, or going back past later ones, is refused: the new run would prune or overwrite them,
+and --resume auto or export could later take an old one for the latest.
 
 Another number of ranks or another ZeRO stage loads through DeepSpeed's universal format: rank 0
 converts the checkpoint once (checkpoint.to_universal) and the ds_config's checkpoint block gets
@@ -71,8 +71,8 @@ def check_resumable(args, tag, marker, identity, config_overrides, global_batch,
     check_same_run(tag, marker, identity, config_overrides)
     if marker.get("train_batch_size") != global_batch:
         raise UserError(f"checkpoint {tag} was trained with train_batch_size {marker.get('train_batch_size')}, the "
-                        f"config asks for {global_batch}: keep the global batch when resuming (change the micro "
-                        "batch instead)")
+                        f"run asks for {global_batch}: keep the global batch when resuming (train_batch_size, "
+                        "--global-batch-size), and change the micro batch instead")
     saved_stage = marker["zero_stage"]
     if stage != saved_stage and not {stage, saved_stage} <= {1, 2}:
         # DeepSpeed 0.19's universal checkpoints load across stages 1 and 2 only (its ZeRO-3 loader looks
