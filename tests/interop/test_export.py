@@ -132,7 +132,7 @@ def test_a_stop_signal_during_export_leaves_no_temporary_folder(tmp_path, capsys
 
     import spanbert_ds.interop.hf as hf
 
-    def stopped_half_way(objective, config, tokenizer_source, out_dir, generator=False):
+    def stopped_half_way(objective, config, tokenizer_source, out_dir, **options):
         os.makedirs(out_dir)
         with open(os.path.join(out_dir, "model.safetensors"), "wb") as f:
             f.write(b"half")
