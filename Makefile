@@ -7,7 +7,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := true
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast setup clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# No launched ranks, clusters or demo: a couple of minutes, for while you work.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -173,6 +173,14 @@ def load_ds_config(path, world_size, total_steps, notes=None, overrides=None):
         raise UserError(f"{path}: no optimizer block; add e.g. "
                         f"{{\"optimizer\": {{\"type\": \"AdamW\", \"params\": {{\"lr\": 1e-4}}}}}}")
     _check_optimizer(config["optimizer"], path)
+    if optimizer.lower() == "lamb":
+        # DeepSpeed's FusedLamb asserts dynamic loss scaling inside deepspeed.initialize, on every rank
+        if not fp16 or config["fp16"].get("loss_scale", 0) != 0:
+            raise UserError(f"{path}: DeepSpeed runs LAMB only under fp16 with dynamic loss scaling; set "
+                            "fp16.enabled true and fp16.loss_scale 0 (see ds_configs/lamb_fp16_phase1.json)")
+        if not _cuda():
+            raise UserError(f"{path}: DeepSpeed's LAMB (FusedLamb) is a CUDA kernel and there is no CUDA GPU here; "
+                            "use AdamW on a CPU (ds_configs/cpu_zero2.json)")
     if fp16 and not _cuda():
         raise UserError(f"{path}: fp16 is enabled, but DeepSpeed's fp16 training needs a CUDA GPU and there is none "
                         "here; set bf16.enabled (or neither, for fp32) on a CPU")

@@ -187,3 +187,25 @@ def test_a_resume_may_change_micro_batch_lr_and_warmup_but_not_the_global_batch(
         loop.prepare(run_args(), 1, 0)
     with pytest.raises(UserError, match="was trained with train_batch_size 32, the run asks for 64"):
         loop.prepare(run_args("--global-batch-size", "64"), 1, 0)
+
+
+def test_lamb_is_refused_in_one_line_where_deepspeed_would_assert(tmp_path, monkeypatch):
+    lamb = {**CONFIG, "optimizer": {"type": "Lamb", "params": {"lr": 6e-3}}}
+    monkeypatch.setattr(train_args, "_cuda", lambda: True)
+    with pytest.raises(UserError, match="LAMB only under fp16 with dynamic loss scaling"):
+        load_ds_config(write(tmp_path, {**lamb, "bf16": {"enabled": True}}), 8, 1000)
+    with pytest.raises(UserError, match="LAMB only under fp16 with dynamic loss scaling"):
+        load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True, "loss_scale": 128}}), 8, 1000)
+    assert load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True}}), 8, 1000)["optimizer"]["type"] == "Lamb"
+    monkeypatch.setattr(train_args, "_cuda", lambda: False)
+    with pytest.raises(UserError, match="FusedLamb. is a CUDA kernel"):
+        load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True}}), 8, 1000)
+
+
+@pytest.mark.parametrize("phase, sequences", [(1, 65536), (2, 32768)])  # 128 then 512 tokens
+def test_the_lamb_configs_are_nvidias_two_phases_at_every_world_size_up_to_1024(phase, sequences, on_a_gpu):
+    path = os.path.join(REPO, "ds_configs", f"lamb_fp16_phase{phase}.json")
+    for world_size in WORLD_SIZES:
+        config = load_ds_config(path, world_size, 10_000)
+        assert config["train_batch_size"] == sequences
+        assert config["zero_optimization"]["stage"] == 0 and config["fp16"]["loss_scale"] == 0
