@@ -13,6 +13,7 @@ through DeepSpeed's universal checkpoint conversion.
 import glob
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -146,29 +147,68 @@ def _files_of(tag_dir):
 
 
 def check_loadable(tag_dir):
-    """Open every file of a checkpoint with torch.load(weights_only=True) before DeepSpeed unpickles it.
+    """Open every file of a checkpoint that DeepSpeed could unpickle with torch.load(weights_only=True) first.
 
-    DeepSpeed itself loads with weights_only=False; checking first means a
-    tampered file (arbitrary pickled code) or a truncated one stops the run with
-    a clear message instead of running code or failing deep inside DeepSpeed.
+    DeepSpeed itself loads with weights_only=False, and a planted file runs code as it is unpickled: a run
+    folder on a shared filesystem is often group-writable. So every *.pt under tag_dir (DeepSpeed names
+    every file it loads so), in subfolders too (a universal checkpoint keeps its optimizer state in
+    zero/<param>/*.pt) and through symbolic links, must hold tensors and plain values only. A file with
+    code is refused by name, as is one truncated or not a checkpoint (instead of failing deep inside
+    DeepSpeed). Only each file's pickle is read: the tensors' storages are mapped, not copied, so this
+    costs milliseconds per file whatever the model's size.
     """
-    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")))
+    files = _pickled_files(tag_dir)
     if not files:
         raise UserError(f"checkpoint {tag_dir} holds no .pt files; delete that folder, then resume from the one "
                         "before it with --resume auto")
     for path in files:
         try:
+            with open(path, "rb") as f:
+                mappable = f.read(4) == b"PK\x03\x04"  # torch's zip format; the legacy one cannot be mapped
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-                torch.load(path, map_location="cpu", weights_only=True)
+                torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
         except Exception as error:  # noqa: BLE001 - any failure here means the file cannot be trusted
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise UserError(f"checkpoint file {path} cannot be loaded safely ({reason}); it is truncated or not "
-                            f"a checkpoint of ours: delete {tag_dir} to resume from an earlier one") from None
+            raise _refusal(path, tag_dir, error) from None
+
+
+def _pickled_files(tag_dir):
+    """Every *.pt under tag_dir, subfolders included, following links as a loader would (each folder once)."""
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(tag_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()
+        files += [os.path.join(folder, name) for name in sorted(names) if name.endswith(".pt")]
+    return files
+
+
+def _refusal(path, tag_dir, error):
+    message = str(error)
+    if tag_dir.rstrip(os.sep).endswith(UNIVERSAL_SUFFIX):
+        fix = f"delete {tag_dir}: a resume converts {tag_dir.rstrip(os.sep)[: -len(UNIVERSAL_SUFFIX)]} again"
+    else:
+        fix = f"delete {tag_dir} to resume from (or export) an earlier one"
+    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in message:
+        # torch's own text is a paragraph on how to load the file anyway; keep what the file asked for
+        reason = message.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        reason = reason.split(" was not an allowed global")[0].strip() or "an unsupported pickle instruction"
+        return UserError(f"checkpoint file {path} holds code, not only tensors ({reason}); refusing to load it: "
+                         "DeepSpeed writes tensors and plain values only, so someone or something replaced it (check "
+                         f"who can write to the run folder); {fix}")
+    reason = message.strip().splitlines()[0][:200] if message.strip() else type(error).__name__
+    return UserError(f"checkpoint file {path} cannot be loaded safely ({reason}); it is truncated or not "
+                     f"a checkpoint of ours: {fix}")
 
 
 def fp32_state_dict(root, tag, objective):
-    """The fp32 weights of checkpoint root/tag of `objective`'s model (ZeRO shards consolidated)."""
-    if read_marker(os.path.join(root, tag))["zero_stage"] > 0:
+    """The fp32 weights of checkpoint root/tag of `objective`'s model (ZeRO shards consolidated). Every file
+    of the checkpoint is vetted first: zero_to_fp32 unpickles them with weights_only=False."""
+    stage = read_marker(os.path.join(root, tag))["zero_stage"]
+    check_loadable(os.path.join(root, tag))
+    if stage > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
@@ -214,7 +254,11 @@ def _zero0_fp32_state(objective, path):
 
 
 def to_universal(root, tag):
-    """Convert CKPT/tag to CKPT/tag_universal (once) with DeepSpeed's converter. Rank 0 only."""
+    """Convert CKPT/tag to CKPT/tag_universal (once) with DeepSpeed's converter. Rank 0 only.
+
+    The converter unpickles CKPT/tag and DeepSpeed then unpickles CKPT/tag_universal, each with
+    weights_only=False: the caller vets both with check_loadable, the copy every time it is used (a
+    folder found here, its marker included, may have been written by anyone who can write to CKPT)."""
     source, target = os.path.join(root, tag), os.path.join(root, tag + UNIVERSAL_SUFFIX)
     if os.path.exists(os.path.join(target, MARKER)):
         return tag + UNIVERSAL_SUFFIX

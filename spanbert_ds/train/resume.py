@@ -119,15 +119,17 @@ def with_universal_load(ds_config):
 
 def tag_to_load(run, rank):
     """The tag to hand DeepSpeed (None to start afresh): rank 0 checks every file of the checkpoint and
-    converts it when needed; every rank learns the result or leaves with rank 0's error."""
+    converts it when needed, then checks every file of the converted copy; every rank learns the result or
+    leaves with rank 0's error."""
     if not run.resume_tag:
         return None
     error, tag = None, run.resume_tag
     if rank == 0:
         try:
-            checkpoint.check_loadable(os.path.join(run.ckpt_root, tag))
+            checkpoint.check_loadable(os.path.join(run.ckpt_root, tag))  # what the converter or DeepSpeed unpickles
             if run.load_universal:
                 tag = checkpoint.to_universal(run.ckpt_root, tag)
+                checkpoint.check_loadable(os.path.join(run.ckpt_root, tag))  # the copy, converted now or found there
         except UserError as e:
             error = str(e)
     shared = [error, tag]

@@ -84,14 +84,17 @@ def load_run(run_dir, tag=None):
         if not found:
             raise UserError(f"{run_dir} has no complete checkpoint yet; train for at least --save-every steps first")
         tag = found[-1]
+    if tag.endswith(checkpoint.UNIVERSAL_SUFFIX):
+        raise UserError(f"{os.path.join(root, tag)} is a converted copy, made to resume on another number of ranks "
+                        f"or ZeRO stage; pass the checkpoint it was made from, "
+                        f"{tag[: -len(checkpoint.UNIVERSAL_SUFFIX)]}")
     if not os.path.isdir(os.path.join(root, tag)):
         raise UserError(f"{run_dir} has no checkpoint {tag}; its complete checkpoints are: "
                         f"{', '.join(found) or 'none yet'}")
-    checkpoint.check_loadable(os.path.join(root, tag))
 
     config = ModelConfig.from_json(os.path.join(run_dir, "model_config.json"))
     objective = OBJECTIVES[run_config["objective"]](config)
-    state = checkpoint.fp32_state_dict(root, tag, objective)
+    state = checkpoint.fp32_state_dict(root, tag, objective)  # vets every file before unpickling it
     missing, unexpected = load_first_names(objective, {k: v.float() for k, v in state.items()})
     if missing or unexpected:
         raise UserError(f"checkpoint {os.path.join(root, tag)} does not match the run's model: missing {missing[:5]}, "
