@@ -26,7 +26,7 @@ from spanbert_ds.data.hashing import mix
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune import batches
 from spanbert_ds.finetune.args import add_arguments, check_args
-from spanbert_ds.finetune.init import Init, load_init, load_into, tokenizer_of
+from spanbert_ds.finetune.init import Init, load_into, load_weights, open_init, tokenizer_of
 from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.finetune.sift import SiFT
 from spanbert_ds.finetune.tasks import MODEL_INPUTS, TASKS
@@ -82,7 +82,7 @@ class FineTuning:
 
 def prepare(args, world_size):
     check_args(args)
-    init = load_init(args.init)
+    init = open_init(args.init)  # its shape and encoder kind; the weights are read last, after every other check
     task_class = TASKS[args.task]
     options = dict(doc_stride=args.doc_stride, max_query_len=args.max_query_len, max_answer_len=args.max_answer_len,
                    n_best=args.n_best) if args.task == "squad" else {}
@@ -121,6 +121,7 @@ def prepare(args, world_size):
         "world_size": world_size, "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
     }))
     resume_tag = _resume_point(args, ckpt_root, identity)
+    init = load_weights(init)
     for note in notes if int(os.environ.get("RANK", 0)) == 0 else ():
         print(f"note: {note}", file=sys.stderr)
     return FineTuning(ds_config, init, tokenizer, task, sift, train_features, eval_examples, eval_features, total_steps, save_every,

@@ -26,7 +26,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from spanbert_ds.interop.hf import export_hf
+    from spanbert_ds.interop.hf import export_hf, read_imported
 
     run_dir, tag = run_and_tag(args.run, args.checkpoint)
     _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
@@ -37,7 +37,8 @@ def run(args):
     remove_stale_siblings(args.out)
     tmp = temporary_sibling(args.out)
     try:
-        export_hf(objective, objective.config, os.path.join(run_dir, "tokenizer"), tmp, generator=args.generator)
+        export_hf(objective, objective.config, os.path.join(run_dir, "tokenizer"), tmp, generator=args.generator,
+                  imported=read_imported(run_dir))
         if os.path.exists(args.out):  # only now, with the new folder complete
             shutil.rmtree(args.out)
         os.replace(tmp, args.out)

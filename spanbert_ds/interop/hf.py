@@ -13,7 +13,9 @@ The replaced-token detection objectives (electra, debertav3) train two networks,
 models: interop/rtd_hf.py names them, on top of this file's tables.
 Import (`load_hf_into`, behind `--init-from HF_DIR`) loads an HF BERT folder (BertModel or
 BertForPreTraining names) or RoBERTa folder (RobertaModel or RobertaForMaskedLM names) into an
-objective's encoder and heads, and reports what it had to initialise.
+objective's encoder and heads, and reports what it had to initialise. What the folder holds that the
+objective does not train but its export has a place for (BERT's pooler under spanbert) is kept in the run
+folder (IMPORTED_FILE) and exported with the rest.
 
 Our layout differs from HF's in four ways, all handled here: Q, K, V are one (3H, H)
 projection (split/concatenated), vocabulary-sized tensors have padded_vocab_size rows
@@ -25,6 +27,7 @@ pad_token_id + 1, so its position table has that many unused rows first (added/d
 
 import json
 import os
+import pickle
 import re
 
 import torch
@@ -119,6 +122,11 @@ ROBERTA_PREFIXES = {
 }
 ROBERTA_POSITIONS = "embeddings.position_embeddings.weight"
 SBO_FILE = "sbo_head.safetensors"
+# In a run folder: what --init-from brought that the objective does not train but its export has a place for
+# (BERT's pooler, and NSP classifier, under a spanbert or roberta objective), under our names. Export writes
+# them beside the trained tensors, so transformers finds the imported pooler, not a random one.
+IMPORTED_FILE = "imported.safetensors"
+HF_SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 SBO_PREFIX = "sbo_head."
 
 
@@ -250,10 +258,11 @@ def _bert_config_dict(config):
     }
 
 
-def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, generator=False):
+def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, generator=False, imported=None):
     """Write an objective (or its state dict, e.g. consolidated from ZeRO) as an HF BERT folder (RoBERTa,
     DeBERTa-V2: see the top of this file). A replaced-token detection objective writes its discriminator,
-    or with generator=True its generator (interop/rtd_hf.py).
+    or with generator=True its generator (interop/rtd_hf.py). `imported`: tensors under our names that the
+    model does not train but its HF model holds (read_imported: the pooler of the --init-from folder).
 
     tokenizer_source: a folder holding tokenizer.json (a shard folder, whose meta.json then
     gives the casing and special tokens, or an HF folder), a tokenizer.json path, an object
@@ -271,7 +280,8 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
         raise UserError(rtd_hf.NO_GENERATOR.format(what=f"the {name} objective" if name else "this model"))
     else:
         state = objective_or_state_dict
-        hf, extra = to_hf_state_dict(state.state_dict() if isinstance(state, nn.Module) else state, model_config)
+        state = state.state_dict() if isinstance(state, nn.Module) else _strip_wrapper_prefix(state)
+        hf, extra = to_hf_state_dict({**(imported or {}), **state}, model_config)
         config, extras = hf_config_dict(model_config), extra_files(extra)
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -404,8 +414,23 @@ def _read_hf_config(hf_dir):
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"--init-from {hf_dir}: no config.json there; point it at a Hugging Face BERT model folder")
-    with open(path) as f:
-        hf = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error}); the folder is damaged (an interrupted download?): "
+                        "fetch config.json again") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}: holds a JSON {type(hf).__name__}, not the object of settings a model config is")
+    missing = [key for key in HF_SHAPE if key not in hf]
+    if missing:
+        raise UserError(f"{path}: no {', '.join(missing)}; a BERT, RoBERTa or DeBERTa config.json gives the "
+                        f"model's shape ({', '.join(HF_SHAPE)}): fetch it again or add the missing keys")
+    wrong = {key: hf[key] for key in HF_SHAPE + ("max_position_embeddings", "type_vocab_size", "pad_token_id")
+             if key in hf and not _whole(hf[key], none=key == "pad_token_id")}
+    if wrong:
+        raise UserError(f"{path}: {', '.join(f'{k} {v!r}' for k, v in wrong.items())}: "
+                        f"{'each must be a whole number' if len(wrong) > 1 else 'must be a whole number'}")
     if hf.get("model_type", "bert") not in ("bert", "roberta", "deberta-v2"):
         raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; only BERT, RoBERTa and DeBERTa V2/V3 "
                         "checkpoints can be imported")
@@ -432,6 +457,10 @@ def _read_hf_config(hf_dir):
     return hf
 
 
+def _whole(value, none=False):
+    return (value is None and none) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def config_from_hf(hf_dir, **overrides):
     """A ModelConfig with the shape of the HF BERT in hf_dir (our defaults for everything else)."""
     hf = _read_hf_config(hf_dir)
@@ -448,23 +477,55 @@ def config_from_hf(hf_dir, **overrides):
     )
     sbo_path = os.path.join(hf_dir, SBO_FILE)
     if os.path.isfile(sbo_path):
-        rows, dim = _read_tensors(sbo_path)[SBO_PREFIX + "position.weight"].shape
-        values.update(sbo_max_targets=rows, sbo_position_dim=dim)
+        position = _read_tensors(sbo_path).get(SBO_PREFIX + "position.weight")
+        if position is None or position.dim() != 2:
+            raise UserError(f"{sbo_path}: no 2-D {SBO_PREFIX}position.weight; it is not an SBO head of ours")
+        values.update(sbo_max_targets=position.shape[0], sbo_position_dim=position.shape[1])
     if hf.get("model_type") == "deberta-v2":
         values.update(backbone="deberta", type_vocab_size=hf.get("type_vocab_size", 0),
                       position_buckets=hf["position_buckets"], max_relative_positions=hf.get("max_relative_positions", -1),
                       layer_norm_eps=hf.get("layer_norm_eps", 1e-7),
                       emd=os.path.isfile(os.path.join(hf_dir, EMD_FILE)))
     values.update(overrides)
-    return ModelConfig(**values)
+    try:
+        return ModelConfig(**values)
+    except UserError as error:
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')}: {str(error).removeprefix('model config: ')}") from None
 
 
 def _read_tensors(path):
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """The named tensors of a safetensors or PyTorch weights file; one line naming it when it cannot be read.
+    torch.load takes tensors and plain values only (weights_only): a pickle that would run code is refused."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+            tensors = load_file(path)
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Weights only load failed" not in message:
+            raise UserError(f"{path}: cut short or damaged ({_first_words(message)}); fetch it again") from None
+        # torch's own text is a paragraph on how to load the file anyway; keep what the file asked for
+        asked = re.search(r"GLOBAL ([\w.]+)", message)
+        reason = f"the pickle asks for {asked.group(1)}" if asked else "an unsupported pickle instruction"
+        raise UserError(f"{path}: holds code to run, not only tensors ({reason}); refusing to load it: fetch the "
+                        "model from a source you trust, or use its model.safetensors") from None
+    except Exception as error:  # noqa: BLE001 - safetensors' and torch's errors for a file cut short or damaged
+        raise UserError(f"{path}: cut short or damaged ({_first_words(str(error)) or 'it ends early'}), as an "
+                        "interrupted download leaves it; fetch it again") from None
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in tensors.items()):
+        raise UserError(f"{path}: holds a {type(tensors).__name__}, not a dict of named tensors; it is not a model's "
+                        "weights file")
+    return tensors
+
+
+def _first_words(message):
+    """The first sentence of an error message, on one line (torch adds paragraphs of advice)."""
+    return message.strip().splitlines()[0].split(". ")[0][:200] if message.strip() else ""
 
 
 def _current_name(hf_name):
@@ -490,7 +551,8 @@ def load_hf_into(objective, hf_dir):
     Accepts BertModel names (embeddings.*, encoder.*, pooler.*), BertForPreTraining / BertForMaskedLM
     names (bert.*, cls.*) and RoBERTa's (roberta.*, lm_head.*); also our sbo_head.safetensors when present.
     Returns {"loaded": [our names], "initialised": [our names left as initialised],
-    "ignored": [HF names not used]}.
+    "ignored": [HF names not used], "kept": {our name: tensor}}: "kept" are the tensors the objective has no
+    place for but its export does (BERT's pooler under spanbert), which a run saves with save_imported.
     """
     config = objective.config
     hf_config = _read_hf_config(hf_dir)
@@ -525,8 +587,11 @@ def load_hf_into(objective, hf_dir):
     elif model_type == "deberta-v2":
         hf = {_rename(k, DEBERTA_LEGACY): v for k, v in hf.items()}
 
+    from spanbert_ds.interop.rtd_hf import is_rtd  # built on this module, so imported when used
+
     params = dict(objective.state_dict(keep_vars=True))
-    loaded, used = {}, set()
+    loaded, kept, used = {}, {}, set()
+    keeps = config.backbone == "bert" and not is_rtd(objective)  # BertForPreTraining holds what it lacks
     for ours, names in name_pairs(config):
         group = names if isinstance(names, tuple) else (names,)
         if not all(n in hf for n in group):
@@ -538,8 +603,10 @@ def load_hf_into(objective, hf_dir):
             loaded["encoder.embeddings.position.weight"] = loaded["encoder.embeddings.position.weight"] + tensor[0]
         elif ours in params:
             loaded[ours] = tensor
+        elif keeps:
+            kept[ours] = tensor  # a head this objective does not have (e.g. NSP for spanbert): kept for the export
         else:
-            continue  # a head this objective does not have (e.g. NSP for spanbert): reported as ignored
+            continue  # ... which an RTD export has no place for: reported as ignored
         used.update(group)
     for extra in (SBO_FILE, EMD_FILE):
         path = os.path.join(hf_dir, extra)
@@ -570,7 +637,20 @@ def load_hf_into(objective, hf_dir):
     word = hf.get("bert.embeddings.word_embeddings.weight")
     if decoder is not None and word is not None and not torch.equal(decoder, word):
         ignored.append("cls.predictions.decoder.weight (untied from the word embeddings; ours are tied)")
-    return {"loaded": sorted(loaded), "initialised": initialised, "ignored": ignored}
+    return {"loaded": sorted(loaded), "initialised": initialised, "ignored": ignored,
+            "kept": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(kept.items())}}
+
+
+def save_imported(kept, run_dir):
+    """load_hf_into's `kept` tensors into the run folder, for export_hf's `imported`."""
+    if kept:
+        _save_file(kept, os.path.join(run_dir, IMPORTED_FILE), metadata={"format": "pt"})
+
+
+def read_imported(run_dir):
+    """The tensors save_imported kept in a run folder (none when the run did not start from an HF folder)."""
+    path = os.path.join(run_dir, IMPORTED_FILE)
+    return _read_tensors(path) if os.path.isfile(path) else {}
 
 
 def format_report(report):
@@ -579,6 +659,9 @@ def format_report(report):
     text = f"loaded {len(report['loaded'])} tensors"
     if report["initialised"]:
         text += f"; initialised {len(report['initialised'])} ({', '.join(heads)})"
+    if report.get("kept"):
+        kept = sorted({k.rsplit(".", 1)[0] for k in report["kept"]})
+        text += f"; kept {len(report['kept'])} this objective does not train, for the export ({', '.join(kept)})"
     if report["ignored"]:
         text += f"; ignored {len(report['ignored'])} from the checkpoint ({', '.join(report['ignored'][:4])}"
         text += ", ...)" if len(report["ignored"]) > 4 else ")"

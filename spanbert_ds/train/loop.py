@@ -20,7 +20,7 @@ from spanbert_ds.data.masking import MASKERS, MaskingConfig
 from spanbert_ds.data.packing import PackedSamples
 from spanbert_ds.data.shards import Shards
 from spanbert_ds.errors import UserError
-from spanbert_ds.interop.hf import config_from_hf, format_report, load_hf_into
+from spanbert_ds.interop.hf import config_from_hf, format_report, load_hf_into, save_imported
 from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.train import checkpoint, preflight, resume, run_folder
@@ -126,8 +126,10 @@ def train(args, run, rank, world_size, stop):
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     objective = run.objective_class(run.model_config)
+    kept = {}  # what --init-from brought that this objective does not train, for the export (BERT's pooler)
     if args.init_from:
         report = load_hf_into(objective, args.init_from)
+        kept = report["kept"]
         if rank == 0:
             print(f"initialised from {args.init_from}: {format_report(report)}", file=sys.stderr)
     load_tag = resume.tag_to_load(run, rank)
@@ -136,6 +138,7 @@ def train(args, run, rank, world_size, stop):
     folder_lock = run_folder.lock(args.output, rank)
     if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
         run_folder.write(args, run, hosts)
+        save_imported(kept, args.output)
     start = resume.load(engine, run.ckpt_root, load_tag) if load_tag else 0
 
     accumulation = run.plan.accumulation
