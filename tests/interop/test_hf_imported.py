@@ -46,7 +46,8 @@ def test_an_rtd_objective_says_in_its_one_line_that_the_pooler_is_not_kept():
     report = load_hf_into(objective, path)
     assert report["kept"] == {}  # ElectraForPreTraining has no pooler
     line = format_report(report)
-    assert "\n" not in line and "ignored 2 from the checkpoint (bert.pooler.dense.bias, bert.pooler.dense.weight)" in line
+    assert "\n" not in line
+    assert "ignored 2 from the checkpoint (bert.pooler.dense.bias, bert.pooler.dense.weight)" in line
 
 
 def test_a_run_without_init_from_has_nothing_imported(tmp_path):
