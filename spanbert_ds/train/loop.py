@@ -139,13 +139,14 @@ def train(args, run, rank, world_size, stop):
     if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
         run_folder.write(args, run, hosts)
         save_imported(kept, args.output)
-    start = resume.load(engine, run.ckpt_root, load_tag) if load_tag else 0
+    start, tokens_seen = resume.load(engine, run.ckpt_root, load_tag) if load_tag else (0, 0)
 
     accumulation = run.plan.accumulation
     loader = micro_batch_loader(run.samples, run.masker, run.plan, start * accumulation,
                                 (args.steps - start) * accumulation, args.num_workers,
                                 worker_init_fn=leave_stop_signals_to_the_trainer)
-    monitor = Monitor(args.output, rank == 0, start, args.steps, *objective.training_flops(args.max_seq_len))
+    monitor = Monitor(args.output, rank == 0, start, args.steps, *objective.training_flops(args.max_seq_len),
+                      ds_monitor=engine.monitor, tokens_seen=tokens_seen)
     if start:
         monitor.message(f"resumed from {load_tag} at step {start}")
     sums = StepSums(engine.device, objective.logged())
@@ -186,7 +187,7 @@ def train(args, run, rank, world_size, stop):
         saved = bad_steps == 0 and (step % args.save_every == 0 or last or stop_requested)
         if saved:
             with monitor.paused():
-                resume.save(engine, run, args, step, world_size)
+                resume.save(engine, run, args, step, world_size, monitor.tokens_seen)
         if stop_requested and not last:  # at the last step the run is simply done
             what = (f"saved {checkpoint.tag_of(step)}" if saved else
                     "the loss is not finite, so nothing was saved and the latest checkpoint stays")

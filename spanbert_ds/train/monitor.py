@@ -1,5 +1,13 @@
 """Everything a person watches during pretraining, written by rank 0 only:
-TensorBoard scalars, metrics.jsonl (one JSON object per logged step) and a progress bar."""
+TensorBoard scalars, metrics.jsonl (one JSON object per logged step), the monitors of the ds_config's
+own blocks (DeepSpeed's `tensorboard`, `wandb`, `csv_monitor`, `comet`: every scalar, under the same names
+as our TensorBoard) and, on a terminal, a progress bar; where stderr is a file (a SLURM .out), one plain
+line per logged step instead.
+
+Every scalar is logged against the optimizer step. The losses and held-out scores are also logged against
+the tokens consumed so far (real tokens, padding left out), under `by_tokens/`: runs of different batch
+sizes or sequence lengths compare on that axis. The count is kept in each checkpoint, so a resumed run
+continues it."""
 
 import contextlib
 import json
@@ -34,8 +42,11 @@ def peak_rss_gb():
 
 class Monitor:
     def __init__(self, run_dir, enabled, first_step, total_steps, flops_per_token, flops_per_decoded_row,
-                 desc="pretraining"):
+                 desc="pretraining", ds_monitor=None, tokens_seen=0):
         self.enabled = enabled
+        self.tokens_seen = tokens_seen  # real tokens of every step so far, resumed runs included
+        self.ds_monitor = ds_monitor if ds_monitor is not None and ds_monitor.enabled else None
+        self.desc, self.total_steps = desc, total_steps
         self.flops_per_token, self.flops_per_decoded_row = flops_per_token, flops_per_decoded_row
         self.peak = device_peak_flops()
         self.last_time, self.last_step = time.perf_counter(), first_step
@@ -53,11 +64,14 @@ class Monitor:
         if first_step:
             _drop_rows_after(path, first_step)
         self.jsonl = open(path, "a", buffering=1)
-        self.bar = tqdm(total=total_steps, initial=first_step, desc=desc, unit="step", dynamic_ncols=True)
+        # A progress bar redrawn with \r is unreadable in a file: there, one plain line per logged step.
+        self.bar = tqdm(total=total_steps, initial=first_step, desc=desc, unit="step", dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
 
     def count(self, tokens, samples, decoded_rows):
         """Add one global step's real (non-padding) tokens, samples and rows through the vocabulary decoders."""
         self.tokens += tokens
+        self.tokens_seen += tokens
         self.samples += samples
         self.decoded += decoded_rows
 
@@ -77,11 +91,17 @@ class Monitor:
         metrics["rss_peak_gb"] = peak_rss_gb()
         if torch.cuda.is_available():
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        metrics["tokens_seen"] = float(self.tokens_seen)
         self.last_time, self.last_step, self.tokens, self.samples, self.decoded = now, step, 0, 0, 0
         if not self.enabled:
             return metrics
-        for name, value in metrics.items():
-            self.writer.add_scalar(_tag(name), value, step)
+        events = [(_tag(name), value, step) for name, value in metrics.items()]
+        events += [(f"by_tokens/{name}", value, int(self.tokens_seen)) for name, value in metrics.items()
+                   if name.endswith(("loss", "accuracy"))]
+        for tag, value, x in events:
+            self.writer.add_scalar(tag, value, x)
+        if self.ds_monitor is not None:
+            self.ds_monitor.write_events(events)
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         if "eval_loss" in metrics:
             self.held_out = {"eval_loss": metrics["eval_loss"], "eval_mlm_acc": metrics.get("eval_mlm_accuracy")}
@@ -89,6 +109,9 @@ class Monitor:
         shown = {k: v for k, v in metrics.items() if k.endswith("loss") and not k.startswith("eval_")}
         shown.update({k: metrics[k] for k in ("lr", "tokens_per_s") if k in metrics})
         shown.update({k: v for k, v in self.held_out.items() if v is not None})
+        if self.bar.disable:
+            values = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            print(f"{self.desc} step {step}/{self.total_steps}  {values}", file=sys.stderr, flush=True)
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self.bar.update(step - self.bar.n)
         return metrics

@@ -143,7 +143,8 @@ def tag_to_load(run, rank):
 
 
 def load(engine, ckpt_root, tag):
-    """Load checkpoint `tag` into the engine; returns the step it was saved at."""
+    """Load checkpoint `tag` into the engine; returns (the step it was saved at, the real tokens trained on
+    up to it: 0 for a checkpoint from before that count was kept)."""
     load_path, client_state = engine.load_checkpoint(ckpt_root, tag=tag)
     if load_path is None:
         raise UserError(f"DeepSpeed could not load checkpoint {os.path.join(ckpt_root, tag)}; delete it to resume "
@@ -152,13 +153,13 @@ def load(engine, ckpt_root, tag):
         # DeepSpeed 0.19.8's universal load under ZeRO-3 gives every parameter group the same `step`
         # tensor, which torch's Adam then increments once per group at each step: give each its own.
         _set_adam_step(engine, client_state.get("adam_step"))
-    return client_state["step"]
+    return client_state["step"], client_state.get("tokens_seen", 0)
 
 
-def save(engine, run, args, step, world_size):
+def save(engine, run, args, step, world_size, tokens_seen):
     """A checkpoint of `step`, with what a resume needs to continue it and to check that it may."""
-    client_state = {"step": step, "samples_seen": step * run.plan.global_batch, "seed": args.seed,
-                    "adam_step": _adam_step(engine)}
+    client_state = {"step": step, "samples_seen": step * run.plan.global_batch, "tokens_seen": tokens_seen,
+                    "seed": args.seed, "adam_step": _adam_step(engine)}
     marker = {"world_size": world_size, "zero_stage": engine.zero_optimization_stage(),
               "train_batch_size": run.plan.global_batch, "identity": run.identity}
     checkpoint.save(engine, run.ckpt_root, step, client_state, args.keep_checkpoints, marker)

@@ -63,10 +63,16 @@ def work(tmp_path_factory, python_docs_shards):
 
 @pytest.fixture(scope="module")
 def reference(work):
-    """One rank, ZeRO-2, micro 4 x accumulation 2: the global batch of the 2-rank runs."""
+    """One rank, ZeRO-2, micro 4 x accumulation 2: the global batch of the 2-rank runs; with DeepSpeed's own
+    csv and TensorBoard monitors on (which change no number). Its stderr, a pipe here, is kept in stderr.txt."""
     tmp, shards = work
     out = str(tmp / "ref")
-    check(launch(train_args(shards, out, ds_config(tmp, 2)), ranks=1, launcher="python"))
+    monitors = {name: {"enabled": True, "output_path": str(tmp / "ds_monitors"), "job_name": name}
+                for name in ("csv_monitor", "tensorboard")}
+    done = launch(train_args(shards, out, ds_config(tmp, 2, **monitors)), ranks=1, launcher="python")
+    check(done)
+    with open(os.path.join(tmp, "ref_stderr.txt"), "w") as f:
+        f.write(done.stderr)
     return out
 
 
@@ -142,6 +148,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses_bit_for_bit(work, two
     assert loss_list(out, range(3, STEPS + 1)) == loss_list(two_rank_runs[stage], range(3, STEPS + 1))
     logged = [row["step"] for row in metrics(out) if "loss" in row]
     assert logged == list(range(1, STEPS + 1))  # the killed run's rows past step 2 were dropped, not kept twice
+    # the tokens-consumed axis continues from the checkpoint's count
+    assert [row["tokens_seen"] for row in metrics(out)] == [row["tokens_seen"] for row in metrics(two_rank_runs[stage])]
     # DeepSpeed's CPU all-reduce buffers (~70 MB of RAM per rank) are not left in /dev/shm, even by kill -9
     assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer*")) <= shared_memory
 
@@ -231,6 +239,35 @@ def test_tensorboard_has_every_watched_scalar(reference):
     assert [e.step for e in events.Scalars("loss/loss")] == list(range(1, STEPS + 1))
     run_config = json.load(open(os.path.join(reference, "run_config.json")))
     assert run_config["ds_config"]["gradient_accumulation_steps"] == 2 and run_config["versions"]["deepspeed"]
+
+
+def test_deepspeeds_own_monitors_get_every_scalar_and_a_log_file_gets_plain_lines(work, reference):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, _ = work
+    ours = EventAccumulator(os.path.join(reference, "tensorboard"))
+    ours.Reload()
+    ours = set(ours.Tags()["scalars"])
+    assert {"by_tokens/loss", "by_tokens/mlm_loss", "by_tokens/sbo_loss"} <= ours  # against tokens consumed
+    # csv_monitor: one file per scalar, named after its tag; DeepSpeed adds Train/Samples/* files of its own
+    csv_dir = tmp / "ds_monitors" / "csv_monitor"
+    in_csv = {name[:-len(".csv")] for name in os.listdir(csv_dir)}
+    assert {tag.replace("/", "_") for tag in ours} <= in_csv
+    with open(csv_dir / "loss_mlm_loss.csv") as f:
+        rows = list(csv.reader(f))[1:]
+    assert [int(step) for step, _ in rows] == list(range(1, STEPS + 1))
+    assert [float(v) for _, v in rows] == pytest.approx([row["mlm_loss"] for row in metrics(reference)], rel=1e-6)
+    theirs = EventAccumulator(str(tmp / "ds_monitors" / "tensorboard"))
+    theirs.Reload()
+    assert ours <= set(theirs.Tags()["scalars"])
+    # stderr is not a terminal: no progress bar redrawn with \r, a plain line per logged step
+    stderr = open(tmp / "ref_stderr.txt").read()
+    assert "\r" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("pretraining step ")]
+    assert [line.split()[2] for line in lines] == [f"{s}/{STEPS}" for s in range(1, STEPS + 1)]
+    assert "mlm_loss" in lines[-1] and "lr" in lines[-1]
 
 
 def test_export_of_a_zero3_run_opens_in_transformers(work, two_rank_runs):
