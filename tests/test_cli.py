@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")
 
@@ -22,6 +24,7 @@ def test_an_unknown_flag_is_one_line_that_points_to_help():
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_prepare_removes_the_temporary_folders_of_killed_runs(tmp_path):
     out = tmp_path / "shards"
     dead = tmp_path / "shards.tmp-999999999"  # no such process

@@ -79,6 +79,7 @@ def span_runs(text):
     return runs
 
 
+@pytest.mark.slow
 def test_span_masked_fraction_is_15_percent(span_runs):
     masked = sum(out["mlm_positions"].size for _, out, _ in span_runs)
     maskable = sum((b["attention_mask"].astype(bool) & ~b["special_mask"]).sum() for b, _, _ in span_runs)

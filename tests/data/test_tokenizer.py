@@ -63,6 +63,7 @@ def test_a_sentencepiece_style_bpe_marking_words_in_its_normalizer_is_accepted(t
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+@pytest.mark.slow
 def test_a_line_of_a_million_characters_without_spaces_does_not_stall_training(tmp_path, kind):
     """The trainers' time grows with the square of a word's length: such a "word" is dropped (WordPiece
     encodes it as [UNK]) or cut into 100-character pieces (BPE) before they see it."""

@@ -84,6 +84,7 @@ def test_token_loss_of_a_batch_without_labels_is_zero_not_nan():
     loss.backward()  # and still has a graph
 
 
+@pytest.mark.slow
 def test_init_from_the_real_minilm_checkpoint_loads_encoder_and_pooler():
     init = load_init(gt.get_model_path())
     assert init.config.num_layers == 6 and init.config.hidden_size == 384

@@ -42,6 +42,7 @@ def test_symmetric_kl_worked_case():
 
 
 @pytest.mark.parametrize("head", ["span", "sequence", "token"])
+@pytest.mark.slow
 def test_sift_adds_a_positive_adversarial_loss_that_trains_the_layers_not_the_embeddings(head):
     plain, adversarial = tiny(head).train(), tiny(head, SiFT(init=1.0, step=1.0)).train()
     b = batch(head)

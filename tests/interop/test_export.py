@@ -59,6 +59,7 @@ def copy_of(objective):
     return copy
 
 
+@pytest.mark.slow
 def test_a_fused_fp16_optimizers_flat_masters_are_exported_not_the_rounded_weights(tmp_path, objective, tokenizer):
     run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
     exported, _ = load_run(run)
@@ -67,6 +68,7 @@ def test_a_fused_fp16_optimizers_flat_masters_are_exported_not_the_rounded_weigh
     assert main(["export", run, str(tmp_path / "hf")]) == 0
 
 
+@pytest.mark.slow
 def test_16_bit_weights_without_masters_are_refused_not_exported_rounded(tmp_path, capsys, objective, tokenizer):
     run = zero0_run(tmp_path, objective, {"optimizer_state_dict": {}}, tokenizer)
     with pytest.raises(UserError, match="16 bits .* and no fp32 master copy"):
@@ -76,6 +78,7 @@ def test_16_bit_weights_without_masters_are_refused_not_exported_rounded(tmp_pat
     assert not os.path.exists(tmp_path / "hf")
 
 
+@pytest.mark.slow
 def test_fused_masters_of_another_model_are_a_one_line_error(tmp_path, objective, tokenizer):
     state = fused_fp16_optimizer_state(objective)
     state["fp32_groups_flat"][0] = state["fp32_groups_flat"][0][:-5]
@@ -83,6 +86,7 @@ def test_fused_masters_of_another_model_are_a_one_line_error(tmp_path, objective
         load_run(zero0_run(tmp_path, objective, state, tokenizer))
 
 
+@pytest.mark.slow
 def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(tmp_path, capsys, objective, tokenizer):
     run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
     assert main(["export", run, str(tmp_path / "new" / "deeper" / "hf")]) == 0
@@ -93,6 +97,7 @@ def test_export_makes_the_output_parents_and_refuses_a_file_parent_in_one_line(t
     assert err.count("\n") == 1 and "plain is a file (or a broken link), so no folder can be made below it" in err
 
 
+@pytest.mark.slow
 def test_overwrite_into_a_symlink_is_refused_before_loading_the_run(tmp_path, capsys, monkeypatch, objective,
                                                                       tokenizer):
     import spanbert_ds.interop.export as export_module
@@ -114,6 +119,7 @@ def test_overwrite_into_a_symlink_is_refused_before_loading_the_run(tmp_path, ca
     assert sorted(os.listdir(tmp_path)) == ["link", "real", "run"]
 
 
+@pytest.mark.slow
 def test_exported_safetensors_have_the_mode_of_the_other_files(tmp_path, objective, tokenizer):
     run = zero0_run(tmp_path, objective, fused_fp16_optimizer_state(objective), tokenizer)
     before = os.umask(0o022)
@@ -126,6 +132,7 @@ def test_exported_safetensors_have_the_mode_of_the_other_files(tmp_path, objecti
     assert set(modes.values()) == {"0o644"}, modes
 
 
+@pytest.mark.slow
 def test_a_stop_signal_during_export_leaves_no_temporary_folder(tmp_path, capsys, monkeypatch, objective, tokenizer):
     import signal
     import time

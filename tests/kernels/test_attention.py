@@ -57,6 +57,7 @@ def _padding_mask(batch, t):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_padded_attention_matches_reference_per_dtype(dtype):
     shape = (3, 2, 37, 32)  # T = 37 is not a multiple of the block size
     q, k, v = _qkv(shape, dtype)
@@ -135,6 +136,7 @@ def _keep_mask(batch, heads, t, p, seed):
     return out > 0
 
 
+@pytest.mark.slow
 def test_dropout_is_deterministic_per_seed_and_has_the_right_rate():
     p = 0.25
     q, k, v = _qkv((2, 2, 32, 32))
@@ -153,6 +155,7 @@ def test_dropout_is_deterministic_per_seed_and_has_the_right_rate():
     assert not torch.equal(keep[0, 0], keep[0, 1])  # heads draw independently
 
 
+@pytest.mark.slow
 def test_dropout_gradients_match_reference_with_the_same_mask():
     p, shape = 0.2, (2, 2, 32, 32)
     keep = _keep_mask(*shape[:3], p, seed=11)

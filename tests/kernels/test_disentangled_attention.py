@@ -86,11 +86,13 @@ def check(tensors, rel_pos, mask, dtype, p=0.0, seed=None, keep=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_matches_the_t_by_t_formulation_with_padding_per_dtype(dtype):
     tensors, rel_pos, mask = inputs(dtype)
     check(tensors, rel_pos, mask, dtype)
 
 
+@pytest.mark.slow
 def test_dropout_gradients_match_the_reference_with_the_kernels_mask():
     p = 0.2
     keep = _keep_mask(B, H, T, p, seed=11)  # the Philox mask depends on (seed, head, query, key) only
@@ -147,10 +149,12 @@ def check_varlen(dtype, p=0.0, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.slow
 def test_varlen_matches_the_padded_kernel_and_the_reference(dtype):
     check_varlen(dtype)
 
 
+@pytest.mark.slow
 def test_varlen_dropout_matches_the_padded_kernels_mask():
     check_varlen(torch.float32, p=0.2, seed=11)
 
@@ -173,6 +177,7 @@ def spy(monkeypatch, name):
     return calls
 
 
+@pytest.mark.slow
 def test_the_deberta_encoders_fused_backend_matches_eager_with_gradients(monkeypatch):
     torch.manual_seed(0)
     config = tiny_config(vocab_size=120, backbone="deberta", position_buckets=8, max_position_embeddings=64,
@@ -217,6 +222,7 @@ def test_unpadded_auto_attends_on_the_packed_rows_where_it_may_fuse(monkeypatch,
     torch.testing.assert_close(out, eager(x, layout, rel_table, rows), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_times_the_kernel_against_sdpa_once_and_gives_the_same_numbers(monkeypatch):
     from spanbert_ds.kernels import fastest
     from spanbert_ds.model import deberta

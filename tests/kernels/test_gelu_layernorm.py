@@ -118,6 +118,7 @@ def test_sbo_style_head_gives_reference_loss_and_gradients(monkeypatch):
         torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_every_config_the_gpu_may_choose_gives_reference_numbers(monkeypatch):
     # 37 rows: with 4 rows per block fewer blocks than programs (each runs once), with 1 row more blocks
     # than programs (some loop twice); the forward's configs are run with the default backward and back

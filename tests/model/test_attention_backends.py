@@ -88,6 +88,7 @@ def test_padding_does_not_change_real_tokens(backend):
 
 
 @pytest.mark.parametrize("how", ["torch", "deepspeed"])
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients(how):
     if how == "deepspeed":
         pytest.importorskip("deepspeed")
@@ -103,6 +104,7 @@ def test_activation_checkpointing_gives_the_same_gradients(how):
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "fused"])
+@pytest.mark.slow
 def test_unpadded_layers_give_the_padded_numbers(backend):
     """With `unpad` the layers see only the real tokens (the fused backend through the varlen kernel, here
     under Triton's interpreter): the same hidden states at the real positions, zeros at the padding, and the

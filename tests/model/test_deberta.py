@@ -104,6 +104,7 @@ def test_the_deberta_objective_round_trips_with_its_emd_positions(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_emd_brings_absolute_positions_in_and_the_loss_falls():
     torch.manual_seed(0)
     objective = OBJECTIVES["deberta"](tiny_config(vocab_size=V, position_buckets=8, max_position_embeddings=64))
@@ -177,6 +178,7 @@ def test_the_relative_index_the_kernel_reads_is_the_eager_paths_gather_index():
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 @pytest.mark.parametrize("emd", [False, True])
+@pytest.mark.slow
 def test_unpadded_layers_give_the_padded_numbers(backend, emd):
     torch.manual_seed(0)
     config = tiny_config(vocab_size=V, backbone="deberta", position_buckets=8, max_position_embeddings=64, emd=emd,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -72,6 +73,7 @@ def test_decoders_are_tied_to_the_word_embeddings_and_cover_the_real_vocab_only(
     assert mlm(x[:0]).shape == (0, CONFIG.vocab_size)  # no masked tokens: empty, not an error
 
 
+@pytest.mark.slow
 def test_decoder_loss_gradcheck_across_chunks(monkeypatch):
     """The fused decoder + cross-entropy (gradients made in forward, chunk by chunk) is exact."""
     monkeypatch.setattr(heads, "CPU_CHUNK_ELEMENTS", 2 * CONFIG.vocab_size)  # 16-row chunks -> use 40 rows

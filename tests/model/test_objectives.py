@@ -30,6 +30,7 @@ def test_registry_says_what_data_each_objective_needs():
 
 
 @pytest.mark.parametrize("name", MLM_OBJECTIVES)
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_batch(name):
     objective = build(name)
     batch = batch_for(name)

@@ -146,6 +146,7 @@ def test_the_loss_is_mlm_plus_lambda_times_rtd(monkeypatch):
 
 
 @pytest.mark.parametrize("objective", ["electra", "debertav3"])
+@pytest.mark.slow
 def test_both_losses_fall_when_overfitting_one_batch(objective):
     model = build(objective)
     batch = synthetic_batch(100, masking="token")
