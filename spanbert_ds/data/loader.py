@@ -9,6 +9,10 @@ would need more samples than an epoch has left are not run (no rank runs short).
 
 Masks are a function of (seed, epoch, sample index) only, so a resumed run sees
 exactly the batches it would have seen.
+
+A blend of corpora (blend.BlendedSamples) comes interleaved by weight: its plan is `interleaved`, and
+order(e) is the global positions e*n .. (e+1)*n - 1 in turn, which the blend maps to its corpora's
+samples; shuffling them again would undo the share of each corpus in every global batch.
 """
 
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ class BatchPlan:
     world_size: int
     rank: int
     seed: int
+    interleaved: bool = False  # the samples are a BlendedSamples, already in training order
 
     def __post_init__(self):
         if self.global_batch % (self.micro_batch * self.world_size):
@@ -49,6 +54,8 @@ class BatchPlan:
         return self.n_samples // self.global_batch
 
     def order(self, epoch):
+        if self.interleaved:
+            return np.arange(epoch * self.n_samples, (epoch + 1) * self.n_samples, dtype=np.int64)
         return np.random.default_rng([self.seed, epoch, 0x5A5A]).permutation(self.n_samples)
 
     def dropout_seed(self, micro_index):

@@ -13,7 +13,8 @@ from spanbert_ds.errors import UserError
 
 
 def add_arguments(parser):
-    parser.add_argument("shards", help="a shard folder made by `spanbert-ds prepare`")
+    parser.add_argument("shards", help="a shard folder made by `spanbert-ds prepare`, or a blend as train.py's "
+                                       "--data takes it: \"0.7 wiki/ 0.3 books/\" (samples drawn by weight)")
     parser.add_argument("--masker", choices=sorted(MASKERS), default="span",
                         help="span (spanbert), token (bert, roberta) or wholeword (default: span)")
     parser.add_argument("--packing", choices=("full", "doc", "pair"), default="doc",
@@ -111,6 +112,7 @@ def report(c, masker, packed, args):
 
 
 def run(args):
+    from spanbert_ds.data.blend import BlendedSamples, check_one_tokenizer, corpus_names, parse_data
     from spanbert_ds.data.packing import PackedSamples
     from spanbert_ds.data.shards import Shards
 
@@ -118,8 +120,12 @@ def run(args):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
     config = MaskingConfig.from_spec(args.masking)
-    shards = Shards(args.shards)
-    masker = MASKERS[args.masker].from_meta(config, shards.meta)
-    packed = PackedSamples(shards, args.packing, args.max_seq_len, seed=args.seed)
+    blend = parse_data(args.shards, flag="SHARDS")
+    corpora = [Shards(folder) for _, folder in blend]
+    check_one_tokenizer(corpora)
+    masker = MASKERS[args.masker].from_meta(config, corpora[0].meta)
+    parts = [PackedSamples(shards, args.packing, args.max_seq_len, seed=args.seed) for shards in corpora]
+    packed = parts[0] if len(parts) == 1 else BlendedSamples(
+        parts, [w for w, _ in blend], corpus_names([folder for _, folder in blend]), args.seed)
     counts = collect(masker, packed, args.batches, args.batch_size, args.epoch, args.seed)
     report(counts, masker, packed, args)
