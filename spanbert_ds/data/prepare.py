@@ -7,15 +7,35 @@ TOKENIZERS_PARALLELISM=false), and appends the ids to the shard files, so memory
 at a time whatever the corpus size. Everything is written to OUT.tmp-<pid> and renamed to OUT
 only when complete; on any error the temporary folder is removed.
 
+In parallel (`--workers N`, N >= 2): this process reads the corpus and cuts it into chunks of whole
+pieces; N worker processes (spawned, one tokenizer thread each) encode the chunks; this process
+writes the results in chunk order. So the output is byte-identical to `--workers 1` by construction,
+and reading (about 50 MB/s a core) is the only serial part. A worker that dies or fails stops all
+of them at once; the workers also die with this process (PR_SET_PDEATHSIG), so nothing outlives it.
+
+In parts (`--part I/N`, for N machines; `spanbert-ds merge` joins them): part I encodes the documents
+that start in the I-th N-th of the corpus's bytes (the bytes read before a document starts, as the
+progress bar counts them: whole files where the files are small, about a megabyte where they are
+large). Every part reads the corpus from its start up to the end of its range, counting the
+documents before it, so each document keeps its global number and the held-out split is the one a
+single prepare makes; reading is about 20x faster than encoding, so the last part spends a few
+percent more than the first. Parts need a tokenizer file (all parts must encode with one tokenizer:
+train it once with `--tokenizer-only`); the last part also encodes a --valid corpus.
+
 A held-out split for evaluation goes to OUT/valid, a shard folder of its own with the same
 tokenizer: either whole documents of INPUT, each held out with probability --valid-fraction by a
 hash of (--seed, document number), or a second corpus (--valid). The tokenizer is trained on the
-training documents only.
+training documents only, or on a sample of them (`--tokenizer-sample MB`, default 1000 MB: documents
+drawn across the whole corpus, each with the probability that leaves the sample its size).
 """
 
+import collections
 import itertools
+import json
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +45,7 @@ from spanbert_ds.data import tokenizer as tokenizers_
 from spanbert_ds.data.corpus import (BUILTIN, DEFAULT_JSON_KEY, DEFAULT_MAX_LINE_BYTES, ENCODING_ERRORS, Corpus,
                                      source_name)
 from spanbert_ds.data.hashing import uniform
-from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256
+from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256, token_dtype
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import (FolderLock, check_creatable, check_replaceable, make_parents, remove_made,
                                  remove_stale_siblings, temporary_sibling)
@@ -33,6 +53,8 @@ from spanbert_ds.folders import (FolderLock, check_creatable, check_replaceable,
 # Text per encode_batch call. tokenizers' Encoding objects cost ~200 bytes a token (strings, offsets,
 # masks), so 256 KiB of text (~60k tokens) peaks at ~15 MB; bigger chunks were not faster here.
 DEFAULT_CHUNK_BYTES = 256 << 10
+DEFAULT_TOKENIZER_SAMPLE_MB = 1000  # WordPiece trains on 1 GB in about a minute a core; 0 = everything
+AUTO_WORKERS_BYTES = 64 << 20  # `--workers auto` starts workers (about a second) for corpora of this size up
 
 
 def add_arguments(parser):
@@ -63,7 +85,45 @@ def add_arguments(parser):
     parser.add_argument("--valid", default=None, metavar="CORPUS",
                         help=f"a second corpus to encode as the evaluation split in OUT/{VALID_FOLDER} instead")
     parser.add_argument("--seed", type=int, default=0, help="seeds which documents --valid-fraction holds out")
+    parser.add_argument("--workers", default="auto", type=_workers_arg,
+                        help="processes that encode, one tokenizer thread each (the output is the same for any "
+                             "number); `auto`: this machine's usable cores for corpora of 64 MB and more, else 1 "
+                             "(one process, the tokenizer's own threads) (default: auto)")
+    parser.add_argument("--tokenizer-sample", type=float, default=DEFAULT_TOKENIZER_SAMPLE_MB, metavar="MB",
+                        help="train the tokenizer on about this many MB of text, whole documents drawn across the "
+                             f"corpus; 0 trains on all of it (default: {DEFAULT_TOKENIZER_SAMPLE_MB})")
+    parser.add_argument("--tokenizer-only", action="store_true",
+                        help="train the tokenizer and write OUT/tokenizer.json only (for --part runs: pass it to each "
+                             "part as --tokenizer)")
+    parser.add_argument("--part", default=None, type=_part_arg, metavar="I/N",
+                        help="encode the I-th of N parts of the corpus (I = 1..N) into OUT, for N machines; then "
+                             "`spanbert-ds merge PART_1 ... PART_N OUT` makes the folder one prepare would make. "
+                             "Needs --tokenizer FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _workers_arg(value):
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"--workers {value!r} must be a whole number of 1 or more, or `auto`")
+    return n
+
+
+def _part_arg(value):
+    i, _, n = value.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise UserError(f"--part {value!r} must be I/N with 1 <= I <= N, e.g. --part 3/8 (in a SLURM job array: "
+                        "--part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=1-N)")
+    return i, n
 
 
 def run(args):
@@ -71,18 +131,22 @@ def run(args):
                      lowercase=args.lowercase, overwrite=args.overwrite, encoding_errors=args.encoding_errors,
                      max_line_bytes=args.max_line_bytes, allow_smaller_vocab=args.allow_smaller_vocab,
                      chunk_bytes=args.chunk_bytes, valid=args.valid, valid_fraction=args.valid_fraction, seed=args.seed,
-                     progress=not args.quiet, json_key=args.json_key)
+                     progress=not args.quiet, json_key=args.json_key, workers=args.workers,
+                     tokenizer_sample_mb=args.tokenizer_sample, tokenizer_only=args.tokenizer_only, part=args.part)
     if not args.quiet:
-        print(shards)
+        print(shards if shards is not None else f"{args.out}: " + (
+            "tokenizer.json" if args.tokenizer_only else f"part {args.part[0]}/{args.part[1]}, no documents"))
     return 0
 
 
 def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False, overwrite=False,
             encoding_errors="strict", max_line_bytes=DEFAULT_MAX_LINE_BYTES, allow_smaller_vocab=False,
             chunk_bytes=DEFAULT_CHUNK_BYTES, valid=None, valid_fraction=0.0, seed=0, progress=False,
-            json_key=DEFAULT_JSON_KEY):
+            json_key=DEFAULT_JSON_KEY, workers=1, tokenizer_sample_mb=DEFAULT_TOKENIZER_SAMPLE_MB,
+            tokenizer_only=False, part=None):
     """Build the shard folder `out` from `input` (and OUT/valid from `valid` or `valid_fraction`);
-    returns the opened `Shards`."""
+    returns the opened `Shards` (None for --tokenizer-only, or a part that holds no document).
+    workers: an int or "auto"; part: (I, N) with 1 <= I <= N, or None."""
     out = Path(out)
     check_creatable(out, "output", writes_beside=True)
     check_replaceable(out, "output", overwrite)
@@ -93,43 +157,71 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
                         "them")
     if seed < 0:
         raise UserError(f"--seed must be 0 or more, got {seed}")
+    if tokenizer_sample_mb < 0:
+        raise UserError(f"--tokenizer-sample {tokenizer_sample_mb} must be 0 (all the text) or more MB")
+    trains = tokenizer in ("wordpiece", "bpe")
+    if part is not None and (trains or tokenizer_only):
+        raise UserError(f"--part {part[0]}/{part[1]} needs a tokenizer file that every part shares: train it once "
+                        f"with `spanbert-ds prepare {input} TOKENIZER_FOLDER --tokenizer-only`, then pass "
+                        "--tokenizer TOKENIZER_FOLDER/tokenizer.json to each part")
+    if tokenizer_only and not trains:
+        raise UserError(f"--tokenizer-only trains a tokenizer, but --tokenizer {tokenizer} loads one; pass "
+                        "--tokenizer wordpiece or bpe")
     corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes, json_key=json_key)
     valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes, json_key)
     if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
         raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
 
+    if workers == "auto":
+        workers = _usable_cores() if corpus.source != BUILTIN and corpus.total_bytes >= AUTO_WORKERS_BYTES else 1
+    options = dict(workers=workers, sample_bytes=int(tokenizer_sample_mb * 1e6), tokenizer_only=tokenizer_only,
+                   part=part, settings={"json_key": json_key, "encoding_errors": encoding_errors,
+                                        "max_line_bytes": max_line_bytes, "chunk_bytes": chunk_bytes})
     made = make_parents(out)
     try:
         with FolderLock(f"{out}.lock", f"output {out}"):  # two prepares into one folder: one goes on
             check_replaceable(out, "output", overwrite)  # made by another prepare while this one waited
             remove_stale_siblings(out)
             _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
-                            chunk_bytes, valid, valid_fraction, seed, progress)
+                            chunk_bytes, valid, valid_fraction, seed, progress, **options)
     except BaseException:
         remove_made(made)  # after the lock file is gone, so the parents it made are empty
         raise
     for note in (c.encoding_note() for c in (corpus, valid_corpus) if c is not None):
         if note:  # the lines --encoding-errors replace/skip changed, counted in the encoding pass
             print(note, file=sys.stderr)
+    if tokenizer_only or (part is not None and not json.loads((out / "meta.json").read_text())["n_tokens"]):
+        return None
     return Shards(out)
 
 
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, lowercase, allow_smaller_vocab,
-                    chunk_bytes, valid, valid_fraction, seed, progress):
+                    chunk_bytes, valid, valid_fraction, seed, progress, workers, sample_bytes, tokenizer_only, part,
+                    settings):
     tmp = Path(temporary_sibling(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         split = DocumentSplit(valid_fraction, seed)
         if tokenizer in ("wordpiece", "bpe"):
-            training = (s for piece, _, held_out in split(corpus.pieces()) if not held_out for s in piece)
             source = corpus.source + (f" (outside the documents --valid-fraction {valid_fraction} holds out)"
                                       if valid_fraction else "")
-            tok = _train(training, source, tokenizer, vocab_size, lowercase, allow_smaller_vocab)
+            tok = _train(_training_sample(corpus, split, sample_bytes), source, tokenizer, vocab_size, lowercase,
+                         allow_smaller_vocab)
         else:
             tok = tokenizers_.load_tokenizer(tokenizer)
         tok.save(str(tmp / "tokenizer.json"))
+        if tokenizer_only:
+            _replace(tmp, out)
+            return
         info = {**tokenizers_.tokenizer_meta(tok, source=tokenizer),
                 "tokenizer_sha256": file_sha256(tmp / "tokenizer.json")}
         held_out = valid_corpus is not None or valid_fraction > 0
@@ -138,31 +230,101 @@ def _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, low
             (tmp / VALID_FOLDER).mkdir()
             shutil.copy(tmp / "tokenizer.json", tmp / VALID_FOLDER / "tokenizer.json")
             writers.append(ShardWriter(tmp / VALID_FOLDER, info["vocab_size"]))
+        last_part = part is None or part[0] == part[1]
         try:
-            total = corpus.total_bytes + (valid_corpus.total_bytes if valid_corpus else 0)
-            with _progress_bar(total, progress) as bar:
-                _encode(split(corpus.pieces(progress=bar.update, max_bytes=chunk_bytes)), tok, writers, chunk_bytes)
-                if valid_corpus is not None:
+            total = corpus.total_bytes + (valid_corpus.total_bytes if valid_corpus and last_part else 0)
+            encoder = _Encoder(tok, info["vocab_size"])
+            with _progress_bar(total, progress) as bar, \
+                    _Pool(workers, tmp / "tokenizer.json", info["vocab_size"]) as pool:
+                read = _Position(bar.update)
+                pieces = split(corpus.pieces(progress=read, max_bytes=chunk_bytes))
+                if part is not None:
+                    pieces = _part_of(pieces, read, part, corpus.total_bytes)
+                _encode(pieces, encoder, pool, writers, chunk_bytes)
+                if valid_corpus is not None and last_part:
                     pieces = valid_corpus.pieces(progress=bar.update, max_bytes=chunk_bytes)
-                    _encode(((s, ends, True) for s, ends in pieces), tok, writers, chunk_bytes)
-            _check_not_empty(writers, input, valid, valid_fraction, seed)
+                    _encode(((s, ends, True) for s, ends in pieces), encoder, pool, writers, chunk_bytes)
+            if part is None:
+                _check_not_empty(writers, input, valid, valid_fraction, seed)
         except BaseException:
             for writer in writers:
                 writer.abort()
             raise
-        split_meta = {}
+        split_meta, extra = {}, {}
+        if part is not None:  # what `merge` checks the parts agree on, and takes out again
+            extra = {"part": {"index": part[0], "of": part[1], "settings": settings}}
         if held_out:
             source = source_name(valid_corpus.source) if valid_corpus else \
                 {"fraction": valid_fraction, "seed": seed, "of": source_name(corpus.source)}
             split_meta = {"valid_split": {"folder": VALID_FOLDER, "source": source}}
-            writers[1].close({**info, "corpus": source, "split": "valid"})
-        writers[0].close({**info, "corpus": source_name(corpus.source), **split_meta})
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+            writers[1].close({**info, "corpus": source, "split": "valid", **extra})
+        writers[0].close({**info, "corpus": source_name(corpus.source), **split_meta, **extra})
+        _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace(tmp, out):
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+
+
+class _Position:
+    """The progress callback of a corpus pass that also counts the bytes read so far (`value`)."""
+
+    def __init__(self, update=None):
+        self.value, self.update = 0, update
+
+    def __call__(self, n):
+        self.value += n
+        if self.update:
+            self.update(n)
+
+
+def _part_of(pieces, read, part, total_bytes):
+    """The pieces of the documents of part (I, N): those whose previous document ended (in the reading,
+    so whatever the chunk size) when read.value was in the I-th N-th of total_bytes. Stops reading at
+    the first document past the part."""
+    index, n_parts = part[0] - 1, part[1]
+    start = 0  # bytes read when the previous document ended
+    for piece in pieces:
+        k = min(start * n_parts // max(total_bytes, 1), n_parts - 1)
+        if k > index:
+            return
+        if k == index:
+            yield piece
+        if piece[1]:
+            start = read.value
+
+
+def _training_sample(corpus, split, sample_bytes):
+    """The sentences the tokenizer trains on: the training documents (not the held-out ones), all of them when
+    sample_bytes is 0 or the corpus is not larger, else whole documents drawn across the corpus: document n is
+    taken when uniform(0, n) < (sample left) / (text left), the text left estimated from the bytes read so far
+    (compressed files are counted by what they hold). Stops when the sample is full."""
+    read = _Position()
+    total, text, taken, document, block = max(corpus.total_bytes, 1), 0, 0, 0, None
+    take = None if sample_bytes else True
+    for sentences, ends, held_out in split(corpus.pieces(progress=read)):
+        size = sum(map(len, sentences))
+        if sample_bytes and take is None:  # a document's first piece decides for the whole document
+            if taken >= sample_bytes:
+                return
+            text_left = (total - read.value) * (text / read.value if read.value and text else 1.0)
+            if document // DocumentSplit.BLOCK != block:
+                block = document // DocumentSplit.BLOCK
+                draws = uniform(0, np.arange(block * DocumentSplit.BLOCK, (block + 1) * DocumentSplit.BLOCK,
+                                             dtype=np.uint64), 0x5A391E)
+            take = draws[document % DocumentSplit.BLOCK] < (sample_bytes - taken) / max(text_left, 1.0)
+        text += size
+        if take and not held_out:
+            taken += size
+            yield from sentences
+        if ends:
+            document += 1
+            take = None if sample_bytes else True
 
 
 class DocumentSplit:
@@ -244,21 +406,35 @@ def _progress_bar(total, progress):
                 disable=None if progress else True, mininterval=1.0)
 
 
-def _encode(pieces, tok, writers, chunk_bytes):
-    """Encode (sentences, ends_document, held_out) pieces into writers[0] (training) and writers[1] (held out)."""
-    table = tokenizers_.word_start_table(tok).astype(np.uint8)
-    first_of_line_starts_word = tokenizers_.kind_of(tok) == "bpe"  # no Ġ on a line's first token
-    # "[MASK]" or "<s>" written in the text is text: only the packer and masker place control tokens.
-    tok.encode_special_tokens = True
-    # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we do not use.
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    for chunk in _chunks(pieces, chunk_bytes):
+def _encode(pieces, encoder, pool, writers, chunk_bytes):
+    """Encode (sentences, ends_document, held_out) pieces into writers[0] (training) and writers[1] (held out):
+    here, or in the pool's workers with the results written in chunk order."""
+    results = pool.map(encoder, _chunks(pieces, chunk_bytes)) if pool else map(encoder, _chunks(pieces, chunk_bytes))
+    for result in results:
+        for writer, appended in zip(writers, result):
+            if appended is not None:
+                writer.append(*appended)
+
+
+class _Encoder:
+    """One chunk of pieces -> per split (training, held out) the arguments of ShardWriter.append, or None."""
+
+    def __init__(self, tok, vocab_size):
+        self.table = tokenizers_.word_start_table(tok).astype(np.uint8)
+        self.first_of_line_starts_word = tokenizers_.kind_of(tok) == "bpe"  # no Ġ on a line's first token
+        self.dtype = token_dtype(vocab_size)
+        # "[MASK]" or "<s>" written in the text is text: only the packer and masker place control tokens.
+        tok.encode_special_tokens = True
+        # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we do not use.
+        self.encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+    def __call__(self, chunk):
         sentences = [s for piece, _, _ in chunk for s in piece]
-        ids = [e.ids for e in encode(sentences, add_special_tokens=False)]
+        ids = [e.ids for e in self.encode(sentences, add_special_tokens=False)]
         sent_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(sent_len.sum()))
-        starts = table[flat]
-        if first_of_line_starts_word:
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(sent_len.sum()))
+        starts = self.table[flat]
+        if self.first_of_line_starts_word:
             first = np.cumsum(sent_len) - sent_len
             starts[first[sent_len > 0]] = 1
         piece_sentences = np.fromiter((len(piece) for piece, _, _ in chunk), dtype=np.int64, count=len(chunk))
@@ -267,14 +443,104 @@ def _encode(pieces, tok, writers, chunk_bytes):
         tokens_before = np.concatenate([[0], np.cumsum(sent_len)])
         piece_tokens = np.diff(tokens_before[np.concatenate([[0], np.cumsum(piece_sentences)])])
         sentence_held = np.repeat(piece_held, piece_sentences)
-        token_held = np.repeat(sentence_held, sent_len)
-        for writer, held in zip(writers, (False, True)):
+        result = []
+        for held in (False, True):
             mine = piece_held == held
             if not mine.any():
+                result.append(None)
                 continue
-            keep = token_held == held
-            lengths = sent_len[sentence_held == held]
+            if mine.all():
+                keep_ids, keep_starts, lengths = flat, starts, sent_len
+            else:
+                keep = np.repeat(sentence_held == held, sent_len)
+                keep_ids, keep_starts, lengths = flat[keep], starts[keep], sent_len[sentence_held == held]
             # Where this split's documents end, in its tokens; sentences (and documents) that encode to
             # nothing are dropped.
             doc_ends = np.cumsum(piece_tokens[mine])[piece_ends[mine]]
-            writer.append(flat[keep], starts[keep], lengths[lengths > 0], doc_ends)
+            result.append((keep_ids, keep_starts, lengths[lengths > 0], doc_ends))
+        return result
+
+
+_worker_encoder = None  # in a worker process: the _Encoder of the tokenizer file it was started with
+
+
+def _worker_start(tokenizer_file, vocab_size):
+    """A worker's set-up: one tokenizer thread, signals left to the parent, death with the parent."""
+    global _worker_encoder
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before the first encode: N workers use N cores
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C reaches the whole process group:
+        signal.signal(sig, signal.SIG_IGN)  # the parent stops the workers itself, after its clean-up starts
+    try:  # Linux: SIGKILL this worker when the parent dies, even by kill -9, so no worker outlives it
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+    from tokenizers import Tokenizer
+
+    _worker_encoder = _Encoder(Tokenizer.from_file(tokenizer_file), vocab_size)
+
+
+def _worker_encode(chunk):
+    return _worker_encoder(chunk)
+
+
+class _Pool:
+    """`workers` processes that encode chunks (none for 1: this process encodes, with the tokenizer's threads).
+    `map` keeps at most 2 chunks a worker in flight and yields results in order; a worker that fails (its
+    exception is raised here) or dies (a UserError) stops all the others at once, as leaving does."""
+
+    def __init__(self, workers, tokenizer_file, vocab_size):
+        self.workers, self.args, self.executor = workers, (str(tokenizer_file), vocab_size), None
+
+    def __bool__(self):
+        return self.workers > 1
+
+    def __enter__(self):
+        if self:
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork would copy this process's tokenizer thread pool and progress-bar thread mid-state
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_start, initargs=self.args)
+        return self
+
+    def map(self, fn, chunks):
+        from concurrent.futures.process import BrokenProcessPool
+
+        pending = collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(self.executor.submit(_worker_encode, chunk))
+                while len(pending) >= 2 * self.workers or (pending and pending[0].done()):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise UserError(f"a prepare worker died ({self._how_they_died()}); nothing was written: run prepare "
+                            "again, with fewer --workers if memory ran out") from None
+
+    def _how_they_died(self):
+        codes = [p.exitcode for p in (self.executor._processes or {}).values() if p.exitcode]
+        if not codes:
+            return "exit status unknown"
+        code = codes[0]
+        if code < 0:
+            name = signal.Signals(-code).name
+            return f"killed by {name}" + (": out of memory?" if name == "SIGKILL" else "")
+        return f"exit status {code}"
+
+    def __exit__(self, *exc):
+        if self.executor is None:
+            return
+        processes = list((self.executor._processes or {}).values())
+        if exc[0] is not None:  # stop now: a worker still encoding would hold the exit up
+            for p in processes:
+                if p.is_alive():
+                    p.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for p in processes:
+            p.join(5)
