@@ -22,6 +22,7 @@ from spanbert_ds.errors import UserError
 
 COMMANDS = {
     "prepare": ("spanbert_ds.data.prepare", "tokenize a corpus into a memory-mapped shard folder"),
+    "merge": ("spanbert_ds.data.merge", "join the folders of `prepare --part I/N` into one shard folder"),
     "mask-stats": ("spanbert_ds.data.mask_stats", "print the masking statistics of a shard folder"),
     "train": ("spanbert_ds.train.loop", "pretrain (same as `deepspeed train.py ...`)"),
     "preflight": ("spanbert_ds.train.preflight", "check a multi-node run before it starts (same as `train.py --preflight`)"),
