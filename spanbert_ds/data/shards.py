@@ -17,7 +17,8 @@ A held-out split for evaluation, when prepared, is a shard folder of its own in 
 tokenizer; meta.json "split": "valid"), named in the main meta.json under "valid_split".
 
 `ShardWriter` appends chunks and only keeps running counts in memory (the offsets go to side
-files that are joined into index.idx at the end), so writing streams. `Shards` opens a folder
+files that are joined into index.idx at the end), so writing streams; `append_folder` appends a
+whole folder (the merge of `prepare --part` folders). `Shards` opens a folder
 read-only; pickling it sends only the path, so each DataLoader worker maps the files itself.
 """
 
@@ -76,6 +77,33 @@ class ShardWriter:
         self.n_documents += len(ends)
         if len(ends):
             self.last_doc_end = int(ends[-1])
+
+    def append_folder(self, folder):
+        """Append a whole shard folder that a ShardWriter of this vocabulary wrote (a `prepare --part`), as if
+        its appends had been made here: its files are copied, its offsets shifted. Its documents start
+        after this writer's last one ended (a part holds whole documents)."""
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta["token_dtype"] != np.dtype(self.dtype).name:
+            raise UserError(f"{folder} holds {meta['token_dtype']} token ids, not {np.dtype(self.dtype).name}; "
+                            "prepare every part with the same --tokenizer")
+        for name, out in (("tokens.bin", self.tokens), ("word_starts.bin", self.word_starts)):
+            with open(folder / name, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+        n_documents, n_sentences = meta["n_documents"], meta["n_sentences"]
+        if n_documents:
+            index = np.memmap(folder / "index.idx", dtype="<i8", mode="r")
+            block = 1 << 20
+            for offsets, out in ((index[3:3 + n_documents], self.doc_offsets),
+                                 (index[4 + n_documents:4 + n_documents + n_sentences], self.sent_offsets)):
+                for i in range(0, len(offsets), block):  # offsets after the leading 0, shifted; a block at a time
+                    out.write((offsets[i:i + block] + self.n_tokens).astype("<i8").tobytes())
+            del index
+            self.last_doc_end = self.n_tokens + meta["n_tokens"]
+        self.n_tokens += meta["n_tokens"]
+        self.n_documents += n_documents
+        self.n_sentences += n_sentences
+        self.max_id = max(self.max_id, meta.get("max_id", -1))
 
     def close(self, meta):
         if self.n_tokens > self.last_doc_end:  # a document left open ends with the corpus
