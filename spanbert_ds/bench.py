@@ -1,7 +1,7 @@
 """`spanbert-ds bench`: time SpanBERT training steps with each attention backend on this device.
 
     spanbert-ds bench                                        # spanbert-base, 512 tokens, every backend
-    spanbert-ds bench --model tiny --seq-len 128 --backends eager,sdpa
+    spanbert-ds bench --model tiny --max-seq-len 128 --backends eager,sdpa
 
 A step is what pretraining does per micro-batch: the spanbert objective's forward (encoder, MLM and
 SBO heads), backward, and an AdamW step, under torch.autocast in --dtype. The batch is built once,
@@ -42,8 +42,11 @@ WORD_START_RATE = 0.75  # about 1.3 WordPiece tokens per word in English text
 def add_arguments(parser):
     parser.add_argument("--model", default="spanbert-base",
                         help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON file")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sample")
-    parser.add_argument("--batch", type=int, default=None, help="samples per step (default: 32 on CUDA, 4 on CPU)")
+    # train's spellings for the same things; --seq-len and --batch, this command's first ones, still work
+    parser.add_argument("--max-seq-len", "--seq-len", dest="seq_len", type=int, default=512,
+                        help="tokens per sample, [CLS] and [SEP] included")
+    parser.add_argument("--micro-batch-size", "--batch", dest="batch", type=int, default=None, metavar="N",
+                        help="samples per step (default: 32 on CUDA, 4 on CPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per backend; the median is reported")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling, autotuning), at least 1")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
@@ -180,15 +183,15 @@ def resolve(args):
         args.dtype = "bf16" if device.type == "cuda" else "fp32"
     if args.dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use --dtype fp16")
-    for name in ("batch", "steps"):
+    for name, flag in (("batch", "--micro-batch-size"), ("steps", "--steps")):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 1:
         raise UserError(f"--warmup must be at least 1 (the first step compiles kernels and checks the batch), "
                         f"got {args.warmup}")
     config = ModelConfig.from_name_or_path(args.model)
     if not 8 <= args.seq_len <= config.max_position_embeddings:
-        raise UserError(f"--seq-len {args.seq_len}: the model {args.model} takes 8 to "
+        raise UserError(f"--max-seq-len {args.seq_len}: the model {args.model} takes 8 to "
                         f"{config.max_position_embeddings} tokens per sample; pick a length in that range")
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     unknown = [name for name in backends if name not in ATTENTION_BACKEND_NAMES]
@@ -212,7 +215,7 @@ def run(args):
         except UserError as error:
             results[name] = str(error)
         except torch.cuda.OutOfMemoryError:
-            results[name] = f"out of GPU memory at batch {args.batch} x seq {args.seq_len}; lower --batch"
+            results[name] = f"out of GPU memory at batch {args.batch} x seq {args.seq_len}; lower --micro-batch-size"
         except Exception as error:  # a kernel that fails to compile or launch: report it, time the others
             log.error("backend %s failed:\n%s", name, traceback.format_exc())
             results[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

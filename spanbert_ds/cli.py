@@ -93,27 +93,30 @@ def _signals_interrupt():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
-def main(argv=None):
+def main(argv=None, prog=None):
+    """Run `argv` ([COMMAND, flags...]). `prog` is what the user typed to start it, shown in usage and in
+    every error line: train.py and finetune.py pass their own name (`train.py: error: ...` whether started
+    by deepspeed, torchrun or python); by default `spanbert-ds COMMAND`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     top = build_parser()
     if not argv or argv[0] not in COMMANDS:
         top.parse_args(argv)  # prints usage / the unknown-command error and exits
     name, rest = argv[0], argv[1:]
+    prog = prog or f"spanbert-ds {name}"
     with _signals_interrupt():
         try:
             module = importlib.import_module(COMMANDS[name][0])
-            parser = _OneLineParser(prog=f"spanbert-ds {name}", description=COMMANDS[name][1],
-                                    formatter_class=_HelpFormatter)
+            parser = _OneLineParser(prog=prog, description=COMMANDS[name][1], formatter_class=_HelpFormatter)
             module.add_arguments(parser)
             args = parser.parse_args(rest)
             return module.run(args) or 0
         except UserError as error:
-            print(f"spanbert-ds {name}: error: {error}", file=sys.stderr)
+            print(f"{prog}: error: {error}", file=sys.stderr)
             return error.exit_code
         except KeyboardInterrupt as interrupt:
             signum = getattr(interrupt, "signum", signal.SIGINT)
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            print(f"spanbert-ds {name}: interrupted{by}", file=sys.stderr)
+            print(f"{prog}: interrupted{by}", file=sys.stderr)
             return 128 + signum
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet

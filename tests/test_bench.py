@@ -6,7 +6,7 @@ import pytest
 from spanbert_ds.bench import MASK, spanbert_batch
 from spanbert_ds.cli import main
 
-TINY = ["bench", "--model", "tiny", "--seq-len", "64", "--batch", "2", "--steps", "2", "--warmup", "1",
+TINY = ["bench", "--model", "tiny", "--max-seq-len", "64", "--micro-batch-size", "2", "--steps", "2", "--warmup", "1",
         "--device", "cpu"]
 
 
@@ -57,7 +57,7 @@ def test_auto_on_cpu_resolves_to_sdpa(capsys):
     assert "auto resolved to: sdpa" in out
 
 
-@pytest.mark.parametrize("flag, value", [("--backends", "eager,flash"), ("--seq-len", "4096"), ("--warmup", "0")])
+@pytest.mark.parametrize("flag, value", [("--backends", "eager,flash"), ("--max-seq-len", "4096"), ("--micro-batch-size", "0"), ("--warmup", "0")])
 def test_bad_arguments_are_one_line_errors(capsys, flag, value):
     assert main(TINY + [flag, value]) == 2
     err = capsys.readouterr().err
@@ -72,3 +72,10 @@ def test_batch_is_span_masked_in_the_contract_format():
     assert np.all(np.diff(positions) > 0) and 0.10 < positions.size / (B * (T - 2)) < 0.20  # ~15% masked
     assert (batch["input_ids"].reshape(-1)[positions] == MASK).float().mean() > 0.5  # 80% become [MASK]
     assert batch["sbo_positions"].numel() > 0 and int(batch["sbo_rel_pos"].min()) >= 1
+
+
+def test_the_older_spellings_seq_len_and_batch_still_parse(capsys):
+    old = ["bench", "--model", "tiny", "--seq-len", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
+           "--device", "cpu", "--backends", "eager"]
+    assert main(old) == 0
+    assert "batch 2 x seq 64" in capsys.readouterr().out

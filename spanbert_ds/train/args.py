@@ -40,9 +40,7 @@ def add_arguments(parser):
     arg("--model", default=None,
         help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON, with ,key=value overrides "
              "(default: spanbert-base, or the shape of --init-from)")
-    arg("--objective", default="spanbert",
-        help="spanbert (MLM+SBO), bert (MLM+NSP), roberta (MLM) or deberta (MLM through DeBERTa's enhanced mask "
-             "decoder, on the deberta backbone)")
+    arg("--objective", default="spanbert", help=objectives_help())
     arg("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
     arg("--output", default="runs/pretrain", help="the run folder (config, logs, checkpoints), made if missing")
     arg("--steps", type=int, default=10000, help="optimizer steps of the whole run; the schedule spans them")
@@ -58,7 +56,10 @@ def add_arguments(parser):
         help="score the held-out split every N steps (default: at each checkpoint if there is one; 0: never)")
     arg("--eval-samples", type=int, default=512, help="held-out blocks in the fixed evaluation set")
     arg("--masking", default="", help="masking parameters as key=value,... (e.g. mask_ratio=0.15,geometric_p=0.2)")
-    arg("--init-from", default=None, help="start from a Hugging Face BERT folder with the shards' vocabulary")
+    arg("--init-from", default=None, metavar="HF_FOLDER",
+        help="start from the weights of a Hugging Face folder (config.json and the weights) of a BERT, RoBERTa or "
+             "DeBERTa V2/V3 model (model_type bert, roberta or deberta-v2) whose vocabulary is the shards'; "
+             "the deberta objectives take a DeBERTa folder, the others a BERT or RoBERTa one")
     arg("--num-workers", type=int, default=2, help="DataLoader workers per rank that mask batches")
     arg("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="the attention backend")
     arg("--max-bad-steps", type=int, default=5, help="stop after this many non-finite losses in a row")
@@ -81,6 +82,20 @@ def add_arguments(parser):
         help="warmup steps of the schedule (e.g. 10000) or a fraction of --steps (e.g. 0.01)")
     deepspeed.add_config_arguments(parser)
     return parser
+
+
+def objectives_help():
+    """--objective's help, from the OBJECTIVES registry: each name with its losses and backbone."""
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    def summary(cls):
+        backbone = {**cls.config_defaults, **cls.config_overrides}.get("backbone", "bert")
+        emd = {**cls.config_defaults, **cls.config_overrides}.get("emd")
+        return ("+".join(part.upper() for part in cls.parts) + ("" if backbone == "bert" else f", {backbone} backbone")
+                + (", enhanced mask decoder" if emd else ""))
+
+    return ("one of " + ", ".join(f"{name} ({summary(cls)})" for name, cls in OBJECTIVES.items())
+            + "; RTD: a generator's MLM plus the discriminator's replaced-token detection")
 
 
 def check_run_args(args):

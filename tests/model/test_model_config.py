@@ -134,6 +134,6 @@ def test_train_py_refuses_a_negative_rtd_weight_in_one_line(tmp_path, python_doc
                           cwd=repo, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
-        "spanbert-ds train: error: --model 'deberta-tiny,rtd_weight=-1': rtd_weight must be positive and finite "
+        "train.py: error: --model 'deberta-tiny,rtd_weight=-1': rtd_weight must be positive and finite "
         "(lambda, the discriminator loss's weight; ELECTRA: 50), got -1.0"]
     assert not (tmp_path / "run").exists()
