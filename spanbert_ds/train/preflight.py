@@ -15,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from spanbert_ds.data.blend import parse_data
 from spanbert_ds.data.shards import FILES
 from spanbert_ds.errors import UserError
 from spanbert_ds.train.args import add_arguments, load_ds_config, overrides_of  # noqa: F401 (add_arguments: the command's)
@@ -44,7 +45,7 @@ def run(args):
             + f") at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {dist.get_backend()}, "
             f"{time.monotonic() - started:.1f} s")
         checks = [("settings", lambda: _settings(differing)),
-                  ("data", lambda: _same_everywhere(_fingerprint(args.data), hosts, f"the shard folder {args.data}")),
+                  ("data", lambda: _data(args.data, hosts)),
                   ("output", lambda: _output(args.output, rank, world_size, hosts)),
                   ("batch", lambda: _batch(args, world_size)),
                   ("all-reduce", lambda: _all_reduce(world_size))]
@@ -67,6 +68,27 @@ def _settings(differing):
     if differing:
         raise Failed(" | ".join(differing) + f". {forwarding_hint()}")
     return f"{', '.join(RANK_SETTINGS)} are the same on every rank"
+
+
+def _data(value, hosts):
+    """--data, one folder or a blend (\"0.7 wiki/ 0.3 books/\"): every folder, and the weights, the same on
+    every rank."""
+    try:
+        blend = parse_data(value)
+    except UserError as error:
+        raise Failed(str(error)) from None
+    if len(blend) == 1:
+        return _same_everywhere(_fingerprint(blend[0][1]), hosts, f"the shard folder {blend[0][1]}")
+    fingerprints = [_fingerprint(folder) for _, folder in blend]
+    bad = [(folder, fp) for (_, folder), fp in zip(blend, fingerprints) if fp.startswith(("missing", "incomplete"))]
+    if bad:
+        kind, _, why = bad[0][1].partition(" ")
+        seen = f"{kind}: {bad[0][0]} {why}"  # e.g. "missing: books/ (no such folder)"
+    else:
+        digest = hashlib.sha256(repr([(w, fp) for (w, _), fp in zip(blend, fingerprints)]).encode())
+        seen = "sha256 " + digest.hexdigest()[:16]
+    folders = ", ".join(f"{w:g} {folder}" for w, folder in blend)
+    return _same_everywhere(seen, hosts, f"the blend of shard folders {folders}")
 
 
 def _fingerprint(folder):
