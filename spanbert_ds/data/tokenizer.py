@@ -1,16 +1,27 @@
 """Train or load a `tokenizers` tokenizer, and say what the shard folder records of it (tokenizer_meta).
 
-Two kinds, named after what the model code needs to know:
+Three kinds, named after what the model code needs to know:
 - "wordpiece" (BERT / SpanBERT): [PAD]=0, [UNK], [CLS], [SEP], [MASK]; a token continues a word
   when it starts with `##`.
 - "bpe" (RoBERTa, byte-level): <s>=0, <pad>, </s>, <unk>, <mask>; a token begins a word when it
   starts with the leading-space marker `Ġ` (or SentencePiece's `▁`). The first token of a line has
   no marker, so the shard writer marks it as a word start itself.
+- "unigram" (SentencePiece Unigram, DeBERTa-v3's spm.model): [PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3 are
+  the model's control pieces, [MASK] comes after the last piece (128000 in V3, whose model has 128100
+  rows); a token begins a word when it starts with `▁`. Loaded from the spm.model itself (or a
+  tokenizer.json with a Unigram model), never trained here.
 
 Training: byte-level BPE training is deterministic; WordPiece training in tokenizers 0.23 is not
 (huggingface/tokenizers#1794: `##` pieces get ids in hash-map order, which breaks merge ties
 differently from run to run, so the vocabulary can differ by a few tokens). The shard folder keeps
 the tokenizer and its sha256; to reproduce a run, reuse OUT/tokenizer.json with `--tokenizer`.
+
+An spm.model becomes a `tokenizers` Tokenizer that encodes as SentencePiece itself does, which is what
+DeBERTa-v3 was trained with: its normalisation table (nmt_nfkc), the dummy prefix, extra spaces removed.
+(transformers 5's DebertaV2Tokenizer leaves the table out: the ids differ where it changes the text, an
+ellipsis or full-width letters; and a run of one repeated character that two segmentations of equal score
+cover may be split in the other order.) Reading it needs the `sentencepiece` package (its model_pb2, on
+protobuf); the shard folder keeps the converted tokenizer.json, so nothing downstream needs it again.
 
 Loaded tokenizers always have truncation and padding switched off: a tokenizer.json saved for
 inference (MiniLM's truncates at 128) would otherwise cut every sentence silently.
@@ -22,13 +33,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from spanbert_ds.errors import UserError
 
 WORDPIECE_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 BPE_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
-SPECIALS = {"wordpiece": WORDPIECE_SPECIALS, "bpe": BPE_SPECIALS}
+UNIGRAM_SPECIALS = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"}
+SPECIALS = {"wordpiece": WORDPIECE_SPECIALS, "bpe": BPE_SPECIALS, "unigram": UNIGRAM_SPECIALS}
+# What load_tokenizer looks for in a folder, in this order (spm.model: DeBERTa-v3's SentencePiece model)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spm.model")
 
 
 def train_tokenizer(kind, sentences, vocab_size, lowercase=False, min_frequency=2):
@@ -106,19 +120,21 @@ def check_vocab_size(tok, vocab_size):
 
 
 def load_tokenizer(path):
-    """Load a tokenizer.json, a BERT vocab.txt, or a folder holding either."""
+    """Load a tokenizer.json, a BERT vocab.txt, a SentencePiece Unigram spm.model, or a folder holding one."""
     path = Path(path)
     if path.is_dir():
-        for name in ("tokenizer.json", "vocab.txt"):
+        for name in TOKENIZER_FILES:
             if (path / name).is_file():
                 return load_tokenizer(path / name)
-        raise UserError(f"--tokenizer folder {path} has neither tokenizer.json nor vocab.txt; "
+        raise UserError(f"--tokenizer folder {path} has no tokenizer.json, vocab.txt or spm.model; "
                         f"point --tokenizer at one of them, or use `wordpiece`/`bpe` to train one")
     if not path.is_file():
-        raise UserError(f"--tokenizer {path} does not exist; pass a tokenizer.json, a vocab.txt, "
+        raise UserError(f"--tokenizer {path} does not exist; pass a tokenizer.json, a vocab.txt, an spm.model, "
                         f"or `wordpiece`/`bpe` to train one")
     if path.suffix == ".txt":
         tok = _load_vocab_txt(path)
+    elif _is_sentencepiece(path):
+        tok = _load_sentencepiece(path)
     else:
         try:
             tok = Tokenizer.from_file(str(path))
@@ -157,16 +173,82 @@ def _load_vocab_txt(path):
     return tok
 
 
-def _vocab_txt_lowercase(path, vocab):
-    """A vocab.txt does not say its casing: ask tokenizer_config.json beside it, else look at the tokens."""
+def _is_sentencepiece(path):
+    """An spm.model (by name, or by its first bytes: a protobuf whose first field is a piece; JSON starts with '{')."""
+    if path.suffix == ".model":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(64)
+    return path.suffix != ".json" and head[:1] == b"\n" and head.lstrip()[:1] != b"{"
+
+
+SPM_UNIGRAM, SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED = 1, 2, 3, 4  # sentencepiece_model.proto's enums
+
+
+def _load_sentencepiece(path):
+    """A SentencePiece Unigram model as a `tokenizers` Tokenizer that gives SentencePiece's ids (see the top)."""
+    try:
+        from google.protobuf.message import DecodeError
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise UserError(f"--tokenizer {path} is a SentencePiece model, and reading one needs the sentencepiece "
+                        "package: pip install sentencepiece (spanbert_ds[hf] brings it)") from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except (DecodeError, ValueError):
+        proto.Clear()
+    if not proto.pieces:
+        raise UserError(f"--tokenizer {path} is not a SentencePiece model (it does not parse as one; a download cut "
+                        "short?); fetch it again, or pass a tokenizer.json or a vocab.txt")
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    if trainer.model_type != SPM_UNIGRAM:
+        kind = {2: "BPE", 3: "word", 4: "char"}.get(trainer.model_type, f"type {trainer.model_type}")
+        raise UserError(f"--tokenizer {path} is a SentencePiece {kind} model; only Unigram ones (DeBERTa-v3's "
+                        "spm.model) are read directly: save it as a tokenizer.json with transformers' "
+                        "AutoTokenizer(...).save_pretrained and pass that")
+    # Control pieces ([PAD], [CLS], [SEP]) never come out of SentencePiece's encoder; here they are added tokens,
+    # and their place in the Unigram lattice gets the lowest score, so that "[CLS]" written in the text, which
+    # prepare encodes as text, is spelled in pieces as SentencePiece spells it.
+    low = min(p.score for p in proto.pieces) - 100.0
+    vocab = [(p.piece, low if p.type == SPM_CONTROL else p.score) for p in proto.pieces]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback))
+    steps = [normalizers.Lowercase()] if _config_lowercase(path) else []
+    if spec.precompiled_charsmap:  # the normalisation rule's table (nmt_nfkc in DeBERTa-v3)
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:  # spaces only, as SentencePiece
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    tok.normalizer = normalizers.Sequence(steps)
+    prepend = "always" if spec.add_dummy_prefix else "never"
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=prepend)
+    tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False) for p in proto.pieces
+                            if p.type in (SPM_UNKNOWN, SPM_CONTROL)])
+    tok.add_tokens([AddedToken(p.piece, normalized=False) for p in proto.pieces if p.type == SPM_USER_DEFINED])
+    if tok.token_to_id(UNIGRAM_SPECIALS["mask"]) is None:  # DeBERTa-v3's [MASK]: the id after the last piece
+        tok.add_special_tokens([AddedToken(UNIGRAM_SPECIALS["mask"], special=True)])
+    _add_post_processor(tok, "unigram")
+    return tok
+
+
+def _config_lowercase(path):
+    """do_lower_case of the tokenizer_config.json beside a vocabulary file (None where it does not say)."""
     config = path.with_name("tokenizer_config.json")
     if config.is_file():
         try:
             value = json.loads(config.read_text()).get("do_lower_case")
             if isinstance(value, bool):
                 return value
-        except (ValueError, OSError):
+        except (ValueError, OSError, AttributeError):
             pass
+    return None
+
+
+def _vocab_txt_lowercase(path, vocab):
+    """A vocab.txt does not say its casing: ask tokenizer_config.json beside it, else look at the tokens."""
+    said = _config_lowercase(path)
+    if said is not None:
+        return said
     words = [t for t in vocab if t.isalpha()]
     upper = sum(t != t.lower() for t in words)
     return upper < 0.01 * max(len(words), 1)
@@ -186,7 +268,7 @@ def _add_post_processor(tok, kind):
 
 def kind_of(tok):
     model = json.loads(tok.to_str())["model"]["type"]
-    return {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model)
+    return {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}.get(model)
 
 
 def casing(tok):
@@ -219,14 +301,17 @@ def tokenizer_meta(tok, source="the tokenizer"):
     """The tokenizer's part of meta.json: kind, casing, vocab size, special ids."""
     kind = kind_of(tok)
     if kind is None:
-        raise UserError(f"{source}: only WordPiece and BPE tokenizers are supported; "
-                        f"pass a BERT-style or RoBERTa-style tokenizer, or `wordpiece`/`bpe` to train one")
+        raise UserError(f"{source}: only WordPiece, BPE and Unigram tokenizers are supported; pass a BERT-, "
+                        f"RoBERTa- or DeBERTa-v3-style tokenizer, or `wordpiece`/`bpe` to train one")
     ids = {}
     for role, token in SPECIALS[kind].items():
         ids[f"{role}_id"] = tok.token_to_id(token)
         if ids[f"{role}_id"] is None:
-            raise UserError(f"{source}: the {kind} tokenizer has no {token} token; add it to the vocabulary "
-                            f"or train one with `--tokenizer {kind}`")
+            train = f"train one with `--tokenizer {kind}`" if kind != "unigram" else "use DeBERTa-v3's spm.model"
+            raise UserError(f"{source}: the {kind} tokenizer has no {token} token; add it to the vocabulary or {train}")
+    if kind == "unigram" and not _marks_word_starts(tok):
+        raise UserError(f"{source}: this Unigram tokenizer does not mark where words start (no Metaspace, as "
+                        "SentencePiece's ▁), so whole-word and span masking could not find words; pass the spm.model")
     if kind == "bpe" and not _marks_word_starts(tok):
         raise UserError(f"{source}: this BPE tokenizer does not mark where words start (its pre-tokenizer is "
                         "neither ByteLevel, as RoBERTa's, nor Metaspace, as SentencePiece's), so whole-word and "

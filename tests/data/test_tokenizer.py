@@ -100,3 +100,102 @@ def test_ctrl_c_acts_while_a_trainer_runs():
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=5)
     assert "KeyboardInterrupt" in stderr
+
+
+# --- SentencePiece Unigram (DeBERTa-v3's spm.model) ---------------------------------------------------
+
+SPM_PIECES = 1000  # DeBERTa-v3's has 128000; its [MASK] is the id after the last piece, as here
+# V3's control pieces and normalisation, as its spm.model holds them
+V3_TRAINER = dict(model_type="unigram", pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+                  eos_piece="[SEP]", unk_piece="[UNK]", normalization_rule_name="nmt_nfkc")
+ASCII_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Return a new list of the items, sorted.",
+                   "  leading,  doubled   and trailing spaces  ", "x = f(a, *args, **kwargs)  # a comment",
+                   "Tabs\tand UPPER case words", "a [CLS] or [MASK] written in the text"]
+# what SentencePiece's nmt_nfkc table changes: an ellipsis, full-width letters, a no-break space, accents
+UNICODE_SENTENCES = ["Wait\u2026 then go", "\uff26\uff55\uff4c\uff4c width", "no\u00a0break",
+                     "caf\u00e9 na\u00efve \u00fcber"]
+
+
+def deberta_v3_tokenizer_folder(folder, model_type="unigram"):
+    """What DeBERTa-v3's folder ships for its tokenizer: spm.model (a SentencePiece Unigram, trained here on
+    the pydoc topics with V3's settings) and tokenizer_config.json, no tokenizer.json."""
+    import io
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    from pydoc_data.topics import topics
+
+    lines = [line.strip() for name in sorted(topics) for line in topics[name].splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=SPM_PIECES,
+                                   num_threads=1, minloglevel=2, **{**V3_TRAINER, "model_type": model_type})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spm.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "spm"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def v3_folder(tmp_path_factory):
+    return deberta_v3_tokenizer_folder(tmp_path_factory.mktemp("deberta-v3"))
+
+
+def test_an_spm_model_gives_sentencepieces_ids_and_deberta_v3s_special_ids(v3_folder):
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(v3_folder / "spm.model"))
+    ours = load_tokenizer(v3_folder / "spm.model")
+    meta = tokenizer_meta(ours)
+    assert meta["tokenizer_kind"] == "unigram" and meta["lowercase"] is False
+    assert (meta["pad_id"], meta["cls_id"], meta["sep_id"], meta["unk_id"]) == (0, 1, 2, 3)
+    assert meta["mask_id"] == SPM_PIECES and meta["vocab_size"] == SPM_PIECES + 1  # V3: 128000 and 128001
+    ours.encode_special_tokens = True  # as prepare encodes: "[CLS]" in the text is text, as SentencePiece reads it
+    for sentence in ASCII_SENTENCES + UNICODE_SENTENCES:
+        assert ours.encode(sentence, add_special_tokens=False).ids == sp.encode(sentence), sentence
+    ours.encode_special_tokens = False
+    assert ours.encode("a b").ids == [1, *sp.encode("a b"), 2]  # [CLS] ... [SEP]
+    table = word_start_table(ours)
+    assert all(table[i] == sp.id_to_piece(i).startswith("▁") for i in range(4, SPM_PIECES))
+    assert not table[[0, 1, 2, 3, SPM_PIECES]].any()
+
+
+def test_an_spm_folder_gives_transformers_deberta_v2_tokenizers_ids(v3_folder):
+    """The folder as transformers opens it (its DebertaV2Tokenizer), on sentences its normaliser and
+    SentencePiece's agree on (transformers 5 leaves out the nmt_nfkc table: "\u2026" becomes [UNK] there)."""
+    hf = transformers.DebertaV2Tokenizer.from_pretrained(v3_folder)
+    ours = load_tokenizer(v3_folder)
+    ids = (hf.pad_token_id, hf.cls_token_id, hf.sep_token_id, hf.unk_token_id, hf.mask_token_id)
+    assert ids == (0, 1, 2, 3, SPM_PIECES)
+    for sentence in ASCII_SENTENCES:
+        assert ours.encode(sentence).ids == hf(sentence)["input_ids"], sentence
+    assert ours.encode(*ASCII_SENTENCES[:2]).ids == hf(*ASCII_SENTENCES[:2])["input_ids"]
+
+
+def test_prepare_takes_an_spm_model_or_its_folder(tmp_path, v3_folder):
+    import sentencepiece
+
+    from spanbert_ds.data.prepare import prepare
+    from tests.conftest import SMALL_TEXT
+
+    (tmp_path / "small.txt").write_text(SMALL_TEXT)
+    by_file = prepare(tmp_path / "small.txt", tmp_path / "file", tokenizer=str(v3_folder / "spm.model"))
+    by_folder = prepare(tmp_path / "small.txt", tmp_path / "folder", tokenizer=str(v3_folder))
+    assert by_file.meta["tokenizer_sha256"] == by_folder.meta["tokenizer_sha256"]
+    assert (by_file.meta["tokenizer_kind"], by_file.meta["mask_id"], by_file.vocab_size) == \
+        ("unigram", SPM_PIECES, SPM_PIECES + 1)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(v3_folder / "spm.model"))
+    lines = [line for line in SMALL_TEXT.splitlines() if line.strip()]
+    assert by_file.tokens.tolist() == [i for line in lines for i in sp.encode(line)]
+    starts = [sp.id_to_piece(i).startswith("▁") for line in lines for i in sp.encode(line)]
+    assert by_file.word_starts.astype(bool).tolist() == starts
+    again = load_tokenizer(by_file.path / "tokenizer.json")  # the shard folder keeps it converted
+    assert tokenizer_meta(again) == tokenizer_meta(load_tokenizer(v3_folder / "spm.model"))
+
+
+def test_an_spm_model_that_is_not_unigram_or_is_cut_short_is_one_line(tmp_path, v3_folder):
+    bpe = deberta_v3_tokenizer_folder(tmp_path / "bpe", model_type="bpe")
+    with pytest.raises(UserError, match="is a SentencePiece BPE model; only Unigram ones"):
+        load_tokenizer(bpe)
+    (tmp_path / "spm.model").write_bytes((v3_folder / "spm.model").read_bytes()[:5000])
+    with pytest.raises(UserError, match="is not a SentencePiece model .* fetch it again"):
+        load_tokenizer(tmp_path / "spm.model")
