@@ -325,7 +325,7 @@ META_SPECIAL_IDS = {f"{role}_token": f"{role}_id" for role in ROLES}
 
 def _hf_special_tokens(kind):
     tokens = {f"{role}_token": SPECIALS[kind][role] for role in ROLES}
-    if kind == "bpe":  # RoBERTa's: sequences begin with <s> and end with </s>
+    if kind in ("bpe", "unigram"):  # RoBERTa's: sequences begin with <s> and end with </s>; DeBERTa-v3's: [CLS], [SEP]
         tokens.update(bos_token=tokens["cls_token"], eos_token=tokens["sep_token"])
     return tokens
 
@@ -369,7 +369,7 @@ def write_tokenizer_files(source, out_dir, model_config):
         for field, id_key in META_SPECIAL_IDS.items():
             if id_key in meta:
                 specials[field] = tokenizer.id_to_token(int(meta[id_key]))
-        if kind == "bpe":
+        if kind in ("bpe", "unigram"):
             specials["bos_token"], specials["eos_token"] = specials["cls_token"], specials["sep_token"]
     absent = sorted(t for t in set(specials.values()) if tokenizer.token_to_id(t) is None)
     if absent:
@@ -436,7 +436,7 @@ def _read_hf_config(hf_dir):
                         "checkpoints can be imported")
     if hf.get("model_type") == "deberta-v2":
         unsupported = {"relative_attention": (hf.get("relative_attention", False), True),
-                       "pos_att_type": (sorted(hf.get("pos_att_type") or []), ["c2p", "p2c"]),
+                       "pos_att_type": (pos_att_parts(hf.get("pos_att_type"), path), ["c2p", "p2c"]),
                        "share_att_key": (hf.get("share_att_key", False), True),
                        "position_biased_input": (hf.get("position_biased_input", True), False),
                        "norm_rel_ebd": ("layer_norm" in str(hf.get("norm_rel_ebd", "none")), True),
@@ -455,6 +455,27 @@ def _read_hf_config(hf_dir):
         raise UserError(f"{path}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
                         "(absolute only)")
     return hf
+
+
+# The parts of DeBERTa's pos_att_type that its code knows (V1's p2p and "none" too, which our backbone refuses).
+POS_ATT_PARTS = ("c2p", "p2c", "p2p", "none")
+
+
+def pos_att_parts(value, path):
+    """DeBERTa's pos_att_type as its sorted parts: the released configs write a string ("p2c|c2p", V3's
+    config.json), transformers' saves a list (["p2c", "c2p"]); both split as transformers' DebertaV2Config does."""
+    if value is None:
+        return []
+    parts = value.lower().split("|") if isinstance(value, str) else value
+    if not isinstance(parts, list) or not all(isinstance(part, str) for part in parts):
+        raise UserError(f"{path}: pos_att_type is {value!r}; write it as DeBERTa V2/V3 configs do: \"p2c|c2p\" or "
+                        '["p2c", "c2p"]')
+    parts = sorted({part.strip().lower() for part in parts} - {"none", ""})
+    unknown = [part for part in parts if part not in POS_ATT_PARTS]
+    if unknown:
+        raise UserError(f"{path}: pos_att_type {value!r} has {', '.join(map(repr, unknown))}, which DeBERTa does not "
+                        f"know (its parts are {', '.join(POS_ATT_PARTS[:3])}); write \"p2c|c2p\" as V2/V3 configs do")
+    return parts
 
 
 def _whole(value, none=False):
@@ -623,7 +644,9 @@ def load_hf_into(objective, hf_dir):
             raise UserError(f"--init-from {hf_dir}: {ours} has shape {tuple(tensor.shape)} in the checkpoint but "
                             f"{tuple(target.shape)} in the model (check max_position_embeddings and "
                             "type_vocab_size in both configs)")
-    missing = [k for k in params if k.startswith("encoder.") and k not in loaded]
+    # The EMD's absolute positions have no place in DebertaV2: a released checkpoint (DeBERTa-v3's) has none, so
+    # the deberta objective starts them as initialised; our own exports bring them in EMD_FILE.
+    missing = [k for k in params if k.startswith("encoder.") and k not in loaded and k not in EMD_NAMES]
     if missing:
         raise UserError(f"--init-from {hf_dir}: the checkpoint has no {', '.join(missing[:3])}"
                         + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
