@@ -41,7 +41,9 @@ def add_arguments(parser):
         help="a preset (tiny, small, bert-base, spanbert-base, ...) or a model JSON, with ,key=value overrides "
              "(default: spanbert-base, or the shape of --init-from)")
     arg("--objective", default="spanbert", help=objectives_help())
-    arg("--data", required=True, help="a shard folder written by `spanbert-ds prepare`")
+    arg("--data", required=True,
+        help="a shard folder written by `spanbert-ds prepare`, or a blend of folders made with one tokenizer, each "
+             "after its weight (Megatron's form): \"0.7 wiki/ 0.3 books/\"; samples are drawn in those shares")
     arg("--output", default="runs/pretrain", help="the run folder (config, logs, checkpoints), made if missing")
     arg("--steps", type=int, default=10000, help="optimizer steps of the whole run; the schedule spans them")
     arg("--max-seq-len", type=int, default=512, help="tokens per sample, [CLS] and [SEP] included")
@@ -125,19 +127,30 @@ def check_run_args(args):
         raise UserError(f"--eval-samples must be at least 1, got {args.eval_samples}")
     if args.num_workers < 0:
         raise UserError("--num-workers must be 0 or more")
-    if not os.path.isdir(args.data):
-        if os.path.exists(args.data):
-            raise UserError(f"--data {args.data} is a file; --data takes a shard folder: make one with "
-                            f"`spanbert-ds prepare {args.data} SHARD_FOLDER`")
-        raise UserError(f"--data {args.data}: no such shard folder; make one with `spanbert-ds prepare CORPUS "
-                        f"{args.data}`")
+    check_data(args.data, args.output)
     check_creatable(args.output, "--output")  # made with its parents by rank 0 once the run starts
     for sub in ("checkpoints", "tensorboard", "tokenizer"):  # what a resume writes into
         if os.path.isdir(os.path.join(args.output, sub)):
             check_writable(os.path.join(args.output, sub), f"--output {args.output}: its {sub}/")
-    data, output = os.path.abspath(args.data), os.path.abspath(args.output)
-    if output == data or output.startswith(data + os.sep) or data.startswith(output + os.sep):
-        raise UserError(f"--output {args.output} and --data {args.data} overlap; give the run its own folder")
+
+
+def check_data(value, output):
+    """--data: one shard folder, or weights and folders in pairs (blend.parse_data); each folder must exist and
+    stay clear of --output. Returns [(weight, folder)]."""
+    from spanbert_ds.data.blend import parse_data
+
+    blend = parse_data(value)
+    for _, folder in blend:
+        said = f"--data {folder}" if len(blend) == 1 else f"--data: {folder}"
+        if not os.path.isdir(folder):
+            if os.path.exists(folder):
+                raise UserError(f"{said} is a file; --data takes a shard folder: make one with "
+                                f"`spanbert-ds prepare {folder} SHARD_FOLDER`")
+            raise UserError(f"{said}: no such shard folder; make one with `spanbert-ds prepare CORPUS {folder}`")
+        data, out = os.path.abspath(folder), os.path.abspath(output)
+        if out == data or out.startswith(data + os.sep) or data.startswith(out + os.sep):
+            raise UserError(f"--output {output} and --data {folder} overlap; give the run its own folder")
+    return blend
 
 
 def overrides_of(args):

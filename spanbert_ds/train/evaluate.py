@@ -79,6 +79,39 @@ class HeldOutEvaluation:
         return {"eval_loss": total, **metrics, **self.baseline}
 
 
+class BlendedEvaluation:
+    """A blend's held-out evaluation (`--data "0.7 wiki/ 0.3 books/"`): each corpus's own held-out split scored
+    as HeldOutEvaluation scores one folder's (up to --eval-samples blocks each, its own unigram baseline), under
+    eval_<corpus>/... (TensorBoard: eval/<corpus>/...), and the blended total under the plain eval_... names:
+    the mean of the corpora's figures weighted as training draws them. Corpora without a held-out split are
+    left out (`skipped`: (name, folder) pairs) and the weights of the others renormalised."""
+
+    def __init__(self, samples, masker, parts, seed, n_samples, micro_batch, world_size, rank):
+        held_out = [(name, part, w) for name, part, w in zip(samples.names, samples.parts, samples.weights)
+                    if part.shards.valid is not None]
+        self.skipped = [(name, str(part.shards.path)) for name, part in zip(samples.names, samples.parts)
+                        if part.shards.valid is None]
+        if not held_out:
+            raise UserError(f"--eval-every: none of the blended shard folders ({', '.join(name for name, _ in self.skipped)}) "
+                            "has a held-out split; prepare them with `spanbert-ds prepare CORPUS OUT --valid-fraction "
+                            "0.02` (or --valid CORPUS), or leave evaluation off with --eval-every 0")
+        total = sum(w for _, _, w in held_out)
+        self.sets = [(name, w / total, HeldOutEvaluation(part.shards, part, masker, parts, seed, n_samples,
+                                                         micro_batch, world_size, rank))
+                     for name, part, w in held_out]
+        self.n_samples = sum(evaluation.n_samples for _, _, evaluation in self.sets)
+
+    def __call__(self, engine):
+        scores = [(name, w, evaluation(engine)) for name, w, evaluation in self.sets]  # collective, in order
+        metrics = {}
+        for name, _, figures in scores:
+            metrics.update({f"eval_{name}/{key[len('eval_'):]}": value for key, value in figures.items()})
+        # the figures every corpus has (the baselines are on rank 0 only, which logs)
+        shared = set.intersection(*(set(figures) for _, _, figures in scores))
+        total = {key: sum(w * figures[key] for _, w, figures in scores) for key in sorted(shared)}
+        return {**total, **metrics}
+
+
 def _micro_batches(indices, size):
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from spanbert_ds.data.blend import BlendedSamples, check_one_tokenizer, corpus_names, parse_data
 from spanbert_ds.data.loader import BatchPlan, micro_batch_loader
 from spanbert_ds.data.masking import MASKERS, MaskingConfig
 from spanbert_ds.data.packing import PackedSamples
@@ -27,7 +28,7 @@ from spanbert_ds.train import checkpoint, preflight, resume, run_folder
 from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config, overrides_of
 from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
                                            start_process_group)
-from spanbert_ds.train.evaluate import HeldOutEvaluation
+from spanbert_ds.train.evaluate import BlendedEvaluation, HeldOutEvaluation
 from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
 from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
 
@@ -61,11 +62,11 @@ class Run:
     """What a run is made of, built and checked by prepare() on every rank."""
 
     ds_config: dict
-    shards: Shards
+    shards: Shards  # the first corpus of a blend (they share one tokenizer)
     objective_class: type
     model_config: ModelConfig
     masking_config: MaskingConfig
-    samples: PackedSamples
+    samples: PackedSamples  # or a BlendedSamples of several corpora (--data "0.7 wiki/ 0.3 books/")
     masker: object
     plan: BatchPlan
     evaluation: HeldOutEvaluation | None
@@ -81,10 +82,13 @@ def prepare(args, world_size, rank):
     check_run_args(args)
     notes = []
     ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes, overrides_of(args))
-    shards = Shards(args.data, check_ids=True)
-    valid = shards.valid
-    if valid:
-        valid.check_ids()
+    blend = parse_data(args.data)  # [(weight, folder)]: one folder, or a blend of several
+    corpora = [Shards(folder, check_ids=True) for _, folder in blend]
+    check_one_tokenizer(corpora)
+    for corpus in corpora:
+        if corpus.valid:
+            corpus.valid.check_ids()
+    shards = corpora[0]  # the tokenizer and special ids of them all
     objective_class = OBJECTIVES[args.objective]
     base = config_from_hf(args.init_from) if args.init_from and args.model is None else None
     model_config = objective_class.configure(
@@ -96,13 +100,15 @@ def prepare(args, world_size, rank):
     if args.attention:
         model_config = model_config.replace(attention_backend=args.attention)
     masking_config = MaskingConfig.from_spec(args.masking)
-    samples = PackedSamples(shards, args.packing, args.max_seq_len, args.seed)
+    parts = [PackedSamples(corpus, args.packing, args.max_seq_len, args.seed) for corpus in corpora]
+    samples = parts[0] if len(parts) == 1 else BlendedSamples(
+        parts, [w for w, _ in blend], corpus_names([folder for _, folder in blend]), args.seed)
     masker = MASKERS[objective_class.masking](masking_config, shards.vocab_size, shards.mask_id, shards.special_ids)
     plan = BatchPlan(len(samples), global_batch=ds_config["train_batch_size"],
                      micro_batch=ds_config["train_micro_batch_size_per_gpu"], world_size=world_size, rank=rank,
-                     seed=args.seed)
+                     seed=args.seed, interleaved=len(parts) > 1)
     ckpt_root = os.path.join(args.output, "checkpoints")
-    identity = resume.run_identity(args, model_config, shards, masking_config)
+    identity = resume.run_identity(args, model_config, corpora, masking_config, [w for w, _ in blend])
     tag, marker = resume.find_resume_point(args, ckpt_root)
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if marker:
@@ -112,9 +118,17 @@ def prepare(args, world_size, rank):
         ds_config = resume.with_universal_load(ds_config)
     # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: rank 0
     # reads the whole training split for the unigram baseline.
-    eval_every = args.eval_every if args.eval_every is not None else (args.save_every if shards.valid else 0)
-    evaluation = HeldOutEvaluation(shards, samples, masker, objective_class.parts, args.seed, args.eval_samples,
-                                   plan.micro_batch, world_size, rank) if eval_every else None
+    held_out = any(corpus.valid for corpus in corpora)
+    eval_every = args.eval_every if args.eval_every is not None else (args.save_every if held_out else 0)
+    evaluation = None
+    if eval_every and len(parts) == 1:
+        evaluation = HeldOutEvaluation(shards, samples, masker, objective_class.parts, args.seed, args.eval_samples,
+                                       plan.micro_batch, world_size, rank)
+    elif eval_every:
+        evaluation = BlendedEvaluation(samples, masker, objective_class.parts, args.seed, args.eval_samples,
+                                       plan.micro_batch, world_size, rank)
+        notes += [f"{name}: no held-out split in {folder}, so it is not evaluated"
+                  for name, folder in evaluation.skipped]
     for note in notes if rank == 0 else ():
         print(f"note: {note}", file=sys.stderr)
     return Run(ds_config, shards, objective_class, model_config, masking_config, samples, masker, plan, evaluation,

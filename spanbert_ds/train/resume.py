@@ -27,13 +27,24 @@ RESUMABLE_MODEL_SETTINGS = ("hidden_dropout", "attention_dropout", "attention_ba
                             "initializer_range", "unpad")
 
 
-def run_identity(args, model_config, shards, masking_config):
-    """What a resumed run must share with the checkpoint it continues (see the module docstring)."""
+def run_identity(args, model_config, corpora, masking_config, weights=(1.0,)):
+    """What a resumed run must share with the checkpoint it continues (see the module docstring). corpora: the
+    Shards of --data, one folder or a blend's (with its normalised `weights`)."""
     model = {k: v for k, v in model_config.to_dict().items() if k not in RESUMABLE_MODEL_SETTINGS}
-    data = {k: shards.meta.get(k) for k in ("n_documents", "n_sentences", "n_tokens", "vocab_size", "tokenizer_sha256")}
+    data = data_identity(corpora, weights)
     identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
                 "max_seq_len": args.max_seq_len, "packing": args.packing, "masking": masking_config.to_dict()}
     return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
+
+
+def data_identity(corpora, weights):
+    """One folder: its counts and tokenizer, as always. A blend: each folder's counts in a list (so a blend is
+    never taken for one folder, nor one blend for another), the one tokenizer, and the normalised weights."""
+    keys = ("n_documents", "n_sentences", "n_tokens")
+    shared = {k: corpora[0].meta.get(k) for k in ("vocab_size", "tokenizer_sha256")}
+    if len(corpora) == 1:
+        return {**{k: corpora[0].meta.get(k) for k in keys}, **shared}
+    return {**{k: [c.meta.get(k) for c in corpora] for k in keys}, **shared, "weights": [float(w) for w in weights]}
 
 
 def find_resume_point(args, ckpt_root):

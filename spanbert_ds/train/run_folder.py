@@ -1,9 +1,11 @@
 """The run folder: what a training run writes (`--output`) and what export reads back.
 
     RUN/run_config.json    everything resolved: arguments, ds_config, objective, masking, world size,
-                           git commit, versions
+                           git commit, versions; "data": per corpus of --data (one, or a blend's) its
+                           folder, weight, samples, samples an epoch and samples this run draws
     RUN/model_config.json  the model (model/config.py's JSON)
-    RUN/tokenizer/         the shards' tokenizer.json and meta.json, so export needs no shards
+    RUN/tokenizer/         the shards' tokenizer.json and meta.json (a blend's first folder's: they share
+                           one tokenizer), so export needs no shards
     RUN/metrics.jsonl, RUN/tensorboard/   monitor.py
     RUN/checkpoints/       checkpoint.py
     RUN/.lock              while a run writes the folder: its host and PID (folders.FolderLock)
@@ -50,7 +52,7 @@ def write(args, run, hosts):
     tokenizer_dir = os.path.join(args.output, "tokenizer")
     os.makedirs(tokenizer_dir, exist_ok=True)
     for name in ("tokenizer.json", "meta.json"):
-        shutil.copy(os.path.join(args.data, name), os.path.join(tokenizer_dir, name))
+        shutil.copy(os.path.join(run.shards.path, name), os.path.join(tokenizer_dir, name))  # a blend's first
     run.model_config.to_json(os.path.join(args.output, "model_config.json"))
     resolved = {
         "args": {k: v for k, v in vars(args).items() if k != "deepspeed_config"},
@@ -58,6 +60,7 @@ def write(args, run, hosts):
         "ds_config": run.ds_config,
         "objective": args.objective,
         "packing": run.samples.mode,
+        "data": corpora(run, args.steps),
         "masking": run.objective_class.masking,
         "masking_config": run.masking_config.to_dict(),
         "world_size": len(hosts),
@@ -68,6 +71,16 @@ def write(args, run, hosts):
     }
     with open(os.path.join(args.output, "run_config.json"), "w") as f:
         json.dump(resolved, f, indent=2, default=str)
+
+
+def corpora(run, steps):
+    """Per corpus of --data: name, folder, weight, samples, samples an epoch and samples this run of `steps`
+    steps draws (a blend's shares; one folder's epoch is its samples, drawn in a new order each epoch)."""
+    if hasattr(run.samples, "describe"):
+        return run.samples.describe(steps, run.plan.global_batch)
+    n = len(run.samples)
+    return [{"name": os.path.basename(os.path.normpath(str(run.shards.path))), "folder": str(run.shards.path),
+             "weight": 1.0, "samples": n, "samples_per_epoch": n, "samples_in_run": steps * run.plan.global_batch}]
 
 
 def load_run(run_dir, tag=None):
