@@ -82,7 +82,7 @@ def _ordered(parts):
     """(folder, meta) of the parts in order 1..N, after checking that they are N parts of one prepare."""
     import glob
 
-    folders = [Path(m) for p in parts for m in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
+    folders = [Path(m) for p in map(str, parts) for m in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
     metas = [(f, _meta(f)) for f in folders]
     first, first_meta = metas[0]
     n = first_meta["part"]["of"]

@@ -464,7 +464,7 @@ class _Encoder:
 _worker_encoder = None  # in a worker process: the _Encoder of the tokenizer file it was started with
 
 
-def _worker_start(tokenizer_file, vocab_size):
+def _worker_start(tokenizer_file, vocab_size, parent):
     """A worker's set-up: one tokenizer thread, signals left to the parent, death with the parent."""
     global _worker_encoder
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before the first encode: N workers use N cores
@@ -475,7 +475,7 @@ def _worker_start(tokenizer_file, vocab_size):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl
+        if os.getppid() != parent:  # the parent died before prctl
             os._exit(1)
     except (OSError, AttributeError):
         pass
@@ -494,7 +494,9 @@ class _Pool:
     exception is raised here) or dies (a UserError) stops all the others at once, as leaving does."""
 
     def __init__(self, workers, tokenizer_file, vocab_size):
-        self.workers, self.args, self.executor = workers, (str(tokenizer_file), vocab_size), None
+        self.workers, self.executor = workers, None
+        self.args = (str(tokenizer_file), vocab_size, os.getpid())
+        self.processes = []
 
     def __bool__(self):
         return self.workers > 1
@@ -515,6 +517,8 @@ class _Pool:
         try:
             for chunk in chunks:
                 pending.append(self.executor.submit(_worker_encode, chunk))
+                if len(self.processes) < self.workers:  # kept here: the pool forgets the processes when one dies
+                    self.processes = list((self.executor._processes or {}).values())
                 while len(pending) >= 2 * self.workers or (pending and pending[0].done()):
                     yield pending.popleft().result()
             while pending:
@@ -524,10 +528,12 @@ class _Pool:
                             "again, with fewer --workers if memory ran out") from None
 
     def _how_they_died(self):
-        codes = [p.exitcode for p in (self.executor._processes or {}).values() if p.exitcode]
+        for p in self.processes:
+            p.join(1)
+        codes = [p.exitcode for p in self.processes if p.exitcode]
         if not codes:
             return "exit status unknown"
-        code = codes[0]
+        code = min(codes, key=lambda c: c == -signal.SIGTERM)  # the pool stops the others with SIGTERM
         if code < 0:
             name = signal.Signals(-code).name
             return f"killed by {name}" + (": out of memory?" if name == "SIGKILL" else "")
@@ -536,7 +542,7 @@ class _Pool:
     def __exit__(self, *exc):
         if self.executor is None:
             return
-        processes = list((self.executor._processes or {}).values())
+        processes = self.processes + list((self.executor._processes or {}).values())
         if exc[0] is not None:  # stop now: a worker still encoding would hold the exit up
             for p in processes:
                 if p.is_alive():
