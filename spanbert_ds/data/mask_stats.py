@@ -2,13 +2,14 @@
 
 Packs samples as training would, masks N batches, and prints the masked fraction, the spans
 (count, dropped, mean length in words against the distribution's exact mean, histogram), the
-80/10/10 split and the SBO targets per sequence. Everything is measured from the masker's
+[MASK]/random/unchanged split (--split: an objective's, e.g. ELECTRA's 85/0/15) and the SBO targets per
+sequence. Everything is measured from the masker's
 output alone, so the figures check the masker rather than repeat its own bookkeeping.
 """
 
 import numpy as np
 
-from spanbert_ds.data.masking import MASKERS, MaskingConfig, word_unit_starts
+from spanbert_ds.data.masking import MASKERS, SPLITS, MaskingConfig, word_unit_starts
 from spanbert_ds.errors import UserError
 
 
@@ -26,6 +27,10 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of sample choice and masking; train.py's --seed gives its masks (default: 0)")
     parser.add_argument("--epoch", type=int, default=0, help="epoch the masks are drawn for (default: 0)")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="bert",
+                        help="the [MASK]/random/unchanged split of a chosen token that an objective starts from, "
+                             "before --masking: bert (80/10/10; spanbert, bert, roberta, deberta), electra "
+                             "(85/0/15), debertav3 (100/0/0) (default: bert)")
     parser.add_argument("--masking", default="",
                         help="masking parameters as train.py takes them, key=value,... e.g. "
                              "mask_ratio=0.15,geometric_p=0.2,max_span_words=10 (default: the paper's)")
@@ -119,7 +124,7 @@ def run(args):
     for name in ("batch_size", "batches"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-    config = MaskingConfig.from_spec(args.masking)
+    config = MaskingConfig.from_spec(args.masking, SPLITS[args.split])
     blend = parse_data(args.shards, flag="SHARDS")
     corpora = [Shards(folder) for _, folder in blend]
     check_one_tokenizer(corpora)

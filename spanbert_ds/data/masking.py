@@ -3,7 +3,9 @@
 Three maskers share one interface, `masker(batch, sample_indices, epoch, seed) -> dict`:
 
 - `TokenMasker` (BERT): each non-special token is chosen with probability 15%; a chosen
-  token becomes [MASK] 80% of the time, a random token 10%, stays unchanged 10%.
+  token becomes [MASK] 80% of the time, a random token 10%, stays unchanged 10% (MaskingConfig's
+  mask_prob / random_prob / keep_prob, which an objective may set otherwise: ELECTRA 85/0/15,
+  DeBERTaV3 100/0/0).
 - `WholeWordMasker`: the same choice made per word; all pieces of a word share it.
 - `SpanMasker` (SpanBERT, Joshi et al. 2020): masks contiguous spans of whole words whose
   length in words follows a geometric distribution truncated to 1..10, 15% of the tokens
@@ -103,15 +105,27 @@ def _below(bits, n):
 # Configuration.
 
 
+# The [MASK] / random / unchanged split of a chosen token as each released code makes it, which an objective
+# takes as its MaskingConfig defaults (model/objectives.py masking_defaults; mask-stats --split): BERT's
+# 80/10/10; ELECTRA's pretrain_helpers.mask() 85% [MASK], the rest unchanged; DeBERTaV3's RTD task 100% [MASK].
+SPLITS = {
+    "bert": {"mask_prob": 0.8, "random_prob": 0.1, "keep_prob": 0.1},
+    "electra": {"mask_prob": 0.85, "random_prob": 0.0, "keep_prob": 0.15},
+    "debertav3": {"mask_prob": 1.0, "random_prob": 0.0, "keep_prob": 0.0},
+}
+
+
 @dataclass
 class MaskingConfig:
     mask_ratio: float = 0.15  # fraction of the (non-special) tokens to predict
     geometric_p: float = 0.2  # span length in words ~ Geometric(p), truncated and renormalised
     min_span_words: int = 1
     max_span_words: int = 10
-    mask_prob: float = 0.8  # a chosen token/word/span becomes [MASK] ...
-    random_prob: float = 0.1  # ... a random non-special token ...
-    keep_prob: float = 0.1  # ... or stays unchanged
+    # A chosen token/word/span becomes [MASK], a random non-special token, or stays unchanged: BERT's 80/10/10.
+    # ELECTRA's released masking is 85/0/15, DeBERTaV3's RTD 100/0/0 (their objectives' masking_defaults).
+    mask_prob: float = 0.8
+    random_prob: float = 0.1
+    keep_prob: float = 0.1
     max_span_targets: int = 15  # SBO targets per span (its first tokens)
 
     def __post_init__(self):
@@ -148,10 +162,11 @@ class MaskingConfig:
             )
 
     @classmethod
-    def from_spec(cls, spec):
-        """`key=value,...` (train's and mask-stats' --masking) over the defaults of the papers."""
+    def from_spec(cls, spec, defaults=None):
+        """`key=value,...` (train's and mask-stats' --masking) over `defaults` (an objective's own, e.g. ELECTRA's
+        85% [MASK] / 15% unchanged; see model/objectives.py masking_defaults) over the defaults of the papers."""
         kinds = {name: type(value) for name, value in asdict(cls()).items()}
-        values = {}
+        values = dict(defaults or {})
         for pair in filter(None, (p.strip() for p in (spec or "").split(","))):
             key, sep, text = (part.strip() for part in pair.partition("="))
             if not sep or key not in kinds:

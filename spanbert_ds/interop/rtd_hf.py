@@ -4,7 +4,10 @@ HF keeps the two networks as two models, so an RTD run exports one of them per f
   discriminator (the default; what pretraining is for; under gdes with the tables it reads, E_G + E_delta)
     bert backbone     ElectraForPreTraining: electra.*, discriminator_predictions.* (our rtd_head)
     deberta backbone  DebertaV2Model (transformers has no DeBERTa RTD class): deberta.* as hf.py names them, and
-                      rtd_head.safetensors beside it, under our names (as the SBO head)
+                      rtd_head.safetensors beside it, under our names (as the SBO head): DeBERTaV3's head
+                      (rtd_head.ln.*, rtd_head.dense.*, rtd_head.classifier.*) or ELECTRA's. The position table
+                      the discriminator holds for the generator's EMD is left out (it never reads it; the
+                      generator's export carries it in emd.safetensors)
   generator (`spanbert-ds export --generator`)
     bert backbone     ElectraForMaskedLM: electra.* (with electra.embeddings_project where the generator is
                       narrower than the tables it shares), generator_predictions.*, generator_lm_head.bias (its
@@ -90,10 +93,18 @@ def _electra_config(config, architecture, embedding_size):
 def _discriminator(objective):
     config = objective.config
     state = merged_state_dict(objective)  # gdes tables as the discriminator reads them, E_G + E_delta
+    if config.backbone == "deberta" and not config.emd:
+        # the position table the discriminator holds for the generator's EMD (model/rtd.py) and never reads:
+        # DebertaV2Model has no place for it (an emd.safetensors would claim an EMD on import)
+        state.pop("encoder.embeddings.position.weight", None)
     hf, extra = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, config, roberta=False)
     if config.backbone == "deberta":  # the head beside the model, under our names
         extras = {**extra_files(extra), RTD_FILE: _fp32(state, {k: k for k in state if k.startswith(RTD_PREFIX)})}
         return {**hf_config_dict(config), "architectures": ["DebertaV2Model"]}, hf, extras
+    if config.rtd_head != "electra":
+        raise UserError(f"export: ElectraForPreTraining's discriminator_predictions is ELECTRA's head; this run's "
+                        f"rtd_head is {config.rtd_head!r} (a LayerNorm over h_CLS + h_i first), which it cannot hold. "
+                        "Train ELECTRA with rtd_head electra to export it")
     hf = {_rename(k, ELECTRA_PREFIXES): v for k, v in hf.items()}
     config_dict = _electra_config(config, "ElectraForPreTraining", config.hidden_size)
     return config_dict, {**hf, **_fp32(state, ELECTRA_NAMES)}, extra_files(extra)

@@ -17,6 +17,8 @@ ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
 BACKBONE_NAMES = ("bert", "deberta")
 CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
 SHARING_NAMES = ("none", "share", "gdes")  # embedding_sharing of the RTD objectives (model/rtd.py)
+RTD_HEAD_NAMES = ("electra", "debertav3")  # rtd_head: model/heads.py RTD_HEADS
+RTD_TRAINING_NAMES = ("joint", "decoupled")  # rtd_training (model/objectives.py ELECTRA.parameter_groups)
 
 
 def _finite(test):
@@ -45,6 +47,17 @@ RANGES = {
 KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 # What files written before unset meant a key left out hold for the three RTD choices the objective makes.
 LEGACY_UNSET = {"generator_width": 0.0, "generator_depth": 0.0, "embedding_sharing": ""}
+# What an RTD run's file (one whose objective filled embedding_sharing in) written before these keys existed
+# meant by leaving them out: ELECTRA's head and a generator without the EMD, whatever the objective.
+LEGACY_RTD = {"rtd_head": "electra", "generator_emd": False, "rtd_training": "joint"}
+
+
+def with_legacy_rtd(values):
+    """`values` (a model config file's or a checkpoint marker's model identity) with LEGACY_RTD filled in where it
+    is an RTD run's, written before rtd_head existed: resuming or exporting such a run keeps its architecture."""
+    if values.get("embedding_sharing") in SHARING_NAMES and "rtd_head" not in values:
+        return {**LEGACY_RTD, **values}
+    return values
 
 
 @dataclass
@@ -80,11 +93,18 @@ class ModelConfig:
     # the discriminator's width and of its layers, how the two share their embedding tables (none, share,
     # gdes), and lambda, the weight of the discriminator's loss. Unset (None, a key left out) is the
     # objective's own choice (ELECTRA: 1/4 of the width, every layer, share; DeBERTaV3: full width, half
-    # the layers, gdes).
+    # the layers, gdes). rtd_head: the discriminator's head, ELECTRA's (dense -> GeLU -> logit) or DeBERTaV3's
+    # (LayerNorm(h_CLS + h_i) -> dense -> GeLU -> logit); generator_emd: the generator predicts through the
+    # enhanced mask decoder (DeBERTaV3); rtd_training: one loss over all parameters ("joint", the papers') or
+    # the generator's and the discriminator's parameters in groups of their own ("decoupled", the released
+    # DeBERTaV3's separate optimisers, which use rtd_weight 10). Unset: the objective's choice.
     generator_width: float | None = None
     generator_depth: float | None = None
     embedding_sharing: str | None = None
     rtd_weight: float = 50.0
+    rtd_head: str | None = None
+    generator_emd: bool | None = None
+    rtd_training: str | None = None
 
     def __post_init__(self):
         self._check_types()
@@ -116,6 +136,14 @@ class ModelConfig:
         if self.embedding_sharing is not None and self.embedding_sharing not in SHARING_NAMES:
             raise UserError(f"model config: embedding_sharing {self.embedding_sharing!r} is unknown; use one of "
                             f"{', '.join(SHARING_NAMES)} (or leave it out for the objective's choice)")
+        if self.rtd_head is not None and self.rtd_head not in RTD_HEAD_NAMES:
+            raise UserError(f"model config: rtd_head {self.rtd_head!r} is unknown; use one of "
+                            f"{', '.join(RTD_HEAD_NAMES)} (or leave it out for the objective's choice)")
+        if self.rtd_training is not None and self.rtd_training not in RTD_TRAINING_NAMES:
+            raise UserError(f"model config: rtd_training {self.rtd_training!r} is unknown; use one of "
+                            f"{', '.join(RTD_TRAINING_NAMES)} (or leave it out for the objective's choice)")
+        if self.generator_emd and self.backbone != "deberta":
+            raise UserError("model config: generator_emd (the enhanced mask decoder) belongs to the deberta backbone")
         if self.activation_checkpointing not in CHECKPOINTING_NAMES:
             raise UserError(
                 f"model config: activation_checkpointing {self.activation_checkpointing!r} is unknown; "
@@ -180,6 +208,7 @@ class ModelConfig:
         if all(values.get(k, None) == v for k, v in LEGACY_UNSET.items()):
             # written before unset was a key left out: these three values together were the objective's choice
             values = {k: v for k, v in values.items() if k not in LEGACY_UNSET}
+        values = with_legacy_rtd(values)
         try:
             return cls(**values)
         except UserError as error:

@@ -1,4 +1,5 @@
-"""Pretraining heads: MLM, SpanBERT's span boundary objective (SBO), NSP, replaced-token detection (RTD).
+"""Pretraining heads: MLM, SpanBERT's span boundary objective (SBO), NSP, replaced-token detection (RTD: ELECTRA's
+and DeBERTaV3's).
 
 The MLM and SBO heads run on gathered rows only ((N, H) masked tokens, (M, H) span
 targets), never on the whole (B*T, H) sequence: with 15% masking that removes ~85% of
@@ -193,6 +194,27 @@ class RTDHead(nn.Module):
 
     def forward(self, hidden):
         return self.classifier(F.gelu(self.dense(hidden))).squeeze(-1)  # (..., H) -> (...)
+
+
+class ContextRTDHead(nn.Module):
+    """DeBERTaV3's replaced-token detection head (the released code's LMMaskPredictionHead): each token's state
+    plus the [CLS] state (position 0), LayerNorm'd, then dense -> GeLU -> one logit:
+        logit_i = w^T GeLU(W LayerNorm(h_CLS + h_i) + b) + c
+    ELECTRA's RTDHead sees h_i alone and has no LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        init_linear(config, self.dense, self.classifier)
+
+    def forward(self, hidden):
+        h = self.ln(hidden[:, :1] + hidden)  # (B, T, H): h_CLS + h_i
+        return self.classifier(F.gelu(self.dense(h))).squeeze(-1)  # (B, T)
+
+
+RTD_HEADS = {"electra": RTDHead, "debertav3": ContextRTDHead}  # ModelConfig.rtd_head -> the head
 
 
 def init_linear(config, *linears):

@@ -23,11 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spanbert_ds.data.masking import MLM_KEYS, NSP_KEYS, SBO_KEYS
+from spanbert_ds.data.masking import MLM_KEYS, NSP_KEYS, SBO_KEYS, SPLITS
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.deberta import DebertaEncoder
 from spanbert_ds.model.encoder import Encoder
-from spanbert_ds.model.heads import MLMHead, NSPHead, RTDHead, SBOHead, gather_rows
+from spanbert_ds.model.heads import RTD_HEADS, MLMHead, NSPHead, SBOHead, gather_rows
 from spanbert_ds.model.rtd import Generator, replace_masked, sample
 
 ENCODERS = {"bert": Encoder, "deberta": DebertaEncoder}  # ModelConfig.backbone -> the encoder class
@@ -89,6 +89,7 @@ class Objective(nn.Module):
     needs = ("input_ids", "attention_mask") + MLM_KEYS  # batch keys forward reads
     config_overrides = {}  # model settings the objective fixes, whatever --model says
     config_defaults = {}  # model settings the objective chooses where --model leaves them unset (None)
+    masking_defaults = {}  # MaskingConfig settings the objective chooses where --masking leaves them out
     encoder_predicts_masked = True  # the MLM head sits on the encoder (ELECTRA's sits on its generator)
 
     @classmethod
@@ -318,21 +319,58 @@ class ELECTRA(Objective):
     """Replaced-token detection (Clark et al. 2020). The generator (model/rtd.py) fills the masked positions
     with samples from its softmax; the discriminator, this objective's encoder, tells for every real token
     whether it was replaced. loss = generator MLM + lambda (rtd_weight) x discriminator loss; no gradient
-    crosses the sampling. Only the discriminator is what pretraining is for."""
+    crosses the sampling. Only the discriminator is what pretraining is for.
+
+    Masking as the released code's pretrain_helpers.mask(): 15% of the tokens, of which 85% become [MASK]
+    and 15% stay as they are, none a random token (the generator's samples are the random tokens).
+
+    rtd_training "decoupled" puts the generator's and the discriminator's parameters in optimizer groups of
+    their own (parameter_groups), DeBERTaV3's released separate optimisers (rtd_task.py, --decoupled_training,
+    the discriminator's loss x --rtd_lambda 10: pass rtd_weight=10). The loss is the same sum: no gradient
+    of the MLM loss reaches a discriminator parameter and none of the RTD loss a generator parameter (the
+    sampling, and gdes' stop-gradient on E_G; "share" has one table pulled by both and is refused), so
+    each group's Adam update is the one a separate optimiser on its own loss makes. It differs from the
+    released code in what DeepSpeed does for the whole engine: gradient clipping is on the norm over both
+    networks (released: per network), one fp16 loss scale whose overflow skips both steps (released: one
+    each), one learning rate schedule (released: --discriminator_learning_rate may differ); and the
+    released discriminator steps after the generator, reading E_G as the generator's step left it (here
+    both step on the same E_G)."""
 
     name = "electra"
     masking = "token"
     packing = "full"
     parts = ("mlm", "rtd")
     encoder_predicts_masked = False
-    config_defaults = {"generator_width": 0.25, "generator_depth": 1.0, "embedding_sharing": "share"}
+    config_defaults = {"generator_width": 0.25, "generator_depth": 1.0, "embedding_sharing": "share",
+                       "rtd_head": "electra", "generator_emd": False, "rtd_training": "joint"}
+    masking_defaults = SPLITS["electra"]
     # Summed per micro-batch, so that summarize's ratios are exact over a step.
     COUNTS = ("rtd_replaced_correct", "rtd_replaced", "rtd_original_correct", "rtd_original", "rtd_masked")
 
     def __init__(self, config):
         super().__init__(config)
+        if self.config.rtd_training == "decoupled" and self.config.embedding_sharing == "share":
+            raise UserError("model config: rtd_training decoupled gives the generator and the discriminator "
+                            "parameters of their own, but embedding_sharing share makes one table both losses "
+                            "pull on; use gdes (DeBERTaV3's) or none with decoupled, or rtd_training joint")
         self.generator = Generator(self.config, ENCODERS[self.config.backbone], self.encoder)
-        self.rtd_head = RTDHead(self.config)
+        self.rtd_head = RTD_HEADS[self.config.rtd_head](self.config)
+
+    def parameter_groups(self, weight_decay):
+        """Joint: BERT's two groups over both networks. Decoupled: those two for the generator (its layers, head
+        and E_G), then the same two for the discriminator (its layers, E_delta, the RTD head), each group
+        named ("generator" / "discriminator")."""
+        groups = super().parameter_groups(weight_decay)
+        if self.config.rtd_training != "decoupled":
+            return groups
+        mine = {id(p) for p in self.generator.parameters()}
+        split = []
+        for network, is_generator in (("generator", True), ("discriminator", False)):
+            for group in groups:
+                params = [p for p in group["params"] if (id(p) in mine) == is_generator]
+                if params:
+                    split.append({**group, "params": params, "name": network})
+        return split
 
     @classmethod
     def logged(cls):
@@ -392,12 +430,17 @@ class ELECTRA(Objective):
 
 class DeBERTaV3(ELECTRA):
     """DeBERTaV3 (He et al. 2023): ELECTRA's replaced-token detection on the deberta backbone, with a generator
-    of the discriminator's width and half its layers, sharing the word table through gradient-disentangled
-    embedding sharing (model/rtd.py)."""
+    of the discriminator's width and half its layers that predicts through the enhanced mask decoder, sharing
+    the word and position tables through gradient-disentangled embedding sharing (model/rtd.py), and the
+    released code's head on the discriminator (heads.ContextRTDHead: LayerNorm(h_CLS + h_i) -> dense -> GeLU
+    -> logit). Masking as the released RTD task's: 15% of the tokens, all of them [MASK] (its mask generator
+    with mask_prob 1, keep_prob 0)."""
 
     name = "debertav3"
     config_overrides = {"type_vocab_size": 0, "backbone": "deberta", "emd": False}
-    config_defaults = {"generator_width": 1.0, "generator_depth": 0.5, "embedding_sharing": "gdes"}
+    config_defaults = {"generator_width": 1.0, "generator_depth": 0.5, "embedding_sharing": "gdes",
+                       "rtd_head": "debertav3", "generator_emd": True, "rtd_training": "joint"}
+    masking_defaults = SPLITS["debertav3"]
 
 
 OBJECTIVES = {

@@ -16,12 +16,19 @@ the three ways DeBERTaV3 compares, `embedding_sharing`:
 Where the generator is narrower than the tables it shares, it projects them down to its width
 (ELECTRA's embeddings_project), and its MLM head maps back up to the tables' width before the
 decoder, which is tied to the word table.
+
+DeBERTaV3's generator (`generator_emd`) predicts through the enhanced mask decoder (model/deberta.py), so it
+has an absolute position table; the discriminator reads none (its layers see relative positions only), but
+as in the released code it holds one under the same sharing as the word table: under gdes
+E_D,pos = sg(E_G,pos) + E_delta,pos, whose E_delta,pos no loss moves (the released RTDModel's hook does the
+same for position_embeddings). Exports of the discriminator leave that table out (interop/rtd_hf.py).
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spanbert_ds.errors import UserError
 from spanbert_ds.model.encoder import init_weights
 from spanbert_ds.model.heads import MLMHead, gather_rows
 
@@ -36,7 +43,8 @@ def generator_config(config):
     heads = max(1, width // head_dim)
     return config.replace(hidden_size=width // heads * heads, num_heads=heads,
                           intermediate_size=max(1, round(config.intermediate_size * config.generator_width)),
-                          num_layers=max(1, round(config.num_layers * config.generator_depth)))
+                          num_layers=max(1, round(config.num_layers * config.generator_depth)),
+                          emd=bool(config.generator_emd))
 
 
 class GradientDisentangled(nn.Module):
@@ -101,11 +109,20 @@ class Generator(nn.Module):
             return
         tables = self.encoder.embeddings
         if small.hidden_size != config.hidden_size:  # the tables keep the discriminator's width
+            if small.emd:
+                raise UserError(f"model config: the generator's enhanced mask decoder adds the shared position table "
+                                f"({config.hidden_size} wide) to its {small.hidden_size}-wide states; use "
+                                "generator_width 1 (DeBERTaV3's), embedding_sharing none, or generator_emd false")
             tables = type(discriminator.embeddings)(config)
             tables.apply(lambda module: init_weights(module, config, tables))
             self.encoder.embeddings = ProjectedEmbeddings(tables, small.hidden_size)
         for name in SHARED_TABLES:
             mine, theirs = getattr(tables, name, None), getattr(discriminator.embeddings, name, None)
+            if mine is not None and theirs is None and name == "position":
+                # DeBERTaV3: the generator's EMD reads absolute positions, the discriminator never does; it still
+                # holds the table, sharing it as the word table (the released checkpoints carry it)
+                setattr(discriminator.embeddings, name, mine)
+                theirs = mine
             if mine is None or theirs is None:
                 continue
             setattr(tables, name, theirs)  # one table (share), or under gdes E_G ...

@@ -99,7 +99,7 @@ def prepare(args, world_size, rank):
                         "--model ...,max_position_embeddings=N")
     if args.attention:
         model_config = model_config.replace(attention_backend=args.attention)
-    masking_config = MaskingConfig.from_spec(args.masking)
+    masking_config = MaskingConfig.from_spec(args.masking, objective_class.masking_defaults)
     parts = [PackedSamples(corpus, args.packing, args.max_seq_len, args.seed) for corpus in corpora]
     samples = parts[0] if len(parts) == 1 else BlendedSamples(
         parts, [w for w, _ in blend], corpus_names([folder for _, folder in blend]), args.seed)

@@ -35,6 +35,7 @@ def run_identity(args, model_config, corpora, masking_config, weights=(1.0,)):
     identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
                 "max_seq_len": args.max_seq_len, "packing": args.packing, "masking": masking_config.to_dict()}
     return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
+from spanbert_ds.model.config import with_legacy_rtd
 
 
 def data_identity(corpora, weights):
@@ -197,3 +198,5 @@ def _set_adam_step(engine, value):
             state["step"] = torch.tensor(float(value), dtype=state["step"].dtype, device=state["step"].device)
         elif "step" in state:
             state["step"] = value
+    if isinstance(saved.get("model"), dict):  # an RTD run from before rtd_head: what its left-out keys meant
+        saved = {**saved, "model": with_legacy_rtd(saved["model"])}

@@ -452,3 +452,42 @@ def test_a_batch_with_nothing_maskable_masks_nothing(text, kind):
     out = text.masker(kind)(batch, np.arange(1), 0, 0)
     assert out["mlm_positions"].size == 0
     np.testing.assert_array_equal(out["input_ids"], ids)
+
+
+@pytest.mark.parametrize("split, share", [("electra", [0.85, 0.0, 0.15]), ("debertav3", [1.0, 0.0, 0.0])])
+def test_rtd_objectives_split_as_their_released_code(text, split, share):
+    """ELECTRA's pretrain_helpers.mask(): 85% of the chosen tokens [MASK], the rest unchanged, no random token;
+    DeBERTaV3's RTD task: every chosen token [MASK]. Over ~10,000 chosen tokens of real text, seed 0."""
+    from spanbert_ds.model.objectives import OBJECTIVES
+
+    config = MaskingConfig.from_spec("", OBJECTIVES[split].masking_defaults)
+    masker = text.masker(TokenMasker, config)
+    orig, new = [], []
+    for epoch in range(2):
+        idx = np.arange(512) + 800 * epoch
+        out = masker(text.batch(idx, 128), idx, epoch, 0)
+        orig.append(out["mlm_labels"])
+        new.append(out["input_ids"].reshape(-1)[out["mlm_positions"]])
+    orig, new = np.concatenate(orig), np.concatenate(new)
+    assert orig.size > 8000
+    seen = [np.mean(new == text.mask), np.mean((new != text.mask) & (new != orig)), np.mean(new == orig)]
+    assert seen[1] == 0.0  # exactly no random replacement
+    assert np.allclose(seen, share, atol=0.01), seen
+    if split == "debertav3":
+        assert (new == text.mask).all()
+
+
+def test_masking_flag_overrides_an_objectives_split():
+    electra = {"mask_prob": 0.85, "random_prob": 0.0, "keep_prob": 0.15}
+    assert MaskingConfig.from_spec("", electra).to_dict() == {**MaskingConfig().to_dict(), **electra}
+    back = MaskingConfig.from_spec("mask_prob=0.8,random_prob=0.1,keep_prob=0.1,mask_ratio=0.2", electra)
+    assert (back.mask_prob, back.random_prob, back.keep_prob, back.mask_ratio) == (0.8, 0.1, 0.1, 0.2)
+    with pytest.raises(UserError, match="not 1"):  # one key alone no longer sums to 1: said, not guessed
+        MaskingConfig.from_spec("random_prob=0.1", electra)
+
+
+def test_mask_stats_shows_an_objectives_split(python_docs_shards, capsys):
+    rc = cli_main(["mask-stats", str(python_docs_shards.path), "--masker", "token", "--split", "electra",
+                   "--max-seq-len", "128", "--batches", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "random 0.0%" in out and "(target 85/0/15)" in out

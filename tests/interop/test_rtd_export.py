@@ -11,6 +11,7 @@ from spanbert_ds.cli import main
 from spanbert_ds.errors import UserError
 from spanbert_ds.interop import hf as interop
 from spanbert_ds.interop import rtd_hf
+from spanbert_ds.model.heads import gather_rows
 from spanbert_ds.model.objectives import OBJECTIVES, aliases
 from tests.interop.test_export import fused_fp16_optimizer_state, zero0_run
 from tests.interop.test_hf import wordpiece
@@ -129,13 +130,41 @@ def test_debertav3_exports_as_deberta_v2_model_and_masked_lm(tmp_path, sharing):
     assert (ours[real] - theirs[real]).abs().max() < 1e-5
     head = tensors(tmp_path / "discriminator", rtd_hf.RTD_FILE)  # beside the model, under our names
     assert head.keys() == {"rtd_head." + k for k in objective.rtd_head.state_dict()}
+    assert {"rtd_head.ln.weight", "rtd_head.ln.bias"} <= head.keys()  # DeBERTaV3's head (LMMaskPredictionHead)
     assert all(torch.equal(head["rtd_head." + k], v) for k, v in objective.rtd_head.state_dict().items())
+    # the position table the discriminator holds for the generator's EMD is not the discriminator's to export
+    assert not (tmp_path / "discriminator" / interop.EMD_FILE).exists()
 
     interop.export_hf(objective, objective.config, None, tmp_path / "generator", generator=True)
     config = json.loads((tmp_path / "generator" / "config.json").read_text())
     assert config["architectures"] == ["DebertaV2ForMaskedLM"] and config["num_hidden_layers"] == 1  # half the layers
+    model = load(transformers.DebertaV2ForMaskedLM, tmp_path / "generator")
+    # The generator predicts through the EMD, which DebertaV2 has not: its position table goes to emd.safetensors,
+    # and the folder round-trips into our deberta objective (the EMD's), which predicts as the generator does.
+    positions = tensors(tmp_path / "generator", interop.EMD_FILE)["encoder.embeddings.position.weight"]
+    assert torch.equal(positions, objective.generator.encoder.embeddings.position.weight)
+    back = OBJECTIVES["deberta"](interop.config_from_hf(tmp_path / "generator").replace(attention_backend="eager"))
+    interop.load_hf_into(back, tmp_path / "generator")
+    back.eval()
+    ids, mask, _ = inputs(objective, batch)
+    with torch.no_grad():
+        ours = objective.generator(ids, mask, None, batch["mlm_positions"])
+        again = back.mlm_head(gather_rows(back.encoder(ids, mask), batch["mlm_positions"]))
+    assert (ours - again).abs().max() < 1e-5
+
+
+def test_a_debertav3_generator_without_the_emd_exports_as_deberta_v2_for_masked_lm(tmp_path):
+    objective = rtd_objective("debertav3", "gdes", generator_emd=False)
+    batch = synthetic_batch(100, masking="token")
+    interop.export_hf(objective, objective.config, None, tmp_path / "generator", generator=True)
     ours, theirs = generator_logits(objective, load(transformers.DebertaV2ForMaskedLM, tmp_path / "generator"), batch)
     assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_electras_head_is_the_only_one_electra_for_pretraining_holds(tmp_path):
+    objective = rtd_objective("electra", "share", rtd_head="debertav3")
+    with pytest.raises(UserError, match="rtd_head is 'debertav3'"):
+        interop.export_hf(objective, objective.config, None, tmp_path / "d")
 
 
 @pytest.mark.parametrize("name", ["electra", "debertav3"])
@@ -195,7 +224,9 @@ def test_a_deberta_generator_narrower_than_the_tables_it_shares_is_a_user_error(
 
 @pytest.mark.slow  # trains (one rank, two steps)
 @pytest.mark.parametrize("objective, model", [("electra", "tiny,embedding_sharing=gdes"),
-                                              ("debertav3", "deberta-tiny")])
+                                              # without the EMD, which DebertaV2ForMaskedLM has not (the EMD's
+                                              # export is round-tripped above)
+                                              ("debertav3", "deberta-tiny,generator_emd=false")])
 def test_a_trained_run_exports_both_networks_with_equal_outputs(tmp_path, python_docs_shards, objective, model):
     from spanbert_ds.train.run_folder import load_run
     from tests.distributed.launch import launch

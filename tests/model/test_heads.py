@@ -131,3 +131,23 @@ def test_sbo_head_has_the_released_shapes_and_formula():
     h = torch.cat([left, right, head.position.weight[rel_pos - 1]], dim=-1)
     expected = F.linear(block(head.layer2, block(head.layer1, h)), emb.weight[:50], head.bias[:50])
     torch.testing.assert_close(head(left, right, rel_pos), expected)
+
+
+def test_debertav3_rtd_head_layer_norms_h_cls_plus_h_i_then_dense_gelu_classifier():
+    """The released LMMaskPredictionHead, by hand: H = 2, LayerNorm of (h_CLS + h_i) without affine terms is
+    (-1, 1) or (1, -1) (eps aside); W = I, b = 0, so GeLU(+-1); classifier w = (1, 2), c = 0.5."""
+    config = ModelConfig(vocab_size=11, hidden_size=2, num_layers=1, num_heads=1, intermediate_size=4,
+                         layer_norm_eps=1e-12)
+    head = heads.RTD_HEADS["debertav3"](config)
+    with torch.no_grad():
+        head.dense.weight.copy_(torch.eye(2))
+        head.dense.bias.zero_()
+        head.classifier.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        head.classifier.bias.fill_(0.5)
+    hidden = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [2.0, -5.0]]])  # (1, 3, 2); position 0 is [CLS]
+    # h_CLS + h_i: (2, 0) -> (1, -1); (1, 3) -> (-1, 1); (3, -5) -> (1, -1)
+    g1, gm1 = F.gelu(torch.tensor(1.0)).item(), F.gelu(torch.tensor(-1.0)).item()
+    expected = torch.tensor([[g1 + 2 * gm1 + 0.5, gm1 + 2 * g1 + 0.5, g1 + 2 * gm1 + 0.5]])
+    assert torch.allclose(head(hidden), expected, atol=1e-6)
+    electra = heads.RTD_HEADS["electra"](config)  # ELECTRA's head sees h_i alone: no [CLS], no LayerNorm
+    assert not hasattr(electra, "ln")

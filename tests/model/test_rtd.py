@@ -4,6 +4,7 @@ parameter under each of the three embedding-sharing modes."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import PRESETS
@@ -187,3 +188,118 @@ def test_merged_state_dict_writes_the_table_the_discriminator_reads():
     missing, _ = plain.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items()
                                                 if k.startswith("encoder.")}, strict=False)
     assert missing == []
+
+
+def test_debertav3_has_the_released_head_masking_and_an_emd_generator_and_electra_its_own():
+    v3, electra = build("debertav3"), build("electra")
+    assert type(v3.rtd_head).__name__ == "ContextRTDHead" and type(electra.rtd_head).__name__ == "RTDHead"
+    assert OBJECTIVES["debertav3"].masking_defaults == {"mask_prob": 1.0, "random_prob": 0.0, "keep_prob": 0.0}
+    assert OBJECTIVES["electra"].masking_defaults == {"mask_prob": 0.85, "random_prob": 0.0, "keep_prob": 0.15}
+    assert v3.generator.encoder.config.emd and not v3.encoder.config.emd
+    assert not electra.generator.encoder.config.emd
+
+
+def test_the_debertav3_generator_predicts_through_the_emd():
+    """Its logits move with the absolute position table, which only the EMD reads; the discriminator's states
+    do not."""
+    model = build("debertav3").eval()
+    batch = synthetic_batch(100, masking="token")
+    ids, mask, positions = batch["input_ids"], batch["attention_mask"], batch["mlm_positions"]
+    with torch.no_grad():
+        before = model.generator(ids, mask, None, positions)
+        hidden = model.encoder(ids, mask)
+        model.generator.encoder.embeddings.position.weight.normal_()
+        assert not torch.allclose(model.generator(ids, mask, None, positions), before, atol=1e-4)
+        assert torch.equal(model.encoder(ids, mask), hidden)
+
+
+@pytest.mark.parametrize("sharing", ["gdes", "share"])
+def test_debertav3_shares_the_position_table_as_the_word_table(sharing):
+    """GDES covers the position table as in the released RTDModel: E_D,pos = sg(E_G,pos) + E_delta,pos; the
+    generator's MLM loss moves E_G,pos, and no loss moves E_delta,pos (the discriminator never reads it)."""
+    model = build("debertav3", embedding_sharing=sharing)
+    position, theirs = model.encoder.embeddings.position, model.generator.encoder.embeddings.position
+    assert position is not None
+    if sharing == "share":
+        assert position is theirs
+        return
+    assert position.shared_weight is theirs.weight
+    with torch.no_grad():
+        position.delta.normal_()
+    assert torch.equal(position.weight, theirs.weight + position.delta)
+    grads = part_gradients(model, synthetic_batch(100, masking="token"))
+    mlm, rtd = grads["encoder.embeddings.position.shared_weight"]
+    assert moved(mlm) and not moved(rtd)
+    assert not any(moved(g) for g in grads["encoder.embeddings.position.delta"])
+    assert "generator.encoder.embeddings.position.weight" in aliases(model)
+
+
+def test_decoupled_training_groups_each_network_and_refuses_one_shared_table():
+    model = build("debertav3", rtd_training="decoupled")
+    groups = model.parameter_groups(0.01)
+    generator = {id(p) for p in model.generator.parameters()}
+    assert [g["name"] for g in groups] == ["generator", "generator", "discriminator", "discriminator"]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0, 0.01, 0.0]
+    for group in groups:
+        assert all((id(p) in generator) == (group["name"] == "generator") for p in group["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(build("debertav3").parameter_groups(0.01)) == 2  # joint: BERT's two groups
+    with pytest.raises(UserError, match="embedding_sharing share makes one table both losses pull on"):
+        build("debertav3", rtd_training="decoupled", embedding_sharing="share")
+
+
+def test_decoupled_steps_equal_two_separate_optimisers_on_their_own_losses(monkeypatch):
+    """The released DeBERTaV3 trains the generator on its MLM loss and the discriminator on rtd_lambda x RTD
+    loss with optimisers of their own. One AdamW over our decoupled groups, stepping on the summed loss, moves
+    every parameter as those two do, three steps running (the generator's argmax in place of its samples)."""
+    monkeypatch.setattr("spanbert_ds.model.objectives.sample", lambda logits, generator=None: logits.argmax(-1))
+    batch = synthetic_batch(100, masking="token")
+    changes = {"rtd_training": "decoupled", "rtd_weight": 10.0, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    ours, theirs = build("debertav3", **changes).double(), build("debertav3", **changes).double()
+    # Adam divides by sqrt(v): with the default eps the fp32 rounding of a near-zero gradient (the objective's
+    # logits are fp32) becomes a full step of either sign; eps 1e-4 keeps such steps as small as their gradients
+    adam = {"lr": 1e-2, "eps": 1e-4}
+    one = torch.optim.AdamW(ours.parameter_groups(0.01), **adam)
+    groups = theirs.parameter_groups(0.01)
+    g_opt = torch.optim.AdamW([g for g in groups if g["name"] == "generator"], **adam)
+    d_opt = torch.optim.AdamW([g for g in groups if g["name"] == "discriminator"], **adam)
+    ids, mask, positions, labels = (batch[k] for k in ("input_ids", "attention_mask", "mlm_positions", "mlm_labels"))
+    real = mask.bool()
+    for _ in range(3):
+        one.zero_grad()
+        ours(batch)["loss"].backward()
+        one.step()
+        # each optimiser's own loss, its gradient taken for its own parameters only
+        logits = theirs.generator(ids, mask, None, positions)
+        mlm_loss = F.cross_entropy(logits, labels)
+        corrupted, replaced = replace_masked(ids, positions, logits.detach().argmax(-1), labels)
+        rtd = F.binary_cross_entropy_with_logits(theirs.rtd_head(theirs.encoder(corrupted, mask))[real],
+                                                 replaced[real].float())
+        for opt, loss in ((g_opt, mlm_loss), (d_opt, 10.0 * rtd)):
+            params = [p for g in opt.param_groups for p in g["params"]]
+            for p, grad in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+                p.grad = grad
+        g_opt.step()
+        d_opt.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.allclose(a, b, atol=1e-7), (name, (a - b).abs().max().item())
+
+
+def test_an_old_rtd_runs_config_keeps_its_architecture_and_its_resume_is_refused_clearly():
+    """model_config.json of an RTD run written before rtd_head: ELECTRA's head and no EMD, as it was trained;
+    resuming it under the new defaults names the changes instead of failing on the checkpoint's tensors."""
+    from spanbert_ds.model.config import ModelConfig
+    from spanbert_ds.train.resume import check_same_run
+
+    old = OBJECTIVES["debertav3"].configure(PRESETS["deberta-tiny"]).to_dict()
+    for key in ("rtd_head", "generator_emd", "rtd_training"):
+        old.pop(key)
+    config = ModelConfig.from_dict(old)
+    assert (config.rtd_head, config.generator_emd, config.rtd_training) == ("electra", False, "joint")
+    model = OBJECTIVES["debertav3"](config.replace(vocab_size=100, position_buckets=8))
+    assert type(model.rtd_head).__name__ == "RTDHead" and not model.generator.encoder.config.emd
+    assert not hasattr(model.encoder.embeddings.position, "weight")  # None: no EMD, no table
+    new = OBJECTIVES["debertav3"].configure(PRESETS["deberta-tiny"]).to_dict()
+    with pytest.raises(UserError, match="model.generator_emd False -> True; model.rtd_head 'electra' -> 'debertav3'"):
+        check_same_run("step10", {"identity": {"model": old}}, {"model": new})
+    check_same_run("step10", {"identity": {"model": old}}, {"model": config.to_dict()})  # as it was: resumes
