@@ -20,9 +20,11 @@ Modes (names from the RoBERTa paper):
 
 Block cuts are moved back (by at most `word_start_window` positions) to the nearest word start,
 so blocks begin with whole words where possible; a block is therefore 0..window-1 positions
-shorter than the nominal length. All sample boundaries are computed once, at construction, into
-int64 arrays, so `len()` and `batch()` are O(1) per sample and `batch()` gathers every token of a
-batch with one fancy index into the memmap.
+shorter than the nominal length. All sample boundaries are computed once per shard folder and
+parameters into int64 arrays, kept in its start-up cache (data/shard_cache.py) and memory-mapped by
+every later start, so `len()` and `batch()` are O(1) per sample and `batch()` gathers every token of a
+batch with one fancy index into the memmap. `batch()` also checks the ids it read against vocab_size:
+start-up trusts meta.json's max_id instead of reading every token.
 
 Randomness (pair mode only) is a counter-based hash of (seed, region index), and the pairs are all
 computed at construction, so a sample never depends on batch composition.
@@ -31,16 +33,23 @@ computed at construction, so a sample never depends on batch composition.
 import numpy as np
 
 from spanbert_ds.data.hashing import uniform
+from spanbert_ds.data.shard_cache import cached
 from spanbert_ds.errors import UserError
 
 MODES = ("full", "doc", "pair")
+INDEX_VERSION = 1  # of the cached sample index: bump with any change here that moves a sample boundary
 _CHUNK = 1 << 20  # positions of word-start flags examined at once while cutting blocks
 
 
 class PackedSamples:
-    """Fixed-length samples over a `Shards`; `batch(indices)` returns padded numpy arrays."""
+    """Fixed-length samples over a `Shards`; `batch(indices)` returns padded numpy arrays.
 
-    def __init__(self, shards, mode, max_seq_len, seed=0, word_start_window=8):
+    `samples` (int64 [n, 2] of (start, end), [n, 4] of (a0, a1, b0, b1) in pair mode) and `nsp_labels`
+    (int64 [n], pair mode; else None) are read-only. They are computed once per shard folder and
+    parameters, and memory-mapped from the start-up cache afterwards (data/shard_cache.py): a start costs
+    the same whatever the corpus size. `cache=False` computes them afresh (what the cache must equal)."""
+
+    def __init__(self, shards, mode, max_seq_len, seed=0, word_start_window=8, cache=True):
         if mode not in MODES:
             raise UserError(f"packing mode {mode!r} is not one of {', '.join(MODES)}")
         if max_seq_len < 8:
@@ -49,40 +58,64 @@ class PackedSamples:
         self.window = int(word_start_window)
         m = shards.meta
         self.cls_id, self.sep_id, self.pad_id = m["cls_id"], m["sep_id"], m["pad_id"]
+        self.vocab_size = m["vocab_size"]
         self._special = np.zeros(max(m["vocab_size"], max(m["special_ids"]) + 1), dtype=bool)
         self._special[m["special_ids"]] = True
-        self._doc_offsets = np.asarray(shards.doc_offsets, dtype=np.int64)
-        self.nsp_labels = None
-        if mode == "full":
-            n_docs = len(self._doc_offsets) - 1
-            self._vdoc_start = self._doc_offsets[:-1] + np.arange(n_docs)  # virtual start of each document
-            self._doc_len = np.diff(self._doc_offsets)
-            self._vsep = self._doc_offsets[1:-1] + np.arange(n_docs - 1)  # virtual position of each [SEP]
-            length = int(self._doc_offsets[-1]) + n_docs - 1
-            self.samples = _cut_blocks(length, max_seq_len - 2, np.array([length]), self._virtual_word_starts,
-                                       self.window)
-        elif mode == "doc":
-            self.samples = self._sentence_blocks()
+        self._doc_offsets = np.asarray(shards.doc_offsets, dtype=np.int64)  # a view of the memmap: read lazily
+        self._virtual = None  # full mode: (virtual document starts, document lengths, [SEP] positions)
+        if cache:
+            index = cached(shards, "samples", INDEX_VERSION, self.index_params(), self.compute_index)
         else:
-            self.samples, self.nsp_labels = self._pairs()
+            index = self.compute_index()
+        self.samples, self.nsp_labels = index["samples"], index.get("nsp_labels")
+
+    def index_params(self):
+        """What the sample boundaries depend on besides the shards: the start-up cache's key."""
+        params = {"mode": self.mode, "max_seq_len": self.max_seq_len, "word_start_window": self.window}
+        if self.mode == "pair":  # the only mode with random draws
+            params["seed"] = self.seed
+        return params
+
+    def compute_index(self):
+        """{"samples": ..., "nsp_labels": ... (pair mode)} computed from the shards (a pass over the corpus
+        with a Python step per block: what the start-up cache saves)."""
+        if self.mode == "full":
+            length = int(self._doc_offsets[-1]) + len(self._doc_offsets) - 2
+            return {"samples": _cut_blocks(length, self.max_seq_len - 2, np.array([length]),
+                                           self._virtual_word_starts, self.window)}
+        if self.mode == "doc":
+            return {"samples": self._sentence_blocks()}
+        samples, labels = self._pairs()
+        return {"samples": samples, "nsp_labels": labels}
+
+    def _virtual_layout(self):
+        """Full mode's (virtual start of each document, document lengths, virtual position of each [SEP]),
+        computed at first use (O(documents))."""
+        if self._virtual is None:
+            offsets = np.asarray(self._doc_offsets)
+            n_docs = len(offsets) - 1
+            self._virtual = (offsets[:-1] + np.arange(n_docs), np.diff(offsets), offsets[1:-1] + np.arange(n_docs - 1))
+        return self._virtual
 
     def __len__(self):
         return len(self.samples)
 
     def _virtual_to_real(self, v):
         """Virtual positions (full mode) -> (real token index, is the inter-document [SEP])."""
-        d = np.searchsorted(self._vdoc_start, v, side="right") - 1
-        offset = v - self._vdoc_start[d]
-        is_sep = offset >= self._doc_len[d]
+        vdoc_start, doc_len, _ = self._virtual_layout()
+        d = np.searchsorted(vdoc_start, v, side="right") - 1
+        offset = v - vdoc_start[d]
+        is_sep = offset >= doc_len[d]
         return np.where(is_sep, 0, self._doc_offsets[d] + offset), is_sep
 
     def _virtual_word_starts(self, a, b):
         """Word-start flags of virtual positions [a, b): a slice of the real flags with False put in at
         the separators (no per-position lookup: this runs over the whole corpus at start-up)."""
-        first, last = np.searchsorted(self._vsep, [a, b])
+        vsep = self._virtual_layout()[2]
+        first, last = np.searchsorted(vsep, [a, b])
         real_start = a - first  # every separator before a shifts the real stream by one
         flags = np.asarray(self.shards.word_starts[real_start:real_start + (b - a) - (last - first)]) > 0
-        return np.insert(flags, self._vsep[first:last] - a - np.arange(last - first), False)
+        return np.insert(flags, vsep[first:last] - a - np.arange(last - first), False)
 
     def _sentence_blocks(self):
         """[n_blocks, 2] (start, end): whole sentences of one document, greedily, up to max_seq_len - 2."""
@@ -178,6 +211,8 @@ class PackedSamples:
             flat, inner_sep = self._virtual_to_real(flat)
         # One gather per array for the whole batch; the memmap is read only where needed.
         tokens = np.asarray(self.shards.tokens[flat]).astype(np.int64)
+        if tokens.size and tokens.max() >= self.vocab_size:  # start-up trusts meta.json's max_id: the ids read
+            self._bad_id(flat, tokens)
         starts = np.asarray(self.shards.word_starts[flat]) > 0
         tokens[inner_sep] = self.sep_id
         starts[inner_sep] = False
@@ -205,6 +240,13 @@ class PackedSamples:
         if self.mode == "pair":
             out["nsp_labels"] = self.nsp_labels[idx]
         return out
+
+
+    def _bad_id(self, positions, tokens):
+        at = int(np.argmax(tokens >= self.vocab_size))
+        raise UserError(f"{self.shards.path / 'tokens.bin'} holds token id {tokens[at]} at position {positions[at]}, "
+                        f"but meta.json says vocab_size {self.vocab_size} (max_id {self.shards.meta.get('max_id')}); "
+                        "the folder was changed after prepare: re-create it with `spanbert-ds prepare ... --overwrite`")
 
 
 def _cut_blocks(length, limit, hard_ends, allowed, window):

@@ -12,6 +12,9 @@
                             sent_offsets (n_sentences + 1 values, sent_offsets[0] = 0)]
                          token offsets: document i is tokens[doc_offsets[i]:doc_offsets[i+1]];
                          every document boundary is also a sentence boundary.
+    OUT/cache/           made by training's first start, not by prepare: the sample index of each packing
+                         and the unigram counts (data/shard_cache.py), keyed by what they depend on;
+                         deleting it is always safe (the next start rebuilds what it needs)
 
 A held-out split for evaluation, when prepared, is a shard folder of its own in OUT/valid (same
 tokenizer; meta.json "split": "valid"), named in the main meta.json under "valid_split".
@@ -131,8 +134,11 @@ class Shards:
     """A shard folder opened read-only: `.tokens`, `.word_starts`, `.doc_offsets`, `.sent_offsets`, `.meta`."""
 
     def __init__(self, path, check_ids=False):
-        """check_ids: also read every token once (a vectorised max over the memmap) to confirm that no id
-        reaches vocab_size; training does it at start, once per folder."""
+        """check_ids: confirm that no id reaches vocab_size, as training does at start: from meta.json's
+        max_id, which prepare records (its range is checked at every load, and the file sizes match the
+        counts), so no token is read; only a folder from before max_id was recorded is read through once.
+        Ids changed in tokens.bin after prepare are caught where a batch reads them (PackedSamples.batch),
+        or by a full pass, `check_ids(full=True)`."""
         self.path = Path(path)
         if not self.path.is_dir():
             what = "is a file (a corpus?)" if self.path.exists() else "does not exist"
@@ -146,7 +152,8 @@ class Shards:
                 raise UserError(f"shard folder {self.path} has no {name}; "
                                 f"re-create it with `spanbert-ds prepare CORPUS {self.path} --overwrite`")
         try:
-            self.meta = json.loads((self.path / "meta.json").read_text())
+            self._meta_bytes = (self.path / "meta.json").read_bytes()
+            self.meta = json.loads(self._meta_bytes)
         except ValueError as e:
             raise UserError(f"{self.path / 'meta.json'} is not valid JSON ({e}); re-create the folder "
                             f"with `spanbert-ds prepare ... --overwrite`") from None
@@ -207,8 +214,12 @@ class Shards:
             raise UserError(f"{where}: max_id {m['max_id']!r} is not below vocab_size {m['vocab_size']} (the tokens "
                             f"hold ids the vocabulary does not have); {redo}")
 
-    def check_ids(self):
-        """Every id in tokens.bin below vocab_size, and equal to meta's max_id where prepare recorded it."""
+    def check_ids(self, full=False):
+        """Every id in tokens.bin below vocab_size. Where prepare recorded max_id (checked against vocab_size
+        at load) that record is the check, unless `full`: then every token is read once (a vectorised max)
+        and must also match max_id."""
+        if "max_id" in self.meta and not full:
+            return
         largest = int(self.tokens.max()) if len(self.tokens) else -1  # one pass, vectorised
         recorded = self.meta.get("max_id", largest)
         if largest >= self.vocab_size:
@@ -219,6 +230,15 @@ class Shards:
             return
         raise UserError(f"{self.path / 'tokens.bin'} holds token id {largest}, but meta.json says {said}; the "
                         "folder was changed after prepare: re-create it with `spanbert-ds prepare ... --overwrite`")
+
+    def fingerprint(self):
+        """What identifies this folder's content without reading it: meta.json's bytes (tokenizer hash,
+        counts, max_id) and the size and modification time of each data file. Keys the start-up cache."""
+        h = hashlib.sha256(self._meta_bytes)
+        for name in ("tokens.bin", "word_starts.bin", "index.idx"):
+            st = (self.path / name).stat()
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()
 
     @property
     def valid(self):

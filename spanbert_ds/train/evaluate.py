@@ -12,18 +12,21 @@ drops the result), since under ZeRO-3 each forward gathers weights from all rank
 Beside them, the unigram baseline on the same masks: predicting every masked token from the
 training split's token frequencies alone (accuracy: always its most frequent token; loss: the
 cross-entropy of the add-one-smoothed unigram distribution), which is what a model that learned
-nothing about context scores. Evaluation runs in eval mode (no dropout) without gradients and
-draws no random numbers, so it does not change training.
+nothing about context scores (the frequencies are counted once per shard folder and cached beside
+it). Evaluation runs in eval mode (no dropout) without gradients and draws no random numbers, so it
+does not change training.
 """
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from spanbert_ds.data.shard_cache import cached
 from spanbert_ds.errors import UserError
 
 MASK_EPOCH = 0  # the masks of held-out block i are those training would draw for it in epoch 0
 COUNT_CHUNK = 1 << 24  # tokens counted at once for the unigram baseline
+UNIGRAM_VERSION = 1  # of the cached counts: bump when unigram_counts counts differently
 SCORES = ("loss_sum", "correct", "count")
 
 
@@ -117,12 +120,16 @@ def _micro_batches(indices, size):
 
 
 def unigram_counts(shards):
-    """How often each id occurs in the training split (read in chunks: memory stays flat)."""
-    counts = np.zeros(shards.vocab_size, dtype=np.int64)
-    for start in range(0, shards.n_tokens, COUNT_CHUNK):
-        chunk = np.asarray(shards.tokens[start:start + COUNT_CHUNK])
-        counts += np.bincount(chunk, minlength=shards.vocab_size)[:shards.vocab_size]
-    return counts
+    """How often each id occurs in the training split: counted once per shard folder (in chunks, so memory
+    stays flat) and kept in its start-up cache (data/shard_cache.py), so later starts read no token."""
+    def count():
+        counts = np.zeros(shards.vocab_size, dtype=np.int64)
+        for start in range(0, shards.n_tokens, COUNT_CHUNK):
+            chunk = np.asarray(shards.tokens[start:start + COUNT_CHUNK])
+            counts += np.bincount(chunk, minlength=shards.vocab_size)[:shards.vocab_size]
+        return {"counts": counts}
+
+    return cached(shards, "unigram", UNIGRAM_VERSION, {"vocab_size": shards.vocab_size}, count)["counts"]
 
 
 def unigram_baseline(shards, batches, parts):

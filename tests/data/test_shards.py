@@ -162,21 +162,29 @@ def test_hand_edited_meta_is_a_clear_error_at_load(copy_of, changes, message):
         Shards(copy_of)
 
 
-def test_ids_the_vocabulary_lacks_are_found_before_training(copy_of):
+def test_ids_the_vocabulary_lacks_are_found_by_a_full_check(copy_of):
+    """Training's start takes the check from meta.json's max_id (tests/data/test_shard_cache.py); a full pass
+    still finds ids changed after prepare."""
     meta = json.loads((copy_of / "meta.json").read_text())
     assert meta["max_id"] == int(np.asarray(Shards(copy_of).tokens).max())  # recorded by prepare
-    Shards(copy_of, check_ids=True)  # a good folder passes
+    Shards(copy_of, check_ids=True).check_ids(full=True)  # a good folder passes
     tokens = np.memmap(copy_of / "tokens.bin", dtype=meta["token_dtype"], mode="r+")
     tokens[len(tokens) // 2] = meta["vocab_size"] + 7  # deep inside, where step 0 would not sample it
     tokens.flush()
-    Shards(copy_of)  # opening alone does not read every token
+    Shards(copy_of, check_ids=True)  # opening, and the start-up check, do not read every token
     with pytest.raises(UserError, match=f"holds token id {meta['vocab_size'] + 7}, but meta.json says vocab_size"):
-        Shards(copy_of, check_ids=True)
+        Shards(copy_of).check_ids(full=True)
     tokens[len(tokens) // 2] = 5  # below the vocabulary, but not what prepare wrote
     tokens[:] = np.minimum(tokens, meta["max_id"] - 1)
     tokens.flush()
     with pytest.raises(UserError, match=f"but meta.json says max_id {meta['max_id']}"):
-        Shards(copy_of, check_ids=True)
+        Shards(copy_of).check_ids(full=True)
+
+
+def test_a_recorded_max_id_the_vocabulary_lacks_is_refused_at_load(copy_of):
+    meta = edit_meta(copy_of, max_id=json.loads((copy_of / "meta.json").read_text())["vocab_size"])
+    with pytest.raises(UserError, match=f"max_id {meta['max_id']} is not below vocab_size {meta['vocab_size']}"):
+        Shards(copy_of)
 
 
 def test_a_document_longer_than_a_chunk_is_written_as_one(tmp_path, bert_vocab_file):
