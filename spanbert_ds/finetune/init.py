@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 
-from spanbert_ds.data.tokenizer import load_tokenizer, vocab_size
+from spanbert_ds.data.tokenizer import TOKENIZER_FILES, load_tokenizer, vocab_size
 from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import ModelConfig
 
@@ -84,9 +84,9 @@ def _from_hf(path):
     from spanbert_ds.interop.hf import config_from_hf, load_hf_into
     from spanbert_ds.model.objectives import OBJECTIVES
 
-    if not any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "vocab.txt")):
-        raise UserError(f"--init {path}: the folder has no tokenizer.json or vocab.txt; the encoder needs the "
-                        "tokenizer it was trained with")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise UserError(f"--init {path}: the folder has no tokenizer.json, vocab.txt or spm.model; the encoder needs "
+                        "the tokenizer it was trained with")
     config = config_from_hf(path)
     _check_backbone(config, path)
 

@@ -267,12 +267,14 @@ def model_config_for(spec, vocab_size, pad_id, where, base=None):
     or `base` (e.g. the shape of an --init-from checkpoint) when no spec is given. A JSON config or
     `base` must already have the data's vocabulary; `where` names the data in the error."""
     if spec is None and base is not None:
-        config = base
-    else:
-        spec = spec or "spanbert-base"
-        config = ModelConfig.from_name_or_path(spec)
-        if spec.split(",")[0].strip() in PRESETS:
-            return config.replace(vocab_size=vocab_size, pad_token_id=pad_id)
+        # a checkpoint may have more rows than its tokenizer has ids (DeBERTa-v3: 128100 for 128001), never fewer
+        if vocab_size > base.vocab_size:
+            base.check_vocab(vocab_size, where=where)
+        return base
+    spec = spec or "spanbert-base"
+    config = ModelConfig.from_name_or_path(spec)
+    if spec.split(",")[0].strip() in PRESETS:
+        return config.replace(vocab_size=vocab_size, pad_token_id=pad_id)
     config.check_vocab(vocab_size, where=where)
     return config
 

@@ -78,6 +78,21 @@ class Run:
     load_universal: bool  # through DeepSpeed's universal format (another world size or ZeRO stage)
 
 
+def check_init_tokenizer(folder, shards):
+    """The ids of the shards must mean what the checkpoint's embedding rows learned: the same vocabulary. A
+    folder without tokenizer files leaves only the vocabulary-size check of model_config_for."""
+    from spanbert_ds.data.tokenizer import TOKENIZER_FILES, load_tokenizer
+
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        return
+    theirs, ours = load_tokenizer(folder).get_vocab(), shards.tokenizer().get_vocab()
+    if theirs != ours:
+        differ = sorted(set(theirs.items()) ^ set(ours.items()), key=lambda item: item[1])
+        raise UserError(f"--init-from {folder}: its tokenizer is not the one the shards in {shards.path} were prepared "
+                        f"with ({len(theirs)} and {len(ours)} tokens; e.g. {differ[0][0]!r} differs), so the ids "
+                        f"would mean other words; prepare the corpus with `--tokenizer {folder}`")
+
+
 def prepare(args, world_size, rank):
     check_run_args(args)
     notes = []
@@ -91,6 +106,8 @@ def prepare(args, world_size, rank):
     shards = corpora[0]  # the tokenizer and special ids of them all
     objective_class = OBJECTIVES[args.objective]
     base = config_from_hf(args.init_from) if args.init_from and args.model is None else None
+    if args.init_from:
+        check_init_tokenizer(args.init_from, shards)
     model_config = objective_class.configure(
         model_config_for(args.model, shards.vocab_size, shards.pad_id, f"the shards in {shards.path}", base))
     if args.max_seq_len > model_config.max_position_embeddings:

@@ -115,15 +115,6 @@ def v3_shards(tmp_path_factory, v3):
     return prepare(folder / "small.txt", folder / "shards", tokenizer=str(v3))
 
 
-# Until model_config_for (model/config.py) lets an --init-from model have more rows than the shards' ids
-PENDING_VOCAB = pytest.mark.xfail(strict=True, raises=UserError, reason="model_config_for requires the shards' "
-                                  "vocabulary to equal the --init-from model's rows (1001 ids, 1100 rows)")
-# Until finetune/init.py takes a folder whose tokenizer is an spm.model (data/tokenizer.py's TOKENIZER_FILES)
-PENDING_SPM_INIT = pytest.mark.xfail(strict=True, raises=AssertionError, reason="finetune/init.py asks for tokenizer.json "
-                                     "or vocab.txt before the backbone")
-
-
-@PENDING_VOCAB
 @pytest.mark.parametrize("objective", ["deberta", "debertav3"])
 def test_pretraining_starts_from_the_v3_folder_on_shards_of_its_spm_model(tmp_path, v3, v3_shards, objective):
     """train.py --init-from V3 --objective deberta|debertav3 on shards prepared with --tokenizer V3: the run is
@@ -157,7 +148,6 @@ def test_pretraining_starts_from_the_v3_folder_on_shards_of_its_spm_model(tmp_pa
     loss.backward()
 
 
-@PENDING_SPM_INIT
 def test_fine_tuning_the_v3_folder_gets_the_backbone_refusal_not_a_tokenizer_one(v3):
     """Fine-tuning takes BERT-family encoders only for now (issue 24 item 4); the folder's spm.model is a
     tokenizer it can read, so the one line is the backbone's."""
