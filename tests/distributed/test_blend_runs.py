@@ -70,3 +70,12 @@ def test_each_corpus_is_evaluated_on_its_own_held_out_split_in_tensorboard(whole
     row = losses(whole)[STEPS]
     assert row["eval_first/mlm_loss"] != row["eval_second/mlm_loss"]
     assert row["eval_mlm_loss"] == pytest.approx(0.7 * row["eval_first/mlm_loss"] + 0.3 * row["eval_second/mlm_loss"])
+
+
+def test_preflight_checks_every_folder_of_a_blend(blend):
+    root, data = blend
+    done = launch(train_args(data, str(root / "preflight"), ds_config(str(root), 2)) + ["--preflight"], ranks=2,
+                  launcher="deepspeed")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("ok    data"))
+    assert f"the blend of shard folders 0.7 {root / 'first'}, 0.3 {root / 'second'} is the same on every rank" in line
