@@ -1,8 +1,13 @@
 """One pretraining step (forward + backward + AdamW) of our objectives against Hugging Face's BertForPreTraining.
 
     python benchmarks/train_step.py [--presets tiny small] [--rounds 7] [--device cpu]
+    python benchmarks/train_step.py --presets spanbert-base --device cuda --engine deepspeed --dtype bf16 --seq-len 512
 
-Same model config, same batch, same machine, same optimizer, fp32. The models take
+Same model config, same batch, same machine, same optimizer, fp32 unless --dtype says otherwise. With
+--engine deepspeed every model runs in its own DeepSpeed engine (ZeRO stage 1, the dtype's mixed precision,
+torch's AdamW; one process, world size 1): engine(batch), engine.backward, engine.step, as train.py does.
+Throughput is tokens/s; MFU is our objective's model FLOPs per step (the same count for every model: the
+work of the step, not what each implementation spends on it) over the GPU's dense bf16 peak. The models take
 turns step by step (ours spanbert, ours bert, HF, ...) and the table reports each one's
 median, so load from other processes on the machine hits all of them alike.
 
@@ -15,6 +20,7 @@ as `labels` (-100 elsewhere) and, like BERT, an NSP label.
 import argparse
 import os
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -114,21 +120,67 @@ def contenders(preset, batch_size, seq_len, device, attention_backend):
     ours_span = OBJECTIVES["spanbert"](config).to(device)
     ours_bert = OBJECTIVES["bert"](config).to(device)
     hf = hf_model(config).to(device)
+    # each loss is a function of what runs the model: the module itself, or its DeepSpeed engine
     return [
-        ("transformers BertForPreTraining", hf, lambda: hf(**hf_inputs).loss),
-        (f"ours spanbert ({config.attention_backend})", ours_span, lambda: ours_span(span)["loss"]),
-        (f"ours bert ({config.attention_backend})", ours_bert, lambda: ours_bert(token)["loss"]),
-    ], len(span["mlm_positions"]), len(token["mlm_positions"])
+        ("transformers BertForPreTraining", hf, lambda m: m(**hf_inputs).loss),
+        (f"ours spanbert ({config.attention_backend})", ours_span, lambda m: m(span)["loss"]),
+        (f"ours bert ({config.attention_backend})", ours_bert, lambda m: m(token)["loss"]),
+    ], len(span["mlm_positions"]), len(token["mlm_positions"]), model_flops(ours_span, span)
+
+
+def deepspeed_engines(models, batch_size, dtype, device):
+    """Each nn.Module in its own DeepSpeed engine (one process, world size 1): ZeRO stage 1, `dtype`
+    (bf16, fp16 or fp32) mixed precision, torch's AdamW (FusedAdam would be JIT-compiled, needing nvcc)."""
+    import deepspeed
+
+    if not torch.distributed.is_initialized():  # a world of one, on a port nothing else holds
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(port))):
+            os.environ[key] = value
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
+                                             init_method=f"tcp://127.0.0.1:{port}")
+        deepspeed.init_distributed(verbose=False)
+    config = {"train_batch_size": batch_size, "train_micro_batch_size_per_gpu": batch_size,
+              "zero_optimization": {"stage": 1}, "steps_per_print": 10**9, "gradient_clipping": 1.0,
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.01, "torch_adam": True}},
+              "bf16": {"enabled": dtype == "bf16"}, "fp16": {"enabled": dtype == "fp16", "initial_scale_power": 12}}
+    engines = []
+    for model in models:
+        engine, _, _, _ = deepspeed.initialize(model=model.to(device), model_parameters=model.parameters(),
+                                               config=config)
+        engines.append(engine)
+    return engines
+
+
+def model_flops(objective, batch):
+    """Our objective's training FLOPs for `batch` (encoder per token, decoders per masked row)."""
+    per_token, per_row = objective.training_flops(batch["input_ids"].shape[1])
+    rows = batch["mlm_positions"].numel() + (batch["sbo_labels"].numel() if "sbo_labels" in batch else 0)
+    return per_token * int(batch["attention_mask"].sum()) + per_row * rows
+
+
+def peak_flops(device):
+    from spanbert_ds.train.monitor import device_peak_flops
+
+    return device_peak_flops() if device.type == "cuda" else None
 
 
 def timed_step(model, optimizer, loss_fn, device):
+    """One step; `optimizer` None: `model` is a DeepSpeed engine (engine.backward, engine.step)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loss = loss_fn()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    loss = loss_fn(model)
+    if optimizer is None:
+        model.backward(loss)
+        model.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -144,15 +196,28 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attention-backend", default="auto", choices=["auto", "eager", "sdpa", "fused"])
+    parser.add_argument("--engine", default="torch", choices=["torch", "deepspeed"],
+                        help="torch: plain AdamW steps; deepspeed: each model in a DeepSpeed engine (ZeRO 1)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the engine's precision (--engine deepspeed; plain torch steps are fp32)")
     args = parser.parse_args(argv)
+    if args.engine == "torch" and args.dtype != "fp32":
+        parser.error("--dtype bf16/fp16 needs --engine deepspeed (plain torch steps run in fp32)")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
     rows = []
+    peak = peak_flops(device)
     for preset in args.presets:
-        models, n_span, n_token = contenders(preset, args.batch_size, args.seq_len, device, args.attention_backend)
-        optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4) for _, model, _ in models]
+        models, n_span, n_token, flops = contenders(preset, args.batch_size, args.seq_len, device,
+                                                    args.attention_backend)
+        if args.engine == "deepspeed":
+            engines = deepspeed_engines([model for _, model, _ in models], args.batch_size, args.dtype, device)
+            models = [(name, engine, loss_fn) for (name, _, loss_fn), engine in zip(models, engines)]
+            optimizers = [None] * len(models)
+        else:
+            optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-4) for _, model, _ in models]
         times = [[] for _ in models]
         for round_ in range(args.warmup + args.rounds):
             order = range(len(models)) if round_ % 2 == 0 else reversed(range(len(models)))
@@ -165,7 +230,8 @@ def main(argv=None):
         base, base_best = statistics.median(times[0]), min(times[0])
         for (name, _, _), t in zip(models, times):
             median = statistics.median(t)
-            rows.append((preset, name, median * 1e3, tokens / median, base / median, base_best / min(t)))
+            rows.append((preset, name, median * 1e3, tokens / median, base / median, base_best / min(t),
+                         flops / median / peak if peak else None))
         print(f"[{preset}] masked tokens per batch: span {n_span}, token {n_token}; "
               f"step times (ms): " + "; ".join(f"{m[0]}: " + " ".join(f"{x * 1e3:.0f}" for x in t)
                                                  for m, t in zip(models, times)), file=sys.stderr)
@@ -174,13 +240,18 @@ def main(argv=None):
              if device.type == "cpu" else f"{torch.cuda.get_device_name(device)}, ")
     import transformers
 
-    print(f"train step (fwd+bwd+AdamW), fp32, batch {args.batch_size} x seq {args.seq_len}, median of "
-          f"{args.rounds} alternating steps; {where}torch {torch.__version__}, transformers {transformers.__version__}")
+    engine = "DeepSpeed engines (ZeRO 1)" if args.engine == "deepspeed" else "plain torch AdamW"
+    print(f"train step (fwd+bwd+AdamW), {args.dtype}, {engine}, batch {args.batch_size} x seq {args.seq_len}, median "
+          f"of {args.rounds} alternating steps; {where}torch {torch.__version__}, transformers {transformers.__version__}")
+    print("MFU: our spanbert objective's model FLOPs per step, the same for every row, over "
+          + (f"{peak / 1e12:.0f} TFLOP/s (dense bf16 peak)" if peak else "n/a (no known peak for this device)"))
     print("(step ms and tokens/s are medians; 'vs HF' is the ratio of medians, 'best' the ratio of the fastest steps,")
     print(" which load from other processes disturbs least)")
-    print(f"{'preset':<8} {'model':<34} {'step ms':>9} {'tokens/s':>10} {'vs HF':>7} {'best':>7}")
-    for preset, name, ms, tps, ratio, best in rows:
-        print(f"{preset:<8} {name:<34} {ms:>9.1f} {tps:>10.0f} {ratio:>6.2f}x {best:>6.2f}x")
+    print(f"{'preset':<14} {'model':<34} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'vs HF':>7} {'best':>7}")
+    for preset, name, ms, tps, ratio, best, mfu in rows:
+        mfu = "n/a" if mfu is None else f"{mfu:.1%}"
+        print(f"{preset:<14} {name:<34} {ms:>9.1f} {tps:>10.0f} {mfu:>6} {ratio:>6.2f}x {best:>6.2f}x")
+    return rows
 
 
 if __name__ == "__main__":
