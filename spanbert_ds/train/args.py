@@ -54,6 +54,10 @@ def add_arguments(parser):
     arg("--keep-checkpoints", type=int, default=3, help="how many of the latest checkpoints to keep")
     arg("--log-every", type=int, default=10, help="log every N steps")
     arg("--resume", default="auto", help="auto (the latest checkpoint in --output), none, or a checkpoint folder")
+    arg("--continue-from", default=None, metavar="RUN",
+        help="a new phase in a new --output: start from RUN's latest complete checkpoint (or RUN/checkpoints/stepN) "
+             "with its weights, optimizer moments and step count, and this run's --max-seq-len, batch, data order "
+             "and schedule; --steps counts this phase's steps (NVIDIA's BERT: 128 tokens, then 512)")
     arg("--eval-every", type=int, default=None,
         help="score the held-out split every N steps (default: at each checkpoint if there is one; 0: never)")
     arg("--eval-samples", type=int, default=512, help="held-out blocks in the fixed evaluation set")

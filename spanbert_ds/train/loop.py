@@ -76,6 +76,12 @@ class Run:
     resume_tag: str | None  # the checkpoint this run continues, if any
     resume_info: dict | None  # its marker
     load_universal: bool  # through DeepSpeed's universal format (another world size or ZeRO stage)
+    continued_from: dict | None = None  # {"run", "tag", "step"} a new phase started from (--continue-from)
+    last_step: int = 0  # the global step this run ends at: phase_start + --steps
+
+    @property
+    def phase_start(self):  # the global step before this run folder's first
+        return resume.phase_start(self.continued_from)
 
 
 def check_init_tokenizer(folder, shards):
@@ -111,9 +117,11 @@ def prepare(args, world_size, rank):
     model_config = objective_class.configure(
         model_config_for(args.model, shards.vocab_size, shards.pad_id, f"the shards in {shards.path}", base))
     if args.max_seq_len > model_config.max_position_embeddings:
+        fix = ("and a new phase (--continue-from) keeps the model's shape: lower --max-seq-len, or train the first "
+               f"phase with --model ...,max_position_embeddings={args.max_seq_len}") if args.continue_from else \
+            "lower --max-seq-len or pass --model ...,max_position_embeddings=N"
         raise UserError(f"--max-seq-len {args.max_seq_len} is longer than the model's "
-                        f"{model_config.max_position_embeddings} positions; lower --max-seq-len or pass "
-                        "--model ...,max_position_embeddings=N")
+                        f"{model_config.max_position_embeddings} positions; {fix}")
     if args.attention:
         model_config = model_config.replace(attention_backend=args.attention)
     masking_config = MaskingConfig.from_spec(args.masking, objective_class.masking_defaults)
@@ -130,7 +138,10 @@ def prepare(args, world_size, rank):
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if marker:
         resume.check_resumable(args, tag, marker, identity, objective_class.config_overrides, plan.global_batch, stage)
-    universal = resume.loads_universal(marker, world_size, stage)
+    origin, source = resume.find_continuation(args, marker)
+    if source:
+        resume.check_continuable(args, origin, source, identity, objective_class.config_overrides, stage)
+    universal = resume.loads_universal(marker or source, world_size, stage)
     if universal:
         ds_config = resume.with_universal_load(ds_config)
     # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: rank 0
@@ -149,7 +160,7 @@ def prepare(args, world_size, rank):
     for note in notes if rank == 0 else ():
         print(f"note: {note}", file=sys.stderr)
     return Run(ds_config, shards, objective_class, model_config, masking_config, samples, masker, plan, evaluation,
-               eval_every, ckpt_root, identity, tag, marker, universal)
+               eval_every, ckpt_root, identity, tag, marker, universal, origin, resume.phase_start(origin) + args.steps)
 
 
 def train(args, run, rank, world_size, stop):
@@ -170,20 +181,23 @@ def train(args, run, rank, world_size, stop):
     if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
         run_folder.write(args, run, hosts)
         save_imported(kept, args.output)
-    start, tokens_seen = resume.load(engine, run.ckpt_root, load_tag) if load_tag else (0, 0)
+    start, tokens_seen = resume.load(engine, run, load_tag) if load_tag else (0, 0)
 
     accumulation = run.plan.accumulation
-    loader = micro_batch_loader(run.samples, run.masker, run.plan, start * accumulation,
-                                (args.steps - start) * accumulation, args.num_workers,
+    first = (start - run.phase_start) * accumulation  # this phase's data order starts at its own 0
+    loader = micro_batch_loader(run.samples, run.masker, run.plan, first,
+                                (run.last_step - start) * accumulation, args.num_workers,
                                 worker_init_fn=leave_stop_signals_to_the_trainer)
-    monitor = Monitor(args.output, rank == 0, start, args.steps, *objective.training_flops(args.max_seq_len),
+    monitor = Monitor(args.output, rank == 0, start, run.last_step, *objective.training_flops(args.max_seq_len),
                       ds_monitor=engine.monitor, tokens_seen=tokens_seen)
-    if start:
+    if start and not run.resume_tag:
+        monitor.message(f"a new phase from {run.continued_from['run']}'s {load_tag} at step {start}")
+    elif start:
         monitor.message(f"resumed from {load_tag} at step {start}")
     sums = StepSums(engine.device, objective.logged())
     bad_steps, exit_code, step = 0, 0, start
 
-    for micro_index, batch in enumerate(loader, start=start * accumulation):
+    for micro_index, batch in enumerate(loader, start=first):
         torch.manual_seed(run.plan.dropout_seed(micro_index))
         batch = {name: tensor.to(engine.device, non_blocking=True) for name, tensor in batch.items()}
         out = engine(batch)
@@ -196,13 +210,13 @@ def train(args, run, rank, world_size, stop):
 
         # Once per optimizer step. Every decision below depends on all-reduced values only, so every
         # rank takes the same one (evaluation and saving are collective).
-        step = (micro_index + 1) // accumulation
+        step = run.phase_start + (micro_index + 1) // accumulation
         parts, counts, stop_requested = sums.reduce(stop.signal is not None, accumulation * world_size)
         parts = objective.summarize(parts)
         monitor.count(*counts)
         finite = all(map(math.isfinite, parts.values()))
         bad_steps = 0 if finite else bad_steps + 1
-        last = step == args.steps
+        last = step == run.last_step
         scalars = {}
         if run.evaluation and finite and (step % run.eval_every == 0 or last) and (last or not stop_requested):
             with monitor.paused():

@@ -66,6 +66,8 @@ def write(args, run, hosts):
         "world_size": len(hosts),
         "hosts": ranks_by_host(hosts),
         "gradient_accumulation_steps": run.plan.accumulation,
+        # a new phase (--continue-from): the run, checkpoint and step it started from; its steps follow that one
+        "continued_from": run.continued_from,
         "git_commit": _git_commit(),
         "versions": _versions(),
     }

@@ -151,3 +151,82 @@ def test_packing_is_part_of_what_a_resume_keeps(run_args):
         loop.prepare(run_args("--packing", "full"), 1, 0)
     with pytest.raises(UserError, match="--packing pair does not suit --objective spanbert"):
         loop.prepare(run_args("--packing", "pair"), 1, 0)
+
+
+def test_a_resume_at_another_sequence_length_or_batch_is_refused_naming_continue_from(run_args):
+    mark(run_args(), 4)
+    with pytest.raises(UserError, match="max_seq_len 64 -> 128.*--continue-from"):
+        loop.prepare(run_args("--max-seq-len", "128"), 1, 0)
+    with pytest.raises(UserError, match="train_batch_size 8, the run asks for 16.*--continue-from"):
+        loop.prepare(run_args("--global-batch-size", "16"), 1, 0)
+
+
+def test_a_new_phase_starts_from_the_latest_checkpoint_at_another_length_batch_and_seed(run_args, tmp_path):
+    for step in (4, 8):
+        mark(run_args(), step)
+    phase2 = str(tmp_path / "phase2")
+    setup = loop.prepare(run_args("--output", phase2, "--continue-from", str(tmp_path / "run"), "--max-seq-len", "128",
+                                  "--global-batch-size", "16", "--seed", "7", "--steps", "5"), 1, 0)
+    assert setup.resume_tag is None and not setup.load_universal
+    assert setup.continued_from == {"run": str(tmp_path / "run"), "tag": "step8", "step": 8}
+    assert (setup.phase_start, setup.last_step, setup.plan.global_batch) == (8, 13, 16)
+    assert setup.ds_config["train_batch_size"] == 16
+    # a checkpoint folder names the step to start from
+    named = loop.prepare(run_args("--output", phase2, "--continue-from", str(tmp_path / "run/checkpoints/step4"),
+                                  "--max-seq-len", "128"), 1, 0)
+    assert named.continued_from["tag"] == "step4" and named.last_step == 4 + 20
+
+
+def test_a_new_phase_on_another_world_size_loads_through_the_universal_format(run_args, tmp_path):
+    mark(run_args(), 4, world_size=2)
+    setup = loop.prepare(run_args("--output", str(tmp_path / "phase2"), "--continue-from", str(tmp_path / "run")), 1, 0)
+    assert setup.load_universal and setup.ds_config["checkpoint"]["load_universal"]
+
+
+def test_a_phase_resumes_its_own_checkpoints_and_keeps_its_origin(run_args, tmp_path):
+    mark(run_args(), 8)
+    phase2 = ["--output", str(tmp_path / "phase2"), "--max-seq-len", "128", "--steps", "5"]
+    first = loop.prepare(run_args(*phase2, "--continue-from", str(tmp_path / "run")), 1, 0)
+    args = run_args(*phase2, "--continue-from", str(tmp_path / "run"))
+    mark(args, 10, continued_from=first.continued_from)  # what phase 2 saves at its second step
+    for again in (args, run_args(*phase2)):  # with or without --continue-from
+        setup = loop.prepare(again, 1, 0)
+        assert (setup.resume_tag, setup.continued_from, setup.last_step) == ("step10", first.continued_from, 13)
+    mark(args, 13, continued_from=first.continued_from)
+    with pytest.raises(UserError, match="already reached step 13 of step 13 \\(this phase starts at step 8, --steps 5\\)"):
+        loop.prepare(args, 1, 0)
+
+
+def test_new_phase_mistakes_are_one_line_errors_before_any_work(run_args, tmp_path):
+    phase1 = str(tmp_path / "run")
+    mark(run_args(), 4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mark(run_args("--output", str(tmp_path / "plain")), 2)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    phase2 = str(tmp_path / "phase2")
+    cases = [
+        (["--continue-from", str(tmp_path / "nowhere")], "no such run folder; pass the --output folder of the phase"),
+        (["--continue-from", str(empty)], "holds no complete checkpoint"),
+        (["--continue-from", phase1 + "/checkpoints/step9"], "not a complete checkpoint"),
+        (["--continue-from", phase1, "--output", phase1], "is this run's own --output; give the new phase its own"),
+        (["--continue-from", phase1, "--output", str(tmp_path / "plain")],
+         "already holds checkpoints of a run of its own .*the latest step2; resume it without --continue-from"),
+        (["--continue-from", phase1, "--model", "tiny,hidden_size=64,num_heads=2"],
+         "trained another model \\(model.hidden_size .*a new phase keeps the objective, the model's shape"),
+        (["--continue-from", phase1, "--objective", "roberta"], "objective 'spanbert' -> 'roberta'"),
+        (["--continue-from", phase1, "--max-seq-len", "1024"],
+         "longer than the model's 512 positions; and a new phase \\(--continue-from\\) keeps the model's shape"),
+        (["--continue-from", phase1, "--init-from", str(tmp_path / "hf")], "pass one of them"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(UserError, match=message):
+            loop.prepare(run_args("--output", phase2, *flags), 1, 0)
+    assert not os.path.exists(phase2)
+
+
+def test_a_new_phase_keeps_the_zero_stage_rules_of_a_resume(run_args, tmp_path):
+    mark(run_args(), 4, zero_stage=0)
+    with pytest.raises(UserError, match="saved under ZeRO stage 0 and the config asks for stage 2: .* for the new phase"):
+        loop.prepare(run_args("--output", str(tmp_path / "phase2"), "--continue-from", str(tmp_path / "run")), 1, 0)
