@@ -14,11 +14,14 @@ FLOPs: 4 B H T^2 D forward, 2.5 x that backward (FlashAttention's convention).
 
 DeBERTa's disentangled attention, (B, H, T, D) with 256 position buckets each way (DeBERTa V3), no padding
 and no dropout, against eager PyTorch (the deberta backbone's eager backend, the reference),
-torch.compile of it and flashdeberta's Triton kernel (PyPI `flashdeberta`, where installed). Ours and eager
-include the T x 2*buckets products q k_r^T and k q_r^T; flashdeberta takes the projected relative tables.
+torch.compile of it, flashdeberta's Triton kernel (PyPI `flashdeberta` 0.0.8) and disentangled-flash's
+training kernel (PyPI `disentangled-flash` 1.1.1; CUDA only, n/a on CPU), each where installed. Ours, eager
+and disentangled-flash include the T x 2*buckets products q k_r^T and k q_r^T; flashdeberta takes the
+projected relative tables; disentangled-flash takes them cut to the slots a length T uses (its compact plan).
 FLOPs: the content terms' 4 B H T^2 D, x 3.5 for forward + backward, as for attention. Then the same on
 packed sequences of lengths uniform in [T/2, T) (varlen, what the backbone's unpadded layers run): ours'
-packed layout, eager on the rows padded again to the longest, and flashdeberta's varlen kernel; FLOPs
+packed layout, eager on the rows padded again to the longest, flashdeberta's varlen kernel and
+disentangled-flash's packed one ((H, N, D) with cu_seqlens); FLOPs
 summed over the sequences.
 
 Prints one table: time, throughput, each peer's time divided by ours (> 1: ours is faster) and the largest
@@ -232,6 +235,26 @@ def run_cases(device, dtype):
                 torch.cuda.device = lambda index: contextlib.nullcontext()
             return flash_attention_with_disentangled, flash_attention_with_disentangled_varlen
 
+        plans = {}  # (span, reach) -> disentangled-flash's plan cache: built outside the timings
+
+        def disentangled_flash(seq_len, k_r, q_r):
+            """disentangled-flash's training kernels (padded, packed), its compact position plan for seq_len
+            and the projected tables cut to the plan's active slots (in the graph, as ours' products are):
+            (padded, packed, plan, pk, pq). Its kernels refuse non-CUDA tensors: n/a in the CPU dry run."""
+            try:
+                from disentangled_flash.position import SharedPositionPlanCache, pad_position_table
+                from disentangled_flash.training._kernels import training_attention, training_attention_packed
+            except ImportError as e:
+                raise Unavailable(f"disentangled-flash is not installed ({e})") from e
+            if device.type != "cuda":
+                raise Unavailable("CUDA only, skipped in the dry run")
+            if (span, reach) not in plans:
+                plans[span, reach] = SharedPositionPlanCache(position_buckets=span, max_relative_positions=reach,
+                                                             position_embedding_size=span)
+            plan = plans[span, reach].compact(seq_len, device)  # cached per length after the first call
+            pk, pq = (pad_position_table(table[:, plan.active_slots]) for table in (k_r, q_r))
+            return training_attention, training_attention_packed, plan, pk, pq
+
         if ARGS.smoke:
             shapes = [("tiny", 2, 2, 40, 32, 8, 32)]
         else:
@@ -255,11 +278,19 @@ def run_cases(device, dtype):
                 padded, _ = flashdeberta()
                 return padded(q, k, v, lengths, k_r[None], q_r[None], False, scale, span, reach)
 
+            def peer_df(q, k, v, k_r, q_r):
+                padded, _, plan, pk, pq = disentangled_flash(t, k_r, q_r)
+                mask = torch.ones(b, t, dtype=torch.bool, device=device)
+                out = padded(q, k, v, pk, pq, plan.delta_to_local, mask, score_scale=scale, has_padding=False,
+                             strict_fp32=True, gradient_band=plan.gradient_band)  # (B, T, H*D)
+                return out.view(b, t, h, d).transpose(1, 2)
+
             add_case("disentangled", f"{model} B{b} H{h} T{t} D{d}", [
                 ("ours (triton)", ours, inputs),
                 ("eager", eager, inputs),
                 ("torch.compile", compiled(eager), inputs),
                 ("flashdeberta", peer, inputs),
+                ("disentangled-flash", peer_df, inputs),
             ], 3.5 * 4 * b * h * t * t * d, lambda rate: f"{rate / 1e12:7.4g} TFLOP/s", lambda out: torch.randn_like(out))
             del inputs
 
@@ -282,11 +313,21 @@ def run_cases(device, dtype):
                 cu, longest = layout.cu_seqlens, layout.max_seqlen
                 return varlen(q, k, v, k_r[None], q_r[None], cu, cu, longest, longest, False, scale, span, reach)
 
+            def peer_df_varlen(q, k, v, k_r, q_r):
+                longest = int(layout.max_seqlen)
+                _, packed, plan, pk, pq = disentangled_flash(longest, k_r, q_r)
+                q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))  # (H, N, D), its packed layout
+                out = packed(q, k, v, pk, pq, plan.delta_to_local, layout.cu_seqlens.to(torch.int32).contiguous(),
+                             max_seqlen=longest, score_scale=scale, strict_fp32=True,
+                             gradient_band=plan.gradient_band)  # (N, H*D)
+                return out.view(n, h, d)
+
             add_case("disentangled", f"{model} varlen B{b} H{h} N{n} D{d}", [
                 ("ours (triton)", ours_varlen, inputs),
                 ("eager", eager_varlen, inputs),
                 ("torch.compile", compiled(eager_varlen), inputs),
                 ("flashdeberta", peer_varlen, inputs),
+                ("disentangled-flash", peer_df_varlen, inputs),
             ], 3.5 * 4 * h * d * int((lengths ** 2).sum()), lambda rate: f"{rate / 1e12:7.4g} TFLOP/s",
                 lambda out: torch.randn_like(out))
             del inputs
@@ -353,9 +394,11 @@ def print_goals(rows, peak):
             vs = "torch.compile n/a" if comp is None else f"{comp / ours[0]:.2f}x torch.compile's speed (goal > 1)"
             print(f"goal {kernel} {shape}: {frac}, {vs}")
         elif kernel == "disentangled":
-            peer = impls.get("flashdeberta", (None, None))[0]
-            vs = "flashdeberta n/a" if peer is None else f"{peer / ours[0]:.2f}x flashdeberta's speed"
-            print(f"goal {kernel} {shape}: {vs} (goal >= {GOAL_DISENTANGLED})")
+            vs = []
+            for name in ("flashdeberta", "disentangled-flash"):
+                peer = impls.get(name, (None, None))[0]
+                vs.append(f"{name} n/a" if peer is None else f"{peer / ours[0]:.2f}x {name}'s speed")
+            print(f"goal {kernel} {shape}: {', '.join(vs)} (goal >= {GOAL_DISENTANGLED} each)")
         else:
             flash = impls.get("sdpa-flash", (None, None))[0]
             vs = "sdpa-flash n/a" if flash is None else f"{flash / ours[0]:.2f}x SDPA-flash's speed"

@@ -28,9 +28,17 @@ def test_benchmark_smoke_runs_every_kernel_and_peer_and_prints_one_table():
             assert any(kernel in line and impl in line for line in out.splitlines()), (kernel, impl, out)
     assert "sdpa" in out and "n/a (off (--smoke))" in out  # torch.compile is skipped, not crashed on
     assert "peer/ours" in out
-    # DeBERTa's disentangled attention: ours and flashdeberta's kernel (a peer, where installed) against eager
-    rows = {line.split("  ")[2].strip(): line for line in out.splitlines() if line.startswith("disentangled ")}
-    assert {"ours (triton)", "eager", "torch.compile", "flashdeberta"} <= set(rows), out
+    # DeBERTa's disentangled attention: ours, flashdeberta's and disentangled-flash's kernels (peers, where
+    # installed; disentangled-flash runs on CUDA only, so n/a here) against eager, padded and varlen
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("disentangled "):
+            cells = [c.strip() for c in line.split("  ") if c.strip()]
+            rows.setdefault(cells[2], []).append(line)
+    assert {"ours (triton)", "eager", "torch.compile", "flashdeberta", "disentangled-flash"} <= set(rows), out
+    assert all(len(lines) == 2 for lines in rows.values()), rows  # padded and varlen
+    assert "disentangled-flash: n/a (CUDA only, skipped in the dry run)" in out
     for impl in ("ours (triton)", "flashdeberta"):
-        if "n/a" not in rows[impl]:
-            assert float(rows[impl].split()[-1]) < 1e-4, rows[impl]
+        for line in rows[impl]:
+            if "n/a" not in line:
+                assert float(line.split()[-1]) < 1e-4, line
