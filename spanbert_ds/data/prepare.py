@@ -22,6 +22,11 @@ single prepare makes; reading is about 20x faster than encoding, so the last par
 percent more than the first. Parts need a tokenizer file (all parts must encode with one tokenizer:
 train it once with `--tokenizer-only`); the last part also encodes a --valid corpus.
 
+`--split-sentences` splits each line into sentences (corpus.py's SentenceSplitter, blingfire): in the
+tokenizer-training pass as it is read, in the encoding pass by the encoder (the workers, with --workers),
+which is where the serial reader would otherwise spend 20x its reading time; the split is a function of
+the line, so both give the same sentences. meta.json records it as split_sentences (absent when off).
+
 A held-out split for evaluation goes to OUT/valid, a shard folder of its own with the same
 tokenizer: either whole documents of INPUT, each held out with probability --valid-fraction by a
 hash of (--seed, document number), or a second corpus (--valid). The tokenizer is trained on the
@@ -43,7 +48,7 @@ import numpy as np
 
 from spanbert_ds.data import tokenizer as tokenizers_
 from spanbert_ds.data.corpus import (BUILTIN, DEFAULT_JSON_KEY, DEFAULT_MAX_LINE_BYTES, ENCODING_ERRORS, Corpus,
-                                     source_name)
+                                     SentenceSplitter, source_name)
 from spanbert_ds.data.hashing import uniform
 from spanbert_ds.data.shards import VALID_FOLDER, ShardWriter, Shards, file_sha256, token_dtype
 from spanbert_ds.errors import UserError
@@ -99,6 +104,9 @@ def add_arguments(parser):
                         help="encode the I-th of N parts of the corpus (I = 1..N) into OUT, for N machines; then "
                              "`spanbert-ds merge PART_1 ... PART_N OUT` makes the folder one prepare would make. "
                              "Needs --tokenizer FILE")
+    parser.add_argument("--split-sentences", action="store_true",
+                        help="split each line (a paragraph, a JSON record's text) into sentences with blingfire "
+                             "(`pip install 'spanbert_ds[formats]'`); default: each line is one sentence")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -132,7 +140,8 @@ def run(args):
                      max_line_bytes=args.max_line_bytes, allow_smaller_vocab=args.allow_smaller_vocab,
                      chunk_bytes=args.chunk_bytes, valid=args.valid, valid_fraction=args.valid_fraction, seed=args.seed,
                      progress=not args.quiet, json_key=args.json_key, workers=args.workers,
-                     tokenizer_sample_mb=args.tokenizer_sample, tokenizer_only=args.tokenizer_only, part=args.part)
+                     tokenizer_sample_mb=args.tokenizer_sample, tokenizer_only=args.tokenizer_only, part=args.part,
+                     split_sentences=args.split_sentences)
     if not args.quiet:
         print(shards if shards is not None else f"{args.out}: " + (
             "tokenizer.json" if args.tokenizer_only else f"part {args.part[0]}/{args.part[1]}, no documents"))
@@ -143,7 +152,7 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
             encoding_errors="strict", max_line_bytes=DEFAULT_MAX_LINE_BYTES, allow_smaller_vocab=False,
             chunk_bytes=DEFAULT_CHUNK_BYTES, valid=None, valid_fraction=0.0, seed=0, progress=False,
             json_key=DEFAULT_JSON_KEY, workers=1, tokenizer_sample_mb=DEFAULT_TOKENIZER_SAMPLE_MB,
-            tokenizer_only=False, part=None):
+            tokenizer_only=False, part=None, split_sentences=False):
     """Build the shard folder `out` from `input` (and OUT/valid from `valid` or `valid_fraction`);
     returns the opened `Shards` (None for --tokenizer-only, or a part that holds no document).
     workers: an int or "auto"; part: (I, N) with 1 <= I <= N, or None."""
@@ -167,8 +176,10 @@ def prepare(input, out, tokenizer="wordpiece", vocab_size=30522, lowercase=False
     if tokenizer_only and not trains:
         raise UserError(f"--tokenizer-only trains a tokenizer, but --tokenizer {tokenizer} loads one; pass "
                         "--tokenizer wordpiece or bpe")
-    corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes, json_key=json_key)
-    valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes, json_key)
+    corpus = Corpus(input, encoding_errors=encoding_errors, max_line_bytes=max_line_bytes, json_key=json_key,
+                    split_sentences=split_sentences)
+    valid_corpus = None if valid is None else Corpus(valid, encoding_errors, max_line_bytes, json_key,
+                                                     split_sentences)
     if tokenizer in ("wordpiece", "bpe") and vocab_size < tokenizers_.MIN_TRAINED_VOCAB:
         raise UserError(f"--vocab-size {vocab_size} is too small to train a tokenizer; use at least "
                         f"{tokenizers_.MIN_TRAINED_VOCAB}")
@@ -224,6 +235,8 @@ def _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, low
             return
         info = {**tokenizers_.tokenizer_meta(tok, source=tokenizer),
                 "tokenizer_sha256": file_sha256(tmp / "tokenizer.json")}
+        if corpus.splitter is not None:  # absent when off: the meta.json of unsplit folders is unchanged
+            info["split_sentences"] = corpus.splitter.meta()
         held_out = valid_corpus is not None or valid_fraction > 0
         writers = [ShardWriter(tmp, info["vocab_size"])]
         if held_out:
@@ -233,16 +246,20 @@ def _prepare_locked(out, corpus, valid_corpus, input, tokenizer, vocab_size, low
         last_part = part is None or part[0] == part[1]
         try:
             total = corpus.total_bytes + (valid_corpus.total_bytes if valid_corpus and last_part else 0)
-            encoder = _Encoder(tok, info["vocab_size"])
+            # Lines are split into sentences by the encoder (in the workers, if any), not while reading: the
+            # split is a function of the line, so the output is the same for any --workers, and reading
+            # stays the only serial part (blingfire splits ~6 MB a CPU second, reading ~100: benchmarks/sentences.py).
+            splits = corpus.splitter is not None
+            encoder = _Encoder(tok, info["vocab_size"], splits)
             with _progress_bar(total, progress) as bar, \
-                    _Pool(workers, tmp / "tokenizer.json", info["vocab_size"]) as pool:
+                    _Pool(workers, tmp / "tokenizer.json", info["vocab_size"], splits) as pool:
                 read = _Position(bar.update)
-                pieces = split(corpus.pieces(progress=read, max_bytes=chunk_bytes))
+                pieces = split(corpus.pieces(progress=read, max_bytes=chunk_bytes, split=False))
                 if part is not None:
                     pieces = _part_of(pieces, read, part, corpus.total_bytes)
                 _encode(pieces, encoder, pool, writers, chunk_bytes)
                 if valid_corpus is not None and last_part:
-                    pieces = valid_corpus.pieces(progress=bar.update, max_bytes=chunk_bytes)
+                    pieces = valid_corpus.pieces(progress=bar.update, max_bytes=chunk_bytes, split=False)
                     _encode(((s, ends, True) for s, ends in pieces), encoder, pool, writers, chunk_bytes)
             if part is None:
                 _check_not_empty(writers, input, valid, valid_fraction, seed)
@@ -419,7 +436,8 @@ def _encode(pieces, encoder, pool, writers, chunk_bytes):
 class _Encoder:
     """One chunk of pieces -> per split (training, held out) the arguments of ShardWriter.append, or None."""
 
-    def __init__(self, tok, vocab_size):
+    def __init__(self, tok, vocab_size, split_sentences=False):
+        self.splitter = SentenceSplitter() if split_sentences else None
         self.table = tokenizers_.word_start_table(tok).astype(np.uint8)
         self.first_of_line_starts_word = tokenizers_.kind_of(tok) == "bpe"  # no Ġ on a line's first token
         self.dtype = token_dtype(vocab_size)
@@ -429,6 +447,8 @@ class _Encoder:
         self.encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
     def __call__(self, chunk):
+        if self.splitter is not None:  # lines -> sentences, as Corpus.pieces(split=True) would give them
+            chunk = [([s for line in piece for s in self.splitter(line)], ends, held) for piece, ends, held in chunk]
         sentences = [s for piece, _, _ in chunk for s in piece]
         ids = [e.ids for e in self.encode(sentences, add_special_tokens=False)]
         sent_len = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
@@ -464,7 +484,7 @@ class _Encoder:
 _worker_encoder = None  # in a worker process: the _Encoder of the tokenizer file it was started with
 
 
-def _worker_start(tokenizer_file, vocab_size, parent):
+def _worker_start(tokenizer_file, vocab_size, split_sentences, parent):
     """A worker's set-up: one tokenizer thread, signals left to the parent, death with the parent."""
     global _worker_encoder
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before the first encode: N workers use N cores
@@ -481,7 +501,7 @@ def _worker_start(tokenizer_file, vocab_size, parent):
         pass
     from tokenizers import Tokenizer
 
-    _worker_encoder = _Encoder(Tokenizer.from_file(tokenizer_file), vocab_size)
+    _worker_encoder = _Encoder(Tokenizer.from_file(tokenizer_file), vocab_size, split_sentences)
 
 
 def _worker_encode(chunk):
@@ -493,9 +513,9 @@ class _Pool:
     `map` keeps at most 2 chunks a worker in flight and yields results in order; a worker that fails (its
     exception is raised here) or dies (a UserError) stops all the others at once, as leaving does."""
 
-    def __init__(self, workers, tokenizer_file, vocab_size):
+    def __init__(self, workers, tokenizer_file, vocab_size, split_sentences=False):
         self.workers, self.executor = workers, None
-        self.args = (str(tokenizer_file), vocab_size, os.getpid())
+        self.args = (str(tokenizer_file), vocab_size, split_sentences, os.getpid())
         self.processes = []
 
     def __bool__(self):
