@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.model.config import with_legacy_rtd
 from spanbert_ds.train import checkpoint
 
 # Model settings a resume may change: they do not change the shapes or the data.
@@ -50,7 +51,6 @@ def run_identity(args, model_config, corpora, masking_config, weights=(1.0,)):
     identity = {"objective": args.objective, "model": model, "data": data, "seed": args.seed,
                 "max_seq_len": args.max_seq_len, "packing": args.packing, "masking": masking_config.to_dict()}
     return json.loads(json.dumps(identity))  # as the marker will read back: lists, not tuples
-from spanbert_ds.model.config import with_legacy_rtd
 
 
 def data_identity(corpora, weights):
@@ -215,6 +215,8 @@ def check_same_run(tag, marker, identity, config_overrides=None):
     if config_overrides and isinstance(saved.get("model"), dict):
         # markers written before the objective's overrides were applied to the recorded config
         saved = {**saved, "model": {**saved["model"], **config_overrides}}
+    if isinstance(saved.get("model"), dict):  # an RTD run from before rtd_head: what its left-out keys meant
+        saved = {**saved, "model": with_legacy_rtd(saved["model"])}
     changed = []
     for key, value in identity.items():
         before = saved.get(key, value)
@@ -348,5 +350,3 @@ def _set_adam_step(engine, value):
             state["step"] = torch.tensor(float(value), dtype=state["step"].dtype, device=state["step"].device)
         elif "step" in state:
             state["step"] = value
-    if isinstance(saved.get("model"), dict):  # an RTD run from before rtd_head: what its left-out keys meant
-        saved = {**saved, "model": with_legacy_rtd(saved["model"])}
