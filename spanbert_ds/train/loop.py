@@ -144,8 +144,8 @@ def prepare(args, world_size, rank):
     universal = resume.loads_universal(marker or source, world_size, stage)
     if universal:
         ds_config = resume.with_universal_load(ds_config)
-    # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: rank 0
-    # reads the whole training split for the unigram baseline.
+    # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: the first
+    # start on a shard folder counts the training split's tokens for the unigram baseline (then cached).
     held_out = any(corpus.valid for corpus in corpora)
     eval_every = args.eval_every if args.eval_every is not None else (args.save_every if held_out else 0)
     evaluation = None
