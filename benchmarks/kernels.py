@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--deberta-seq", type=int, nargs="+", default=[512, 2048],
                    help="disentangled attention sequence lengths")
     p.add_argument("--only", choices=["ln", "attention", "disentangled"], help="run one kernel only")
+    p.add_argument("--models", nargs="+", choices=[*MODELS, *DEBERTA_MODELS], default=[*MODELS, *DEBERTA_MODELS],
+                   help="the shapes to measure (bert-* for bias-GeLU-LN and attention, deberta-* for disentangled)")
     return p.parse_args(argv)
 
 
@@ -165,7 +167,7 @@ def run_cases(device, dtype):
                 torch.cuda.empty_cache()
 
     if ARGS.only in (None, "ln"):
-        shapes = [(64, 48), (33, 64)] if ARGS.smoke else [(ARGS.tokens, h) for h, _ in MODELS.values()]
+        shapes = [(64, 48), (33, 64)] if ARGS.smoke else [(ARGS.tokens, h) for m, (h, _) in MODELS.items() if m in ARGS.models]
         peak = peak_bandwidth(device)
         for n_rows, hidden in shapes:
             x = randn(n_rows, hidden)
@@ -191,7 +193,7 @@ def run_cases(device, dtype):
             shapes = [("tiny", 2, 2, 40, 32)]
         else:
             shapes = [(m, max(1, ARGS.tokens // t), heads, t, hidden // heads)
-                      for m, (hidden, heads) in MODELS.items() for t in ARGS.seq]
+                      for m, (hidden, heads) in MODELS.items() if m in ARGS.models for t in ARGS.seq]
         p = ARGS.dropout
         for model, b, h, t, d in shapes:
             q, k, v = randn(b, h, t, d), randn(b, h, t, d), randn(b, h, t, d)
@@ -259,7 +261,8 @@ def run_cases(device, dtype):
             shapes = [("tiny", 2, 2, 40, 32, 8, 32)]
         else:
             shapes = [(m, max(1, ARGS.tokens // t), heads, t, hidden // heads, 256, 512)
-                      for m, (hidden, heads) in DEBERTA_MODELS.items() for t in ARGS.deberta_seq]
+                      for m, (hidden, heads) in DEBERTA_MODELS.items() if m in ARGS.models
+                      for t in ARGS.deberta_seq]
         for model, b, h, t, d, span, reach in shapes:
             config = ModelConfig(backbone="deberta", position_buckets=span, max_relative_positions=reach)
             relative = relative_rows(t, config, device)  # (T, T) rows of the relative table

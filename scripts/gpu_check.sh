@@ -8,36 +8,46 @@
 # the working tree (PYTHONPATH), not installed. Wheels in .whl/ (DeepSpeed and its dependencies, pytest)
 # are installed into $WORK/site, skipping any distribution the machine already has.
 #
-# Stages, in the order of STAGES; each logs to $OUT/<stage>.log, runs under `timeout` (capped by what is left of
-# BUDGET_S), and a failing stage does not stop the next:
-#   env            nvidia-smi, versions                          wheels         .whl/*.whl -> $WORK/site
-#   kernel_tests   kernels' self-check + pytest tests/kernels on CUDA
-#   kernels        benchmarks/kernels.py (fused kernels vs eager, torch.compile, SDPA-flash)
-#   bench_seq512   spanbert-ds bench, spanbert-base, batch 32 x 512, every attention backend
-#   bench_seq128   the same at batch 128 x 128
-#   prepare, train, export   a 30-step DeepSpeed ZeRO-2 bf16 pretraining of `small` on the built-in corpus,
-#                  exported to a Hugging Face folder (needs DeepSpeed importable; skipped otherwise)
+# Stages, in the order of STAGES, each with its own time limit (seconds, LIMIT below; what is left of BUDGET_S
+# caps it further; 480 s in all, within the 8 minutes a lent GPU gives). Each logs to $OUT/<stage>.log, runs
+# under `timeout`, and a failing stage does not stop the next:
+#   env               15  nvidia-smi, versions
+#   wheels            30  .whl/*.whl -> $WORK/site (scripts/fill_wheels.sh fills .whl/; carry it)
+#   kernel_tests      45  kernels' self-check + pytest tests/kernels on CUDA
+#   kernels          120  benchmarks/kernels.py, bert-base and deberta-v3-base shapes: the fused disentangled
+#                         attention against flashdeberta 0.0.8 and disentangled-flash 1.1.1, padded and varlen;
+#                         the BERT attention and bias-GeLU-LayerNorm against SDPA-flash and torch.compile
+#   prepare           30  the built-in corpus (python-docs) into $WORK/shards
+#   steps            100  end-to-end training steps, tokens/s and MFU, each against transformers in a DeepSpeed
+#                         engine (ZeRO 1, bf16) on the same GPU: spanbert-base (benchmarks/train_step.py) and
+#                         deberta-v3-base (benchmarks/deberta_step.py), 32 x 512
+#   train_fp16_zero2  70  30 steps of `small` with DeepSpeed ZeRO-2 fp16 (ds_configs/zero2_fp16.json), exported
+#                         to a Hugging Face folder that transformers must open with no missing weight
+#   train_bf16_zero3  70  the same with ZeRO-3 bf16 (ds_configs/zero3_bf16.json)
+#   bench_seq512, bench_seq128 (not in the default STAGES: name them) spanbert-ds bench, every attention backend
 # $OUT/summary.txt: one line per stage (exit code: 124 timed out, 3 no pytest, 4 no DeepSpeed, 5 nothing from
-# the stage before; "skipped": BUDGET_S spent), then the bench tables, kernel table, last training metrics.
+# the stage before; "skipped": BUDGET_S spent), then the step tables, kernel table, last training metrics.
+# --cpu-dry-run runs every stage on CPU with tiny settings (the kernels under Triton's interpreter; the fp16
+# stage in fp32, as DeepSpeed's fp16 needs CUDA) and limits 4 x as long: it proves the script, not the speed.
 #
-# Environment: OUT (default ./gpu_check_out), BUDGET_S (all stages together, default 400),
-# STAGES (which stages in which order, e.g. "env wheels bench_seq512 train"), KERNELS_ARGS (extra flags for
-# benchmarks/kernels.py, e.g. "--no-compile"), WORK (scratch, default /tmp/gpu_check), PYTHON.
+# Environment: OUT (default ./gpu_check_out), BUDGET_S (all stages together, default 480; 1920 in the dry run),
+# STAGES (which stages in which order, e.g. "env wheels steps"), KERNELS_ARGS (flags for benchmarks/kernels.py
+# instead of the default shapes, e.g. "--no-compile"), WORK (scratch, default /tmp/gpu_check), PYTHON.
 set -u
 
 DRY=0
 for arg in "$@"; do
     case "$arg" in
         --cpu-dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (use --cpu-dry-run or nothing)" >&2; exit 2 ;;
     esac
 done
 
 OUT=${OUT:-$PWD/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check}
-BUDGET_S=${BUDGET_S:-400}
-STAGES=${STAGES:-"env wheels kernel_tests kernels bench_seq512 bench_seq128 prepare train export"}
+BUDGET_S=${BUDGET_S:-$( ((DRY)) && echo 1920 || echo 480)}
+STAGES=${STAGES:-"env wheels kernel_tests kernels prepare steps train_fp16_zero2 train_bf16_zero3"}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 mkdir -p "$OUT"
 rm -rf "$WORK" && mkdir -p "$WORK/site"
@@ -53,16 +63,17 @@ run_stage() {
     local name=$1 limit=$2 fn=$3
     local left=$((BUDGET_S - (SECONDS - START)))
     if ((left < 20)); then
-        printf '%-13s skipped   (%ss of BUDGET_S=%s left)\n' "$name" "$left" "$BUDGET_S" | tee -a "$OUT/summary.txt"
+        printf '%-17s skipped   (%ss of BUDGET_S=%s left)\n' "$name" "$left" "$BUDGET_S" | tee -a "$OUT/summary.txt"
         return 0
     fi
+    ((DRY)) && limit=$((4 * limit))  # the interpreter and CPU DeepSpeed are slow; the dry run proves, not times
     ((limit > left)) && limit=$left
     local t0=$SECONDS
     echo "=== $name (timeout ${limit}s) $(date -u +%H:%M:%S)" | tee "$OUT/$name.log"
     timeout --kill-after=10 "$limit" bash -c "$fn" 2>&1 | tee -a "$OUT/$name.log"
     local rc=${PIPESTATUS[0]}
     local what=ok; ((rc == 124 || rc == 137)) && what="TIMED OUT"; ((rc != 0 && rc != 124 && rc != 137)) && what=FAILED
-    printf '%-13s rc=%-4s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$what" | tee -a "$OUT/summary.txt"
+    printf '%-17s rc=%-4s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$what" | tee -a "$OUT/summary.txt"
 }
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -139,8 +150,10 @@ raise SystemExit(0 if ok or device == 'cpu' else 1)"
 }
 
 stage_kernels() {
+    if ((DRY)); then TRITON_INTERPRET=1 "$PY" benchmarks/kernels.py --smoke; return; fi
+    # bert-base and deberta-v3-base shapes only, one sequence length each: the 120 s limit
     # shellcheck disable=SC2086  # KERNELS_ARGS is a list of flags, e.g. "--no-compile"
-    if ((DRY)); then TRITON_INTERPRET=1 "$PY" benchmarks/kernels.py --smoke; else "$PY" benchmarks/kernels.py ${KERNELS_ARGS:-}; fi
+    "$PY" benchmarks/kernels.py ${KERNELS_ARGS:---models bert-base deberta-v3-base --seq 512 --deberta-seq 512}
 }
 
 bench() {  # bench SEQ BATCH
@@ -164,52 +177,85 @@ stage_prepare() {
     "$PY" -m spanbert_ds.cli prepare python-docs "$WORK/shards" --vocab-size 8000 --valid-fraction 0.05
 }
 
-stage_train() {
+stage_steps() {
     have_deepspeed || return 4
     [ -f "$WORK/shards/meta.json" ] || { echo "no shards (the prepare stage failed)"; return 5; }
-    local base=ds_configs/zero2_bf16.json batch=64 model=small steps=30 seq=128 every=5 workers=2
-    ((DRY)) && base=ds_configs/cpu_zero2.json batch=8 model=tiny steps=4 seq=64 every=2 workers=1
-    # The shipped config with a small batch and a short warmup. torch's AdamW: DeepSpeed's FusedAdam
-    # would be JIT-compiled first, which needs nvcc (a bare PyTorch image has none) and a minute.
-    "$PY" - "$base" "$WORK/ds_config.json" "$batch" <<'EOF' || return 6
+    local device=cuda span=spanbert-base deberta=deberta-v3-base batch=32 seq=512 rounds=5 warmup=2 rc=0
+    ((DRY)) && device=cpu span=tiny deberta=deberta-tiny batch=2 seq=64 rounds=1 warmup=1
+    "$PY" benchmarks/train_step.py --presets $span --device $device --engine deepspeed --dtype bf16 \
+        --batch-size $batch --seq-len $seq --rounds $rounds --warmup $warmup || rc=$?
+    "$PY" benchmarks/deberta_step.py --presets $deberta --device $device --engine deepspeed --dtype bf16 \
+        --batch-size $batch --seq-lens $seq --rounds $rounds --shards "$WORK/shards" || rc=$?
+    return $rc
+}
+
+# train_and_export NAME DS_CONFIG STAGE DTYPE: 30 steps of `small` (4 of `tiny` in the dry run) with the shipped
+# config at ZeRO stage STAGE and DTYPE, a small batch and a short warmup; then export the run to a Hugging Face
+# folder and open it with transformers (no weight may be missing, the logits must be finite).
+train_and_export() {
+    local name=$1 base=$2 stage=$3 dtype=$4
+    have_deepspeed || return 4
+    [ -f "$WORK/shards/meta.json" ] || { echo "no shards (the prepare stage failed)"; return 5; }
+    local batch=64 model=small steps=30 seq=128 every=5 workers=2 run="$WORK/run_$name" hf="$WORK/hf_$name"
+    if ((DRY)); then
+        batch=8 model=tiny steps=4 seq=64 every=2 workers=1
+        if [ "$dtype" = fp16 ]; then
+            echo "dry run: DeepSpeed's fp16 needs CUDA; this stage trains in fp32 on CPU instead"
+            dtype=fp32
+        fi
+    fi
+    # torch's AdamW: DeepSpeed's FusedAdam would be JIT-compiled first, which needs nvcc (a bare PyTorch
+    # image has none) and a minute.
+    "$PY" - "$base" "$WORK/ds_$name.json" "$batch" "$stage" "$dtype" <<'EOF' || return 6
 import json, sys
-source, target, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+source, target, batch, stage, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 config = json.load(open(source))
 config.update(train_batch_size=batch, train_micro_batch_size_per_gpu=batch)
 config["scheduler"]["params"]["warmup_num_steps"] = 5
 config["optimizer"]["params"]["torch_adam"] = True
+config.setdefault("zero_optimization", {})["stage"] = stage
+for key in ("bf16", "fp16"):
+    config.setdefault(key, {})["enabled"] = key == dtype
+print(f"ds_config: {source} with ZeRO {stage}, {dtype}, batch {batch}/{batch}, warmup 5 steps, torch_adam")
 json.dump(config, open(target, "w"), indent=2)
-print(f"ds_config: {source} with batch {batch}/{batch}, warmup 5 steps, torch_adam")
 EOF
-    "$PY" train.py --deepspeed_config "$WORK/ds_config.json" --model $model --data "$WORK/shards" \
-        --output "$WORK/run" --steps $steps --max-seq-len $seq --log-every $every --save-every $steps \
+    "$PY" train.py --deepspeed_config "$WORK/ds_$name.json" --model $model --data "$WORK/shards" \
+        --output "$run" --steps $steps --max-seq-len $seq --log-every $every --save-every $steps \
         --num-workers $workers
     local rc=$?
-    for f in metrics.jsonl run_config.json; do [ -f "$WORK/run/$f" ] && cp "$WORK/run/$f" "$OUT/"; done
-    return $rc
-}
-
-stage_export() {
-    have_deepspeed || return 4
-    [ -f "$OUT/metrics.jsonl" ] || { echo "no run to export (the train stage failed)"; return 5; }
-    "$PY" -m spanbert_ds.cli export "$WORK/run" "$WORK/hf" || return $?
-    ls -l "$WORK/hf"
-    "$PY" - "$WORK/hf" <<'EOF'
-import sys, transformers
-model = transformers.AutoModelForMaskedLM.from_pretrained(sys.argv[1])
-print("transformers loads the export:", type(model).__name__, sum(p.numel() for p in model.parameters()), "parameters")
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$OUT/${name}_metrics.jsonl"
+    ((rc == 0)) || return $rc
+    "$PY" -m spanbert_ds.cli export "$run" "$hf" || return $?
+    ls -l "$hf"
+    "$PY" - "$hf" <<'EOF'
+import sys, torch, transformers
+folder = sys.argv[1]
+model, info = transformers.AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
+tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+print("transformers loads the export:", type(model).__name__, sum(p.numel() for p in model.parameters()),
+      "parameters;", {k: v for k, v in info.items() if v} or "no missing or unexpected weights")
+inputs = tokenizer(["The quick brown fox jumps over the lazy dog.", "import os"], return_tensors="pt", padding=True)
+with torch.no_grad():
+    logits = model.eval()(**inputs).logits
+print("logits", tuple(logits.shape), "finite", bool(torch.isfinite(logits).all()))
+if info["missing_keys"]:
+    sys.exit(f"the export lacks {info['missing_keys']}: transformers initialised them at random")
+if not torch.isfinite(logits).all():
+    sys.exit("the exported model's logits are not finite")
 EOF
 }
+stage_train_fp16_zero2() { train_and_export train_fp16_zero2 ds_configs/zero2_fp16.json 2 fp16; }
+stage_train_bf16_zero3() { train_and_export train_bf16_zero3 ds_configs/zero3_bf16.json 3 bf16; }
 
 export -f stage_env stage_wheels stage_kernel_tests stage_kernels bench stage_bench_seq512 stage_bench_seq128 \
-    have_deepspeed stage_prepare stage_train stage_export
+    have_deepspeed stage_prepare stage_steps train_and_export stage_train_fp16_zero2 stage_train_bf16_zero3
 
 # ------------------------------------------------------------------------------------------------ run
 
 echo "gpu_check: OUT=$OUT WORK=$WORK BUDGET_S=$BUDGET_S$( ((DRY)) && echo ' (CPU dry run: tiny settings)')"
 # each stage's own time limit (seconds); what is left of BUDGET_S caps it further
-declare -A LIMIT=([env]=30 [wheels]=60 [kernel_tests]=150 [kernels]=240 [bench_seq512]=150 [bench_seq128]=150
-                  [prepare]=60 [train]=150 [export]=60)
+declare -A LIMIT=([env]=15 [wheels]=30 [kernel_tests]=45 [kernels]=120 [prepare]=30 [steps]=100
+                  [train_fp16_zero2]=70 [train_bf16_zero3]=70 [bench_seq512]=150 [bench_seq128]=150)
 for name in $STAGES; do
     if [ -z "${LIMIT[$name]:-}" ]; then
         echo "unknown stage $name (known: ${!LIMIT[*]})" | tee -a "$OUT/summary.txt"
@@ -229,9 +275,16 @@ done
         echo; echo "--- kernels (table and goals)"
         sed -n '/^device: /,$p' "$OUT/kernels.log"
     fi
-    if [ -f "$OUT/metrics.jsonl" ]; then
-        echo; echo "--- train: last metrics"; tail -n 1 "$OUT/metrics.jsonl"
+    if [ -f "$OUT/steps.log" ]; then
+        echo; echo "--- steps (tokens/s, MFU; ours against transformers, both in DeepSpeed engines)"
+        grep -e '^train step (fwd+bwd' -e '^MFU: ' -e '^preset ' -e '^DeBERTa training step' -e '^model  ' \
+            -e '^spanbert-base \|^tiny \|^deberta-' "$OUT/steps.log"
     fi
+    for name in train_fp16_zero2 train_bf16_zero3; do
+        [ -f "$OUT/${name}_metrics.jsonl" ] || continue
+        echo; echo "--- $name: last metrics"; tail -n 1 "$OUT/${name}_metrics.jsonl"
+        grep -e '^transformers loads the export' -e '^logits' "$OUT/$name.log"
+    done
 } >> "$OUT/summary.txt"
 echo; echo "==================== summary ($OUT/summary.txt)"; cat "$OUT/summary.txt"
 # exit 1 when a stage failed or timed out, so a caller sees it without reading the summary
