@@ -102,15 +102,22 @@ stage_wheels() {
     shopt -s nullglob
     local wheels=(.whl/*.whl)
     if ((${#wheels[@]} == 0)); then echo "no wheels in .whl/ (carry it to the machine to get DeepSpeed, pytest)"; return 0; fi
-    local rc=0 w dist
-    for w in "${wheels[@]}"; do
-        dist=$(basename "$w" | cut -d- -f1)
-        if "$PY" -c "import importlib.metadata as m, sys; print('have', sys.argv[1], m.version(sys.argv[1]))" "$dist" 2>/dev/null; then
-            continue  # never shadow what the machine already has
-        fi
-        echo "install $(basename "$w")"
-        "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$w" || rc=1
-    done
+    local rc=0
+    # never shadow what the machine already has; the rest in one pip call (one per wheel took seconds each)
+    mapfile -t missing < <("$PY" - "${wheels[@]}" <<'EOF'
+import importlib.metadata as m, os, sys
+for wheel in sys.argv[1:]:
+    dist = os.path.basename(wheel).split("-")[0]
+    try:
+        print("have", dist, m.version(dist), file=sys.stderr)
+    except m.PackageNotFoundError:
+        print(wheel)
+EOF
+)
+    if ((${#missing[@]})); then
+        echo "install ${missing[*]##*/}"
+        "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "${missing[@]}" || rc=1
+    fi
     # DeepSpeed's own requirements: name any that still does not import (the train stage needs them)
     "$PY" - <<'EOF'
 import importlib
