@@ -106,12 +106,25 @@ stage_wheels() {
     # never shadow what the machine already has; the rest in one pip call (one per wheel took seconds each)
     mapfile -t missing < <("$PY" - "${wheels[@]}" <<'EOF'
 import importlib.metadata as m, os, sys
+try:  # a wheel built for another Python would fail the whole pip call: leave it out, named
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+except ImportError:  # pip's own copy, where the machine has no packaging yet
+    from pip._vendor.packaging.tags import sys_tags
+    from pip._vendor.packaging.utils import parse_wheel_filename
+here = set(sys_tags())
 for wheel in sys.argv[1:]:
     dist = os.path.basename(wheel).split("-")[0]
     try:
         print("have", dist, m.version(dist), file=sys.stderr)
+        continue
     except m.PackageNotFoundError:
-        print(wheel)
+        pass
+    if not here & set(parse_wheel_filename(os.path.basename(wheel))[3]):
+        print(f"skip {os.path.basename(wheel)} (built for another Python or platform: "
+              f"PY_VERSION={sys.version_info[0]}.{sys.version_info[1]} bash scripts/fill_wheels.sh)", file=sys.stderr)
+        continue
+    print(wheel)
 EOF
 )
     if ((${#missing[@]})); then
