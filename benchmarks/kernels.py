@@ -167,7 +167,8 @@ def run_cases(device, dtype):
                 torch.cuda.empty_cache()
 
     if ARGS.only in (None, "ln"):
-        shapes = [(64, 48), (33, 64)] if ARGS.smoke else [(ARGS.tokens, h) for m, (h, _) in MODELS.items() if m in ARGS.models]
+        shapes = ([(64, 48), (33, 64)] if ARGS.smoke
+                  else [(ARGS.tokens, h) for m, (h, _) in MODELS.items() if m in ARGS.models])
         peak = peak_bandwidth(device)
         for n_rows, hidden in shapes:
             x = randn(n_rows, hidden)

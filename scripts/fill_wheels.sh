@@ -33,4 +33,5 @@ fi
 DS_BUILD_OPS=0 "$PY" -m pip wheel --no-deps --no-build-isolation -c constraints.txt -w "$DEST" deepspeed
 
 ls -1 "$DEST"
-echo "fill_wheels: $(find "$DEST" -name '*.whl' | wc -l) wheels in $DEST/ ($(du -sh "$DEST" | cut -f1)); carry $DEST to the GPU machine"
+echo "fill_wheels: $(find "$DEST" -name '*.whl' | wc -l) wheels in $DEST/ ($(du -sh "$DEST" | cut -f1));" \
+     "carry $DEST to the GPU machine"
