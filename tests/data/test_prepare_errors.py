@@ -148,7 +148,10 @@ def test_a_stop_signal_mid_prepare_cleans_up_like_ctrl_c(tmp_path, name):
                "--chunk-bytes", "65536"]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=repo)
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo, env=env)
+    # SIGHUP as a terminal leaves it, whatever the test runner inherited (under nohup it is ignored, and
+    # prepare keeps an ignored HUP ignored on purpose)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     tokens = out.parent / f"shards.tmp-{child.pid}" / "tokens.bin"
     deadline = time.monotonic() + 120
     while not (tokens.exists() and tokens.stat().st_size) and child.poll() is None and time.monotonic() < deadline:
