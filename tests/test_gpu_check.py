@@ -9,6 +9,7 @@ spare that, GPU_CHECK_STAGES names a subset, e.g. "env wheels prepare train_fp16
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def test_cpu_dry_run_stages_each_say_ok_and_each_training_run_is_exported_and_op
     # DeepSpeed's op builds lock a folder under TORCH_EXTENSIONS_DIR: one of the tree's own, not a shared one
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     env.pop("BUDGET_S", None)
+    env["PYTHON"] = sys.executable  # the test's own interpreter, not whatever python3 is first on PATH
     proc = subprocess.run(["bash", str(SCRIPT), "--cpu-dry-run"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=2000)
     summary = (tmp_path / "out" / "summary.txt").read_text()
