@@ -230,7 +230,7 @@ def test_import_the_real_minilm_checkpoint_matches_transformers():
             {"sbo_head"} if name == "roberta" else set())
         # the pooler is kept for the export (issue 21), not ignored
         assert report["ignored"] == [] and len(report["kept"]) == 2
-        assert {k.split(".")[-2:][0] for k in report["kept"]} == {"dense"}
+        assert all("pooler" in k for k in report["kept"])
         assert "initialised" in interop.format_report(report)
         with torch.no_grad():
             ours = objective.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])[real]
