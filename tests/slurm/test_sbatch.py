@@ -26,6 +26,19 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
+def submit_and_wait(cluster, tmp_path, env, tasks, script_args, timeout):
+    """sbatch SCRIPT ARGS on one node with `tasks` tasks; wait until the job ends; returns (its state, its log)."""
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", f"--ntasks-per-node={tasks}", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={tmp_path}/slurm-%j.out", *script_args],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    job_id = submit.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and cluster.job(job_id).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(0.5)
+    return cluster.job(job_id).get("JobState"), open(f"{tmp_path}/slurm-{job_id}.out").read()
+
+
 def test_sbatch_trains_on_two_tasks_and_requeues_itself_on_the_time_limit_signal(cluster, python_docs_shards, tmp_path):
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({
@@ -73,17 +86,10 @@ def test_sbatch_trains_the_shipped_cpu_config_on_four_tasks_keeping_its_global_b
     out = str(tmp_path / "run")
     env = dict(cluster.env, PYTHON=sys.executable, DS_CONFIG="ds_configs/cpu_zero2.json", MODEL="tiny", GLOO_SOCKET_IFNAME="lo",
                OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
-    submit = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=4", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
-         "slurm/pretrain.sbatch", "--data", str(python_docs_shards.path), "--output", out, "--steps", "3", "--max-seq-len", "64",
-         "--log-every", "1", "--num-workers", "0", "--lr", "5e-4", "--warmup", "0.5"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    job_id = submit.stdout.strip().split(";")[0]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and cluster.job(job_id).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
-        time.sleep(0.5)
-    log = open(f"{tmp_path}/slurm-{job_id}.out").read()
-    assert cluster.job(job_id).get("JobState") == "COMPLETED", log[-3000:]
+    state, log = submit_and_wait(cluster, tmp_path, env, 4, [
+        "slurm/pretrain.sbatch", "--data", str(python_docs_shards.path), "--output", out, "--steps", "3", "--max-seq-len", "64",
+        "--log-every", "1", "--num-workers", "0", "--lr", "5e-4", "--warmup", "0.5"], timeout=300)
+    assert state == "COMPLETED", log[-3000:]
     assert "train_batch_size 16 over 4 ranks is 4 samples a rank: micro batch 4 x 1 accumulation step" in log
     assert max(losses(out)) == 3
     resolved = json.load(open(os.path.join(out, "run_config.json")))
@@ -106,17 +112,10 @@ def test_sbatch_finetune_runs_finetune_py_on_two_tasks(cluster, tmp_path):
     out = str(tmp_path / "run")
     env = dict(cluster.env, PYTHON=sys.executable, DS_CONFIG=str(config), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions")))
-    submit = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%j.out",
-         "slurm/finetune.sbatch", "--task", "classify", "--init", str(gt.get_model_path()), "--train", str(train), "--eval", str(train),
-         "--steps", "3", "--max-seq-len", "16", "--output", out],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    job_id = submit.stdout.strip().split(";")[0]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and cluster.job(job_id).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
-        time.sleep(0.5)
-    log = open(f"{tmp_path}/slurm-{job_id}.out").read()
-    assert cluster.job(job_id).get("JobState") == "COMPLETED", log[-3000:]
+    state, log = submit_and_wait(cluster, tmp_path, env, 2, [
+        "slurm/finetune.sbatch", "--task", "classify", "--init", str(gt.get_model_path()), "--train", str(train), "--eval", str(train),
+        "--steps", "3", "--max-seq-len", "16", "--output", out], timeout=240)
+    assert state == "COMPLETED", log[-3000:]
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["step"] == 3 and results["metrics"]["count"] == 24
     assert json.load(open(os.path.join(out, "run_config.json")))["world_size"] == 2
