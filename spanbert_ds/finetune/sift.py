@@ -3,19 +3,25 @@ training whose perturbation lives on the layer-normalised word embeddings.
 
 Adversarial training perturbs the input embeddings; their norms differ from word to word and grow in
 large models, so one perturbation size does not suit all. SiFT perturbs the normalised embeddings
-instead. Here, with x the embeddings' output, mu and sigma its per-token mean and deviation and
-x^ = (x - mu) / sigma its normalised form, the perturbed input is mu + sigma (x^ + delta) = x + sigma delta:
-a perturbation of the normalised vector, mapped back, so that the clean model stays the model that is
-trained and exported (DeBERTa's code adds a second, affine-free LayerNorm in front of the encoder).
+instead, placed as the released code places it (DeBERTa/sift/sift.py, hook_sift_layer on
+embeddings.LayerNorm): with x what the embeddings' LayerNorm takes (the sum of the tables), a perturbed
+pass gives that LayerNorm x^ + delta instead, x^ = LN0(x) the affine-free LayerNorm (eps 1e-7) of x; the
+model's own LayerNorm (with its weights) follows. Every backbone's embeddings end in that LayerNorm
+(BERT's, RoBERTa's and ELECTRA's after words + positions + segments, DeBERTa's after words + segments), so
+one hook serves them all (TaskModel.logits).
+
+One difference from the released code: there, the clean pass runs through LN0 as well (LN(LN0(x)), which
+differs from LN(x) by the two epsilons); here the clean pass is the model as it is trained and exported,
+LN(x), so the exported model is the one whose logits training saw.
 
 One step of the loss (as the released code's defaults: one ascent step, init 1e-2, step 1e-4):
   delta_0 ~ N(0, init^2) clipped to +-2 init
-  g = d/d(delta) SKL(f(x + sigma delta_0), f(x))              (the clean logits held fixed)
+  g = d/d(delta) SKL(f(x^ + delta_0), f(x))                   (the clean logits held fixed)
   delta_1 = delta_0 + step * g / max|g| (per token)
-  adversarial loss = SKL(f(x + sigma delta_1), f(x))         added to the task loss with weight lambda
-SKL is the symmetric KL divergence between the two predicted distributions. The inputs to the
-perturbed passes are detached from the embeddings (as in the released code): the adversarial loss
-trains the encoder's layers and head, not the embedding tables.
+  adversarial loss = SKL(f(x^ + delta_1), f(x))              added to the task loss with weight lambda
+SKL is the symmetric KL divergence between the two predicted distributions. x^ is detached from the
+embedding tables (as in the released code): the adversarial loss trains the embeddings' LayerNorm, the
+encoder's layers and the head, not the tables.
 """
 
 from dataclasses import dataclass
@@ -42,22 +48,27 @@ class SiFT:
         return cls(**values)
 
     def loss(self, forward, x_shape, clean_logits, valid):
-        """The adversarial loss. forward(perturb) -> logits; valid: which rows of the flattened
-        distributions count (the token head's labelled positions), or None for all."""
+        """The adversarial loss. forward(perturb) -> logits, perturb taking what the embeddings' LayerNorm takes
+        (of x_shape) to what it takes instead; valid: which rows of the flattened distributions count (the
+        token head's labelled positions), or None for all."""
         delta = torch.randn(x_shape, device=clean_logits.device).mul_(self.init)
         delta = delta.clamp_(-2 * self.init, 2 * self.init).requires_grad_(True)
         target = clean_logits.detach()
-        first = symmetric_kl(forward(_perturbation(delta)), target, valid)
+        first = symmetric_kl(forward(perturbation(delta)), target, valid)
         (grad,) = torch.autograd.grad(first, delta)
         delta = (delta + self.step * grad / (1e-6 + grad.abs().amax(dim=-1, keepdim=True))).detach()
-        return symmetric_kl(forward(_perturbation(delta)), target, valid)
+        return symmetric_kl(forward(perturbation(delta)), target, valid)
 
 
-def _perturbation(delta):
-    def perturb(x):  # x + sigma delta, from the detached embeddings
-        x = x.detach()
-        sigma = x.float().std(dim=-1, keepdim=True, unbiased=False)
-        return (x.float() + sigma * delta).to(x.dtype)
+NORMALISED_EPS = 1e-7  # the released PerturbationLayer's affine-free LayerNorm
+
+
+def perturbation(delta):
+    """The function a perturbed pass applies to the embeddings' LayerNorm input x: LN0(x) + delta, from x
+    detached."""
+    def perturb(x):
+        normalised = F.layer_norm(x.detach().float(), x.shape[-1:], eps=NORMALISED_EPS)
+        return (normalised + delta).to(x.dtype)
     return perturb
 
 

@@ -72,3 +72,66 @@ def test_sift_spec():
     assert SiFT.from_spec("weight=2,step=1e-3") == SiFT(weight=2.0, step=1e-3)
     with pytest.raises(ValueError, match="keys weight, init, step"):
         SiFT.from_spec("lambda=2")
+
+
+def backbone_model(objective, head="sequence", sift=None):
+    """A tiny TaskModel of the backbone a run of `objective` fine-tunes (tests/finetune/test_backbones.py)."""
+    from spanbert_ds.model.objectives import OBJECTIVES
+    from tests.model.synthetic import tiny_config
+
+    config = OBJECTIVES[objective].configure(tiny_config(attention_backend="eager"))
+    torch.manual_seed(0)
+    return TaskModel(config, head, 3, sift)
+
+
+def ln_inputs(model, b, perturb=None):
+    """What the embeddings' LayerNorm took in one pass of model.logits."""
+    taken = []
+    hook = model.encoder.embeddings.ln.register_forward_hook(lambda module, args, out: taken.append(args[0]))
+    try:
+        model.logits(b, perturb)
+    finally:
+        hook.remove()
+    return taken[0]
+
+
+@pytest.mark.parametrize("objective", ["bert", "debertav3"])
+def test_a_perturbed_pass_gives_the_embedding_layernorm_the_normalised_sum_plus_delta(objective):
+    """As the released code's hook_sift_layer: LN0(x) + delta before the model's own LayerNorm (LN0 affine-free,
+    eps 1e-7); the clean pass before and after is the model as exported."""
+    from spanbert_ds.finetune.sift import perturbation
+
+    model = backbone_model(objective).eval()
+    b = batch("sequence")
+    clean = model.logits(b)
+    x = ln_inputs(model, b)  # BERT: words + positions + segments; DeBERTa: words
+    delta = torch.randn(x.shape)
+    perturbed = ln_inputs(model, b, perturbation(delta))
+    expected = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-7) + delta
+    torch.testing.assert_close(perturbed, expected)
+    torch.testing.assert_close(model.logits(b), clean, atol=0, rtol=0)  # the hook is gone
+
+
+def test_the_perturbation_passes_through_the_models_own_embedding_layernorm():
+    # with that LayerNorm's weight zero, whatever it takes comes out as its bias: no perturbation reaches the
+    # layers, so the adversarial loss is zero (a perturbation after it would still move the logits)
+    model = tiny("sequence", SiFT(init=1.0, step=1.0)).train()
+    with torch.no_grad():
+        model.encoder.embeddings.ln.weight.zero_()
+        model.encoder.embeddings.ln.bias.normal_()
+    assert model(batch("sequence"))["sift_loss"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("objective", ["roberta", "electra", "deberta", "debertav3"])
+def test_sift_trains_every_backbone_from_its_embedding_layernorm_up(objective):
+    plain = backbone_model(objective).train()
+    adversarial = backbone_model(objective, sift=SiFT(init=1.0, step=1.0)).train()
+    b = batch("sequence")
+    out = adversarial(b)
+    assert out["sift_loss"].item() > 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    plain(b)["loss"].backward()
+    embeddings, plain_embeddings = adversarial.encoder.embeddings, plain.encoder.embeddings
+    torch.testing.assert_close(embeddings.word.weight.grad, plain_embeddings.word.weight.grad)  # not the tables
+    difference = embeddings.ln.weight.grad - plain_embeddings.ln.weight.grad  # the LayerNorm after the perturbation
+    assert difference.abs().max() > 1e-4 * plain_embeddings.ln.weight.grad.abs().max()
