@@ -191,7 +191,7 @@ class ClassifyTask:
 
     name = "classify"
     head = "sequence"
-    hf_architecture = "BertForSequenceClassification"
+    hf_architecture = "BertForSequenceClassification"  # the task; interop/task_hf.py picks the backbone's class
     predictions_file = "predictions.jsonl"
     target_keys = ("labels",)
 

@@ -117,7 +117,7 @@ class NerTask:
 
     name = "ner"
     head = "token"
-    hf_architecture = "BertForTokenClassification"
+    hf_architecture = "BertForTokenClassification"  # the task; interop/task_hf.py picks the backbone's class
     predictions_file = "predictions.txt"
     target_keys = ("labels",)
 

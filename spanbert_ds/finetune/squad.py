@@ -139,7 +139,7 @@ class SquadTask:
 
     name = "squad"
     head = "span"
-    hf_architecture = "BertForQuestionAnswering"
+    hf_architecture = "BertForQuestionAnswering"  # the task; interop/task_hf.py picks the backbone's class
     predictions_file = "predictions.json"
     target_keys = ("start_positions", "end_positions")
     labels = None

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune.init import load_init, load_into, tokenizer_of
 from spanbert_ds.finetune.model import IGNORE, TaskModel
-from spanbert_ds.interop.hf import export_task_hf
+from spanbert_ds.interop.task_hf import export_task_hf
 from spanbert_ds.model.config import ModelConfig
 
 transformers = pytest.importorskip("transformers")
