@@ -49,9 +49,9 @@ def off_init(module, scale=0.05):
     return module
 
 
-def objective_of(name, vocab_size):
+def objective_of(name, vocab_size, **changes):
     torch.manual_seed(0)
-    return off_init(OBJECTIVES[name](tiny_config(vocab_size=vocab_size, attention_backend="eager")))
+    return off_init(OBJECTIVES[name](tiny_config(vocab_size=vocab_size, attention_backend="eager", **changes)))
 
 
 def run_folder(tmp_path, objective, tokenizer):
@@ -91,11 +91,13 @@ def hf_logits(model, head, batch):
 
 
 @pytest.mark.parametrize("head", ["span", "sequence", "token"])
-@pytest.mark.parametrize("objective_name", list(PREFIXES))
+@pytest.mark.parametrize("objective_name, backbone", [(name, None) for name in PREFIXES] + [("spanbert", "deberta")])
 def test_a_run_of_every_objective_fine_tunes_and_exports_as_its_backbones_class(tmp_path, tokenizer,
-                                                                                 objective_name, head):
+                                                                                 objective_name, backbone, head):
+    """(spanbert on the deberta backbone: DebertaV2 with segments)"""
     V = tokenizer.get_vocab_size()
-    init = load_init(run_folder(tmp_path, objective_of(objective_name, V), tokenizer))
+    changes = {"backbone": backbone} if backbone else {}
+    init = load_init(run_folder(tmp_path, objective_of(objective_name, V, **changes), tokenizer))
     labels = LABELS[head]
     model = TaskModel(init.config, head, len(labels) if labels else 2)
     new = [name for name in HEAD_NAMES[head] if not (objective_name == "bert" and name.startswith("pooler."))]
@@ -104,7 +106,7 @@ def test_a_run_of_every_objective_fine_tunes_and_exports_as_its_backbones_class(
 
     export_task_hf(model.state_dict(), init.config, TASKS[head].hf_architecture, labels, init.tokenizer_path,
                    tmp_path / "hf")
-    expected = f"{PREFIXES[objective_name]}For{TASKS[head].hf_architecture.partition('For')[2]}"
+    expected = f"{'DebertaV2' if backbone else PREFIXES[objective_name]}For{TASKS[head].hf_architecture.partition('For')[2]}"
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [expected]
     theirs, info = getattr(transformers, AUTO[head]).from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert type(theirs).__name__ == expected
