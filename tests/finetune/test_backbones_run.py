@@ -1,6 +1,7 @@
 """Issue 24's "done when", launched: `train.py --objective debertav3` pretrains a tiny DeBERTaV3 for a few steps,
-`finetune.py --task squad --init RUN` fine-tunes its discriminator, and the run's export (RUN/hf) is a
-DebertaV2ForQuestionAnswering that transformers opens with the logits of the last checkpoint.
+`finetune.py --task squad --init RUN --sift` fine-tunes its discriminator (with SiFT's adversarial loss, in the
+DeepSpeed engine), and the run's export (RUN/hf) is a DebertaV2ForQuestionAnswering that transformers opens with
+the logits of the last checkpoint.
 
 Needs finetune/loop.py to export with interop/task_hf.py's export_task_hf (with interop.hf's, the folder says
 BertForQuestionAnswering over DeBERTa's weights)."""
@@ -16,7 +17,7 @@ from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.finetune.squad import SquadTask
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.run import checkpoint
-from tests.distributed.launch import FINETUNE, launch
+from tests.distributed.launch import FINETUNE, launch, metrics
 from tests.distributed.test_deberta_runs import deberta_args
 from tests.distributed.test_pretrain import check, ds_config
 from tests.finetune.test_backbones import squad_file
@@ -41,11 +42,13 @@ def test_a_debertav3_run_fine_tunes_on_squad_and_exports_deberta_v2_for_question
     out = str(tmp_path / "squad")
     check(launch(["--deepspeed_config", str(tmp_path / "ft.json"), "--task", "squad", "--init", pretrained,
                   "--train", squad, "--eval", squad, "--steps", "4", "--max-seq-len", "64", "--doc-stride", "16",
-                  "--max-query-len", "16", "--output", out], ranks=1, launcher="python", timeout=600,
+                  "--max-query-len", "16", "--sift", "--log-every", "1", "--output", out], ranks=1, launcher="python", timeout=600,
                  script=FINETUNE))
 
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["metrics"]["count"] == 24
+    steps = [row for row in metrics(out) if "loss" in row]
+    assert len(steps) == 4 and all(row["sift_loss"] > 0 for row in steps), steps
     hf_dir = os.path.join(out, "hf")
     assert json.load(open(os.path.join(hf_dir, "config.json")))["architectures"] == ["DebertaV2ForQuestionAnswering"]
     theirs, info = transformers.AutoModelForQuestionAnswering.from_pretrained(hf_dir, output_loading_info=True)
