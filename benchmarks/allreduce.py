@@ -25,8 +25,8 @@ sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
 sys.path.insert(0, REPO)
 
 from spanbert_ds.model.config import PRESETS  # noqa: E402
-from spanbert_ds.train.distributed import (fill_rank_environment, gather_from_ranks, on_gpus,  # noqa: E402
-                                           open_process_group)
+from spanbert_ds.run.distributed import (fill_rank_environment, gather_from_ranks, on_gpus,  # noqa: E402
+                                         open_process_group)
 from spanbert_ds.train.preflight import time_all_reduce  # noqa: E402
 
 

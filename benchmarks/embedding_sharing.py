@@ -102,7 +102,7 @@ def embedding_similarities(run_dir):
     over the vocabulary's non-special rows, from the run's last checkpoint."""
     import torch
 
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     objective, _ = load_run(run_dir)
     with open(os.path.join(run_dir, "tokenizer", "meta.json")) as f:

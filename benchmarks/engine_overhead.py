@@ -31,7 +31,7 @@ def main():
     from spanbert_ds.data.prepare import prepare
     from spanbert_ds.data.shards import Shards
     from spanbert_ds.model.objectives import OBJECTIVES
-    from spanbert_ds.train.distributed import fill_rank_environment
+    from spanbert_ds.run.distributed import fill_rank_environment
     from spanbert_ds.model.config import model_config_for
 
     if args.data is None:

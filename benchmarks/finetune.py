@@ -35,10 +35,11 @@ sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
+from spanbert_ds.data.loader import BatchPlan  # noqa: E402
+from spanbert_ds.data.masking import MODEL_INPUTS  # noqa: E402
 from spanbert_ds.data.tokenizer import load_tokenizer  # noqa: E402
-from spanbert_ds.finetune import batches  # noqa: E402
 from spanbert_ds.finetune.model import TaskModel  # noqa: E402
-from spanbert_ds.finetune.tasks import MODEL_INPUTS, TASKS  # noqa: E402
+from spanbert_ds.finetune.tasks import TASKS  # noqa: E402
 
 # task -> (our task, HF class, data set, train file, eval file, metric, max_seq_len)
 SETUPS = {
@@ -111,9 +112,10 @@ def run_hf(name, files, args, round_index):
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, max(1, int(WARMUP_FRACTION * args.steps)),
                                                             args.steps)
     n_rows = len(train_features["input_ids"])
+    plan = BatchPlan(n_rows, global_batch=args.batch, micro_batch=args.batch, world_size=1, rank=0, seed=1, wrap=True)
     started = time.perf_counter()
     for step in range(args.steps):
-        rows = batches.step_rows(n_rows, args.batch, 1, step)
+        _, rows = plan.micro_indices(step)  # one micro-batch a step: the step's rows
         batch = {k: torch.from_numpy(np.asarray(train_features[k][rows], dtype=np.int64))
                  for k in MODEL_INPUTS + task.target_keys}  # padded to --max-seq-len, as the HF scripts pad
         out = model(**batch)

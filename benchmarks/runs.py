@@ -41,7 +41,7 @@ class Job:
 
 def run_jobs(jobs, args, what):
     """Run the jobs not done yet, args.jobs at a time; stop the benchmark on the first failure."""
-    from spanbert_ds.train.distributed import free_port
+    from spanbert_ds.run.distributed import free_port
 
     todo = [job for job in jobs if args.fresh or not job.done()]
     if len(todo) < len(jobs):

@@ -218,7 +218,7 @@ def span_fill(run_dir, scheme, fill_set, batch_size=128):
     import torch
 
     from spanbert_ds.model.heads import gather_rows
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     input_ids, attention_mask, spans, valid = fill_set
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed's notes on consolidating the checkpoint

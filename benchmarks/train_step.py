@@ -163,7 +163,7 @@ def model_flops(objective, batch):
 
 
 def peak_flops(device):
-    from spanbert_ds.train.monitor import device_peak_flops
+    from spanbert_ds.run.monitor import device_peak_flops
 
     return device_peak_flops() if device.type == "cuda" else None
 

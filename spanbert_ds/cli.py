@@ -7,7 +7,11 @@ never pays for importing DeepSpeed.
 SIGTERM and SIGHUP (a scheduler's or `timeout`'s stop, a closed terminal) stop a command as Ctrl-C
 does: they raise KeyboardInterrupt where it is, so each command's clean-up runs (prepare and export
 remove their temporary folder and lock), then one line and exit 128 + the signal's number. Training
-installs its own handlers over these (train/signals.py: stop at the next step, with a checkpoint).
+installs its own handlers over these (run/signals.py: stop at the next step, with a checkpoint).
+
+This module is the top of the layers (docs/architecture.md): training and fine-tuning sit below interop/,
+so what they need from it (reading a Hugging Face folder, writing a fine-tuned model as one) is handed
+down here, as arguments of their `run` (HANDED_DOWN).
 """
 
 import argparse
@@ -30,6 +34,13 @@ COMMANDS = {
     "export": ("spanbert_ds.interop.export", "write a run or checkpoint as a Hugging Face model folder"),
     "demo": ("spanbert_ds.demo", "prepare the built-in corpus and pretrain a small SpanBERT on CPU"),
     "bench": ("spanbert_ds.bench", "time training steps of each attention backend on this device"),
+}
+
+
+# command -> the keyword arguments its `run` gets from the layers above it, imported when the command runs
+HANDED_DOWN = {
+    "train": lambda: {"hf": importlib.import_module("spanbert_ds.interop.hf")},
+    "finetune": lambda: {"export_task": importlib.import_module("spanbert_ds.interop.task_hf").export_task_hf},
 }
 
 
@@ -109,7 +120,7 @@ def main(argv=None, prog=None):
             parser = _OneLineParser(prog=prog, description=COMMANDS[name][1], formatter_class=_HelpFormatter)
             module.add_arguments(parser)
             args = parser.parse_args(rest)
-            return module.run(args) or 0
+            return module.run(args, **HANDED_DOWN.get(name, dict)()) or 0
         except UserError as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return error.exit_code

@@ -5,7 +5,9 @@ seeded by (seed, e), with G the global batch (train_batch_size). Micro-step k of
 the step goes to rank r as the slice starting at (k * world + r) * micro: every
 rank gets an equal, disjoint share, and a step contains the same samples whatever
 the world size, so runs on 1 and 2 ranks see the same global batches. Steps that
-would need more samples than an epoch has left are not run (no rank runs short).
+would need more samples than an epoch has left are not run (no rank runs short);
+with `wrap` (fine-tuning, where every row counts and a set may be smaller than one
+batch) the epoch's last step wraps round to its first samples instead.
 
 Masks are a function of (seed, epoch, sample index) only, so a resumed run sees
 exactly the batches it would have seen.
@@ -15,6 +17,7 @@ order(e) is the global positions e*n .. (e+1)*n - 1 in turn, which the blend map
 samples; shuffling them again would undo the share of each corpus in every global batch.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +35,7 @@ class BatchPlan:
     rank: int
     seed: int
     interleaved: bool = False  # the samples are a BlendedSamples, already in training order
+    wrap: bool = False  # the last step of an epoch takes what is left and wraps round to the epoch's first samples
 
     def __post_init__(self):
         if self.global_batch % (self.micro_batch * self.world_size):
@@ -51,8 +55,9 @@ class BatchPlan:
 
     @property
     def steps_per_epoch(self):
-        return self.n_samples // self.global_batch
+        return -(-self.n_samples // self.global_batch) if self.wrap else self.n_samples // self.global_batch
 
+    @functools.lru_cache(maxsize=2)  # an epoch's permutation is the one costly part; a step uses one or two
     def order(self, epoch):
         if self.interleaved:
             return np.arange(epoch * self.n_samples, (epoch + 1) * self.n_samples, dtype=np.int64)
@@ -69,6 +74,11 @@ class BatchPlan:
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
         return epoch, step_in_epoch * self.global_batch + (k * self.world_size + self.rank) * self.micro_batch
 
+    def micro_indices(self, micro_index):
+        """(epoch, the sample indices of this rank's micro-batch number `micro_index` of the run)."""
+        epoch, start = self.locate(micro_index)
+        return epoch, self.order(epoch)[np.arange(start, start + self.micro_batch) % self.n_samples]
+
 
 class MicroBatches(torch.utils.data.Dataset):
     """Item i is this rank's masked micro-batch number `first + i`, as torch tensors."""
@@ -76,22 +86,14 @@ class MicroBatches(torch.utils.data.Dataset):
     def __init__(self, samples, masker, plan, first, count):
         self.samples, self.masker, self.plan = samples, masker, plan
         self.first, self.count = first, count
-        self._orders = {}
 
     def __len__(self):
         return self.count
 
     def __getitem__(self, i):
-        epoch, indices = self._micro_step(self.first + i)
+        epoch, indices = self.plan.micro_indices(self.first + i)
         batch = self.masker(self.samples.batch(indices), indices, epoch, self.plan.seed)
         return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
-
-    def _micro_step(self, micro_index):
-        epoch, start = self.plan.locate(micro_index)
-        # The permutation of an epoch is the one costly part: keep the current one per worker.
-        if epoch not in self._orders:
-            self._orders = {epoch: self.plan.order(epoch)}
-        return epoch, self._orders[epoch][start : start + self.plan.micro_batch]
 
 
 def micro_batch_loader(samples, masker, plan, first_micro, n_micro, num_workers, worker_init_fn=None):

@@ -33,7 +33,7 @@ def add_arguments(parser):
     arg("--keep-checkpoints", type=int, default=2, help="how many of the latest checkpoints to keep")
     arg("--log-every", type=int, default=10, help="log every N steps")
     arg("--eval-every", type=int, default=0, help="also score --eval every N steps (0: at the end only)")
-    arg("--resume", default="auto", help="auto (the latest checkpoint in --output) or none")
+    arg("--resume", default="auto", help="auto (the latest checkpoint in --output), none, or a checkpoint folder")
     arg("--sift", nargs="?", const="", default=None, metavar="KEY=VALUE,...",
         help="add SiFT's adversarial loss (DeBERTa); optional weight=1,init=1e-2,step=1e-4")
     squad = parser.add_argument_group("squad")

@@ -1,10 +1,9 @@
-"""Feature rows -> batches, for training and for prediction across ranks.
+"""Feature rows -> batches: a training micro-batch's rows as tensors, and prediction across ranks.
 
-Training order: epoch e visits the N feature rows in a permutation drawn from (seed, e); optimizer
-step s of the run takes rows [i*G, (i+1)*G) of its epoch's permutation (G the global batch, i = s mod
-steps per epoch, wrapping round to the epoch's first rows to fill the last batch). So a batch is a
-function of (seed, step) alone, and a resumed run sees exactly the batches it would have seen.
-Within a step, micro-batch m of rank r is the slice (m * ranks + r) of the step's rows.
+Which rows a micro-batch of training holds is pretraining's plan (data/loader.py's BatchPlan with `wrap`:
+epoch e visits the rows in a permutation drawn from (seed, e), the epoch's last step wraps round to its
+first rows), so a batch is a function of (seed, step) alone, the same on any number of ranks, and a
+resumed run sees exactly the batches it would have seen.
 
 A batch is cut to the longest row it holds: features are padded to --max-seq-len, most rows are
 shorter, and attention costs T^2.
@@ -17,23 +16,6 @@ import torch
 import torch.distributed as dist
 
 PAD_LOGIT = -1e4  # logits at positions past a batch's longest row (which the model never saw)
-
-
-def steps_per_epoch(n_rows, global_batch):
-    return math.ceil(n_rows / global_batch)
-
-
-def step_rows(n_rows, global_batch, seed, step):
-    """The feature rows of optimizer step `step` (0-based), in micro-batch order."""
-    epoch, i = divmod(step, steps_per_epoch(n_rows, global_batch))
-    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
-    return order[np.arange(i * global_batch, (i + 1) * global_batch) % n_rows]
-
-
-def micro_batch_rows(rows, micro_batch, accumulation, world_size, rank):
-    """This rank's micro-batches of one step's rows."""
-    return [rows[(m * world_size + rank) * micro_batch:(m * world_size + rank + 1) * micro_batch]
-            for m in range(accumulation)]
 
 
 def collate(features, rows, keys, device):

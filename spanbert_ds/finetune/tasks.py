@@ -16,5 +16,4 @@ TASKS = {
     "classify": ClassifyTask,
     "ner": NerTask,
 }
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 DEFAULT_MAX_SEQ_LEN = {"squad": 384, "classify": 128, "ner": 128}

@@ -13,7 +13,7 @@ import shutil
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import (check_creatable, check_replaceable, free_mb, make_parents, out_of_space,
                                  remove_made, remove_stale_siblings, temporary_sibling)
-from spanbert_ds.train.run_folder import load_run
+from spanbert_ds.run.folder import load_run, read_imported, run_and_tag
 
 
 def add_arguments(parser):
@@ -26,7 +26,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from spanbert_ds.interop.hf import export_hf, read_imported
+    from spanbert_ds.interop.hf import export_hf
 
     run_dir, tag = run_and_tag(args.run, args.checkpoint)
     _check_out(args.out, run_dir, args.overwrite)  # before the slow consolidation, and never over the run
@@ -55,19 +55,6 @@ def run(args):
     what = f"the generator of the {objective.name}" if args.generator else objective.name
     print(f"exported {what} model of {os.path.join(run_dir, 'checkpoints', tag)} to {args.out} (load "
           f"it with transformers.{architecture}.from_pretrained)")
-
-
-def run_and_tag(path, tag):
-    """RUN or RUN/checkpoints/stepN -> (RUN, tag or None)."""
-    path = os.path.normpath(path)
-    parent = os.path.dirname(path)
-    run_dir = os.path.dirname(parent)
-    if os.path.basename(parent) == "checkpoints" and os.path.isfile(os.path.join(run_dir, "run_config.json")):
-        if tag is not None and tag != os.path.basename(path):
-            raise UserError(f"export: {path} is checkpoint {os.path.basename(path)} but --checkpoint says "
-                            f"{tag}; give one of them")
-        return os.path.dirname(parent), os.path.basename(path)
-    return path, tag
 
 
 def _check_generator(run_dir):

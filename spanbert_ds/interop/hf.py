@@ -1,4 +1,4 @@
-"""The Hugging Face BERT and RoBERTa formats, both ways; the only file that knows Hugging Face's names.
+"""The Hugging Face BERT and RoBERTa formats, both ways (the names themselves: interop/hf_names.py).
 
 Export (`export_hf`) writes a folder that `transformers` opens unchanged:
   config.json            BertConfig, architectures ["BertForPreTraining"]; or, for a model without
@@ -10,7 +10,7 @@ Export (`export_hf`) writes a folder that `transformers` opens unchanged:
   tokenizer.json, vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE),
   tokenizer_config.json (with the right do_lower_case), special_tokens_map.json
 The replaced-token detection objectives (electra, debertav3) train two networks, which HF keeps as two
-models: interop/rtd_hf.py names them, on top of this file's tables.
+models: interop/rtd_hf.py names them. The name tables both use are interop/hf_names.py.
 Import (`load_hf_into`, behind `--init-from HF_DIR`) loads an HF BERT folder (BertModel or
 BertForPreTraining names) or RoBERTa folder (RobertaModel or RobertaForMaskedLM names) into an
 objective's encoder and heads, and reports what it had to initialise. What the folder holds that the
@@ -36,226 +36,14 @@ from torch import nn
 from spanbert_ds.data.tokenizer import SPECIALS, casing, kind_of, vocab_size
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import give_umask_mode
+from spanbert_ds.interop import rtd_hf
+from spanbert_ds.interop.hf_names import (DEBERTA_LEGACY, EMD_FILE, EMD_NAMES, HF_DERIVED, HF_SHAPE,
+                                          SBO_FILE, SBO_PREFIX, VOCAB_ROWS, bert_config_dict, extra_files,
+                                          hf_config_dict, name_pairs, position_offset, rename, roberta_to_bert,
+                                          strip_wrapper_prefix, to_hf_state_dict)
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import TIED
-
-# Our objective's parameter names -> Hugging Face BertForPreTraining's. "{i}" is a layer index;
-# a tuple is one of our tensors that HF keeps as several, concatenated along dim 0 (Q, K, V).
-HF_NAMES = {
-    "encoder.embeddings.word.weight": "bert.embeddings.word_embeddings.weight",
-    "encoder.embeddings.position.weight": "bert.embeddings.position_embeddings.weight",
-    "encoder.embeddings.token_type.weight": "bert.embeddings.token_type_embeddings.weight",
-    "encoder.embeddings.ln.weight": "bert.embeddings.LayerNorm.weight",
-    "encoder.embeddings.ln.bias": "bert.embeddings.LayerNorm.bias",
-    "encoder.layers.{i}.attn.qkv.weight": tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.weight"
-                                                for p in ("query", "key", "value")),
-    "encoder.layers.{i}.attn.qkv.bias": tuple(f"bert.encoder.layer.{{i}}.attention.self.{p}.bias"
-                                              for p in ("query", "key", "value")),
-    "encoder.layers.{i}.attn.out.weight": "bert.encoder.layer.{i}.attention.output.dense.weight",
-    "encoder.layers.{i}.attn.out.bias": "bert.encoder.layer.{i}.attention.output.dense.bias",
-    "encoder.layers.{i}.ln1.weight": "bert.encoder.layer.{i}.attention.output.LayerNorm.weight",
-    "encoder.layers.{i}.ln1.bias": "bert.encoder.layer.{i}.attention.output.LayerNorm.bias",
-    "encoder.layers.{i}.ffn.fc1.weight": "bert.encoder.layer.{i}.intermediate.dense.weight",
-    "encoder.layers.{i}.ffn.fc1.bias": "bert.encoder.layer.{i}.intermediate.dense.bias",
-    "encoder.layers.{i}.ffn.fc2.weight": "bert.encoder.layer.{i}.output.dense.weight",
-    "encoder.layers.{i}.ffn.fc2.bias": "bert.encoder.layer.{i}.output.dense.bias",
-    "encoder.layers.{i}.ln2.weight": "bert.encoder.layer.{i}.output.LayerNorm.weight",
-    "encoder.layers.{i}.ln2.bias": "bert.encoder.layer.{i}.output.LayerNorm.bias",
-    "mlm_head.transform.weight": "cls.predictions.transform.dense.weight",
-    "mlm_head.transform.bias": "cls.predictions.transform.dense.bias",
-    "mlm_head.transform.ln_weight": "cls.predictions.transform.LayerNorm.weight",
-    "mlm_head.transform.ln_bias": "cls.predictions.transform.LayerNorm.bias",
-    "mlm_head.bias": "cls.predictions.bias",
-    "nsp_head.pooler.weight": "bert.pooler.dense.weight",
-    "nsp_head.pooler.bias": "bert.pooler.dense.bias",
-    "nsp_head.classifier.weight": "cls.seq_relationship.weight",
-    "nsp_head.classifier.bias": "cls.seq_relationship.bias",
-}
-# The same for the deberta backbone -> DebertaV2ForMaskedLM (its non-legacy head, as the released V3
-# checkpoints name it). The EMD's absolute position table has no place in DebertaV2: EMD_FILE holds it.
-DEBERTA_NAMES = {
-    "encoder.embeddings.word.weight": "deberta.embeddings.word_embeddings.weight",
-    "encoder.embeddings.token_type.weight": "deberta.embeddings.token_type_embeddings.weight",
-    "encoder.embeddings.ln.weight": "deberta.embeddings.LayerNorm.weight",
-    "encoder.embeddings.ln.bias": "deberta.embeddings.LayerNorm.bias",
-    "encoder.rel_embeddings.weight": "deberta.encoder.rel_embeddings.weight",
-    "encoder.rel_ln.weight": "deberta.encoder.LayerNorm.weight",
-    "encoder.rel_ln.bias": "deberta.encoder.LayerNorm.bias",
-    "encoder.layers.{i}.attn.qkv.weight": tuple(f"deberta.encoder.layer.{{i}}.attention.self.{p}_proj.weight"
-                                                for p in ("query", "key", "value")),
-    "encoder.layers.{i}.attn.qkv.bias": tuple(f"deberta.encoder.layer.{{i}}.attention.self.{p}_proj.bias"
-                                              for p in ("query", "key", "value")),
-    "encoder.layers.{i}.attn.out.weight": "deberta.encoder.layer.{i}.attention.output.dense.weight",
-    "encoder.layers.{i}.attn.out.bias": "deberta.encoder.layer.{i}.attention.output.dense.bias",
-    "encoder.layers.{i}.ln1.weight": "deberta.encoder.layer.{i}.attention.output.LayerNorm.weight",
-    "encoder.layers.{i}.ln1.bias": "deberta.encoder.layer.{i}.attention.output.LayerNorm.bias",
-    "encoder.layers.{i}.ffn.fc1.weight": "deberta.encoder.layer.{i}.intermediate.dense.weight",
-    "encoder.layers.{i}.ffn.fc1.bias": "deberta.encoder.layer.{i}.intermediate.dense.bias",
-    "encoder.layers.{i}.ffn.fc2.weight": "deberta.encoder.layer.{i}.output.dense.weight",
-    "encoder.layers.{i}.ffn.fc2.bias": "deberta.encoder.layer.{i}.output.dense.bias",
-    "encoder.layers.{i}.ln2.weight": "deberta.encoder.layer.{i}.output.LayerNorm.weight",
-    "encoder.layers.{i}.ln2.bias": "deberta.encoder.layer.{i}.output.LayerNorm.bias",
-    "mlm_head.transform.weight": "lm_predictions.lm_head.dense.weight",
-    "mlm_head.transform.bias": "lm_predictions.lm_head.dense.bias",
-    "mlm_head.transform.ln_weight": "lm_predictions.lm_head.LayerNorm.weight",
-    "mlm_head.transform.ln_bias": "lm_predictions.lm_head.LayerNorm.bias",
-    "mlm_head.bias": "lm_predictions.lm_head.bias",
-}
-# DebertaV2ForMaskedLM's legacy head (transformers' default when a config does not say) -> the names above.
-DEBERTA_LEGACY = {"cls.predictions.transform.dense.": "lm_predictions.lm_head.dense.",
-                  "cls.predictions.transform.LayerNorm.": "lm_predictions.lm_head.LayerNorm.",
-                  "cls.predictions.bias": "lm_predictions.lm_head.bias"}
-EMD_FILE = "emd.safetensors"
-EMD_NAMES = ("encoder.embeddings.position.weight",)
-# Tensors whose rows are the vocabulary: padded_vocab_size rows here, vocab_size in HF files.
-VOCAB_ROWS = ("encoder.embeddings.word.weight", "mlm_head.bias", "sbo_head.bias")
-# HF names (as load_hf_into renames them) that carry no weights of their own (buffers and tied copies), and
-# the replaced-token-detection head DeBERTa V3 checkpoints carry, which transformers' MLM model skips too.
-HF_DERIVED = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$|^(cls\.predictions|lm_head)\.decoder\."
-                        r"(weight|bias)$|^mask_predictions\.")
-# BertForPreTraining's names -> RobertaForMaskedLM's, by prefix (the encoder's are the same under roberta.).
-ROBERTA_PREFIXES = {
-    "bert.": "roberta.",
-    "cls.predictions.transform.dense.": "lm_head.dense.",
-    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
-    "cls.predictions.bias": "lm_head.bias",
-}
-ROBERTA_POSITIONS = "embeddings.position_embeddings.weight"
-SBO_FILE = "sbo_head.safetensors"
-# In a run folder: what --init-from brought that the objective does not train but its export has a place for
-# (BERT's pooler, and NSP classifier, under a spanbert or roberta objective), under our names. Export writes
-# them beside the trained tensors, so transformers finds the imported pooler, not a random one.
-IMPORTED_FILE = "imported.safetensors"
-HF_SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-SBO_PREFIX = "sbo_head."
-
-
-def name_pairs(config):
-    """(our name, HF name or tuple of HF names) for every mapped tensor of a model with this config."""
-    for ours, hf in (DEBERTA_NAMES if config.backbone == "deberta" else HF_NAMES).items():
-        if "{i}" not in ours:
-            yield ours, hf
-            continue
-        for i in range(config.num_layers):
-            yield ours.format(i=i), tuple(n.format(i=i) for n in hf) if isinstance(hf, tuple) else hf.format(i=i)
-
-
-# --- export ---------------------------------------------------------------------------------
-
-
-def to_hf_state_dict(state, config, roberta=None):
-    """Our objective's state dict -> (HF tensors: BertForPreTraining's, RobertaForMaskedLM's for a model without
-    segments unless roberta is False, DebertaV2ForMaskedLM's for the deberta backbone; the tensors kept under
-    our names beside them: the SBO head and the EMD's positions), all fp32 CPU."""
-    if config.pre_layernorm:
-        raise UserError("export: this model is pre-LayerNorm; Hugging Face's BertForPreTraining is post-LayerNorm "
-                        "only, so it cannot hold it. Train with pre_layernorm false to export to HF BERT")
-    state = _strip_wrapper_prefix(state)
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
-    for key in VOCAB_ROWS:
-        if key in state:
-            state[key] = state[key][: config.vocab_size]
-    hf, missing = {}, []
-    for ours, names in name_pairs(config):
-        if ours not in state:
-            if ours.startswith("encoder.") and ours != "encoder.embeddings.token_type.weight":
-                missing.append(ours)
-            continue
-        names = names if isinstance(names, tuple) else (names,)
-        for name, part in zip(names, state.pop(ours).chunk(len(names), dim=0)):
-            hf[name] = part.contiguous()
-    if missing:
-        raise UserError(f"export: the state dict lacks encoder tensors for {missing[:3]} "
-                        f"(and {max(len(missing) - 3, 0)} more); is it the state dict of this model config's "
-                        "objective?")
-    extra = {k: v.contiguous() for k, v in state.items()
-             if (k.startswith(SBO_PREFIX) or k in EMD_NAMES) and k not in TIED}
-    if config.backbone == "deberta":
-        left = [k for k in state if k not in extra and k not in TIED]
-        if left:
-            raise UserError(f"export: DebertaV2 has no place for {', '.join(left[:3])} (the NSP head); export a "
-                            "deberta backbone trained with the deberta, roberta or spanbert objective")
-        return hf, extra
-    if "bert.embeddings.token_type_embeddings.weight" not in hf:
-        # No segments (RoBERTa): HF BERT always adds one segment row; a zero row adds nothing. It has the
-        # word table's width, which is wider than hidden_size in a generator that projects shared tables down.
-        width = hf["bert.embeddings.word_embeddings.weight"].shape[1]
-        hf["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(1, width)
-    roberta = is_roberta(config) if roberta is None else roberta
-    return (_bert_to_roberta(hf, config) if roberta else hf), extra
-
-
-def is_roberta(config):
-    """A model without segments is what the roberta objective trains: it exports as RoBERTa."""
-    return config.type_vocab_size == 0
-
-
-def _position_offset(pad_token_id):
-    # RoBERTa numbers the positions of real tokens from padding_idx + 1 (its padding takes row padding_idx).
-    return pad_token_id + 1
-
-
-def _rename(name, table):
-    for old, new in table.items():
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
-
-
-def _bert_to_roberta(hf, config):
-    roberta = {_rename(name, ROBERTA_PREFIXES): tensor for name, tensor in hf.items()}
-    positions = roberta["roberta." + ROBERTA_POSITIONS]
-    unused = torch.zeros(_position_offset(config.pad_token_id), positions.shape[1])
-    roberta["roberta." + ROBERTA_POSITIONS] = torch.cat([unused, positions])
-    return roberta
-
-
-def _roberta_to_bert(hf, hf_config):
-    back = {new: old for old, new in ROBERTA_PREFIXES.items()}
-    bert = {_rename(name, back): tensor for name, tensor in hf.items()}
-    positions = "bert." + ROBERTA_POSITIONS
-    if positions in bert:
-        bert[positions] = bert[positions][_position_offset(hf_config.get("pad_token_id", 1)):]
-    return bert
-
-
-def hf_config_dict(config):
-    """Our ModelConfig as a transformers BertConfig dict (RobertaConfig for a model without segments,
-    DebertaV2Config for the deberta backbone)."""
-    if config.backbone == "deberta":
-        return {**_bert_config_dict(config), "architectures": ["DebertaV2ForMaskedLM"], "model_type": "deberta-v2",
-                "type_vocab_size": config.type_vocab_size, "relative_attention": True,
-                "pos_att_type": ["p2c", "c2p"], "position_buckets": config.position_buckets,
-                "max_relative_positions": config.max_relative_positions, "share_att_key": True,
-                "norm_rel_ebd": "layer_norm", "position_biased_input": False, "legacy": False}
-    if is_roberta(config):
-        return {**_bert_config_dict(config), "architectures": ["RobertaForMaskedLM"], "model_type": "roberta",
-                "max_position_embeddings": config.max_position_embeddings + _position_offset(config.pad_token_id),
-                "type_vocab_size": 1}
-    return _bert_config_dict(config)
-
-
-def _bert_config_dict(config):
-    return {
-        "architectures": ["BertForPreTraining"],
-        "model_type": "bert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": config.hidden_dropout,
-        "attention_probs_dropout_prob": config.attention_dropout,
-        "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": max(config.type_vocab_size, 1),
-        "initializer_range": config.initializer_range,
-        "layer_norm_eps": config.layer_norm_eps,
-        "pad_token_id": config.pad_token_id,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-        "dtype": "float32",
-    }
+from spanbert_ds.run.folder import IMPORTED_FILE, read_imported, save_imported  # noqa: F401 (their old place)
 
 
 def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, generator=False, imported=None):
@@ -269,8 +57,6 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
     with `.tokenizer()` and `.meta` (data.shards.Shards), or None for no tokenizer files.
     Returns the list of files written.
     """
-    from spanbert_ds.interop import rtd_hf  # built on this module, so imported when used
-
     if isinstance(objective_or_state_dict, nn.Module):
         model_config = getattr(objective_or_state_dict, "config", model_config)
     if rtd_hf.is_rtd(objective_or_state_dict):
@@ -280,7 +66,7 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
         raise UserError(rtd_hf.NO_GENERATOR.format(what=f"the {name} objective" if name else "this model"))
     else:
         state = objective_or_state_dict
-        state = state.state_dict() if isinstance(state, nn.Module) else _strip_wrapper_prefix(state)
+        state = state.state_dict() if isinstance(state, nn.Module) else strip_wrapper_prefix(state)
         hf, extra = to_hf_state_dict({**(imported or {}), **state}, model_config)
         config, extras = hf_config_dict(model_config), extra_files(extra)
     os.makedirs(out_dir, exist_ok=True)
@@ -308,12 +94,6 @@ def _save_file(tensors, path, metadata):
 
     save_file(tensors, path, metadata=metadata)
     give_umask_mode(path)
-
-
-def extra_files(extra):
-    """to_hf_state_dict's tensors kept under our names -> {file name: its tensors} (empty ones are not written)."""
-    return {SBO_FILE: {k: v for k, v in extra.items() if k.startswith(SBO_PREFIX)},
-            EMD_FILE: {k: v for k, v in extra.items() if k in EMD_NAMES}}
 
 
 # --- tokenizer files ----------------------------------------------------------------------------
@@ -489,7 +269,7 @@ def config_from_hf(hf_dir, **overrides):
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 512)
-        - (_position_offset(hf.get("pad_token_id", 1)) if hf.get("model_type") == "roberta" else 0),
+        - (position_offset(hf.get("pad_token_id", 1)) if hf.get("model_type") == "roberta" else 0),
         type_vocab_size=hf.get("type_vocab_size", 2),
         hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
@@ -559,13 +339,6 @@ def _current_name(hf_name):
     return hf_name
 
 
-def _strip_wrapper_prefix(state):
-    # DeepSpeed / DDP wrap the objective as `module`.
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def load_hf_into(objective, hf_dir):
     """Load an HF BERT or RoBERTa folder into `objective` in place; return what was loaded and what was not.
 
@@ -604,15 +377,14 @@ def load_hf_into(objective, hf_dir):
     if not any(k.startswith(prefix) for k in hf):  # BertModel / RobertaModel / DebertaV2Model names: add the prefix
         hf = {(prefix + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in hf.items()}
     if model_type == "roberta":
-        hf = _roberta_to_bert(hf, hf_config)
+        hf = roberta_to_bert(hf, hf_config)
     elif model_type == "deberta-v2":
-        hf = {_rename(k, DEBERTA_LEGACY): v for k, v in hf.items()}
+        hf = {rename(k, DEBERTA_LEGACY): v for k, v in hf.items()}
 
-    from spanbert_ds.interop.rtd_hf import is_rtd  # built on this module, so imported when used
 
     params = dict(objective.state_dict(keep_vars=True))
     loaded, kept, used = {}, {}, set()
-    keeps = config.backbone == "bert" and not is_rtd(objective)  # BertForPreTraining holds what it lacks
+    keeps = config.backbone == "bert" and not rtd_hf.is_rtd(objective)  # BertForPreTraining holds what it lacks
     for ours, names in name_pairs(config):
         group = names if isinstance(names, tuple) else (names,)
         if not all(n in hf for n in group):
@@ -664,18 +436,6 @@ def load_hf_into(objective, hf_dir):
             "kept": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(kept.items())}}
 
 
-def save_imported(kept, run_dir):
-    """load_hf_into's `kept` tensors into the run folder, for export_hf's `imported`."""
-    if kept:
-        _save_file(kept, os.path.join(run_dir, IMPORTED_FILE), metadata={"format": "pt"})
-
-
-def read_imported(run_dir):
-    """The tensors save_imported kept in a run folder (none when the run did not start from an HF folder)."""
-    path = os.path.join(run_dir, IMPORTED_FILE)
-    return _read_tensors(path) if os.path.isfile(path) else {}
-
-
 def format_report(report):
     """One line for the training log, e.g. after --init-from."""
     heads = sorted({k.split(".")[0] for k in report["initialised"]})
@@ -707,14 +467,14 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     """A fine-tuned model's state dict (finetune/model.py's names) as an HF folder of `architecture`
     (BertForQuestionAnswering, BertForSequenceClassification or BertForTokenClassification); `labels`: the
     label names in id order (None for QA). Returns the files written."""
-    state = _strip_wrapper_prefix(state)
+    state = strip_wrapper_prefix(state)
     # Task heads keep BERT's format for every encoder (RoBERTa's classification head has another shape).
     hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config, roberta=False)
     hf.pop("cls.predictions.bias", None)
     for ours, name in TASK_HEAD_NAMES.items():
         if ours in state:
             hf[name] = state[ours].detach().to("cpu", torch.float32).contiguous()
-    config = {**_bert_config_dict(model_config), "architectures": [architecture]}
+    config = {**bert_config_dict(model_config), "architectures": [architecture]}
     if labels is not None:
         config["id2label"] = {str(i): label for i, label in enumerate(labels)}
         config["label2id"] = {label: i for i, label in enumerate(labels)}

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.interop.hf import (_bert_config_dict, _rename, _strip_wrapper_prefix, extra_files, hf_config_dict,
-                                    to_hf_state_dict)
+from spanbert_ds.interop.hf_names import (bert_config_dict, extra_files, hf_config_dict, rename,
+                                          strip_wrapper_prefix, to_hf_state_dict)
 from spanbert_ds.model.objectives import OBJECTIVES, load_first_names
 from spanbert_ds.model.rtd import merged_state_dict
 
@@ -55,7 +55,7 @@ def is_rtd(objective_or_state_dict):
     """Whether this is a replaced-token detection objective, or its state dict: the ones with an RTD head."""
     if isinstance(objective_or_state_dict, nn.Module):
         return hasattr(objective_or_state_dict, "rtd_head")
-    return any(k.startswith(RTD_PREFIX) for k in _strip_wrapper_prefix(objective_or_state_dict))
+    return any(k.startswith(RTD_PREFIX) for k in strip_wrapper_prefix(objective_or_state_dict))
 
 
 def rtd_to_hf(objective_or_state_dict, config, generator=False):
@@ -74,7 +74,7 @@ def _objective(objective_or_state_dict, config):
         return objective_or_state_dict
     # ELECTRA builds every RTD objective from its model config: DeBERTaV3 only fills other defaults in.
     objective = OBJECTIVES["electra"](config)
-    missing, unexpected = load_first_names(objective, _strip_wrapper_prefix(objective_or_state_dict))
+    missing, unexpected = load_first_names(objective, strip_wrapper_prefix(objective_or_state_dict))
     if missing or unexpected:
         raise UserError(f"export: the state dict is not one of this model config's RTD objective: missing "
                         f"{missing[:3]}, unexpected {unexpected[:3]}")
@@ -86,7 +86,7 @@ def _fp32(state, table):
 
 
 def _electra_config(config, architecture, embedding_size):
-    return {**_bert_config_dict(config), "architectures": [architecture], "model_type": "electra",
+    return {**bert_config_dict(config), "architectures": [architecture], "model_type": "electra",
             "embedding_size": embedding_size}
 
 
@@ -105,14 +105,14 @@ def _discriminator(objective):
         raise UserError(f"export: ElectraForPreTraining's discriminator_predictions is ELECTRA's head; this run's "
                         f"rtd_head is {config.rtd_head!r} (a LayerNorm over h_CLS + h_i first), which it cannot hold. "
                         "Train ELECTRA with rtd_head electra to export it")
-    hf = {_rename(k, ELECTRA_PREFIXES): v for k, v in hf.items()}
+    hf = {rename(k, ELECTRA_PREFIXES): v for k, v in hf.items()}
     config_dict = _electra_config(config, "ElectraForPreTraining", config.hidden_size)
     return config_dict, {**hf, **_fp32(state, ELECTRA_NAMES)}, extra_files(extra)
 
 
 def _generator(objective):
     small = objective.generator.encoder.config  # the generator's shape (rtd.generator_config)
-    state = {_rename(k, PROJECTED): v for k, v in objective.generator.state_dict().items()}
+    state = {rename(k, PROJECTED): v for k, v in objective.generator.state_dict().items()}
     projected = any(k.startswith("encoder.embeddings.project.") for k in state)
     if small.backbone == "deberta" and projected:
         raise UserError(f"export --generator: this generator ({small.hidden_size} wide) projects the "
@@ -123,7 +123,7 @@ def _generator(objective):
     hf, extra = to_hf_state_dict(state, small, roberta=False)
     if small.backbone == "deberta":
         return hf_config_dict(small), hf, extra_files(extra)
-    hf = {_rename(k, ELECTRA_PREFIXES): v for k, v in hf.items()}
+    hf = {rename(k, ELECTRA_PREFIXES): v for k, v in hf.items()}
     width = hf["electra.embeddings.word_embeddings.weight"].shape[1]  # the shared tables' (> hidden_size: projected)
     config_dict = _electra_config(small, "ElectraForMaskedLM", width)
     return config_dict, {**hf, **_fp32(state, ELECTRA_NAMES)}, extra_files(extra)

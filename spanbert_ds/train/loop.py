@@ -3,8 +3,12 @@
 run -> prepare -> train. prepare builds and checks the whole run on every rank before the process
 group exists, so a mistake is one line before any work. train creates the engine once and runs
 DeepSpeed's short loop (forward, backward, step); after each optimizer step it logs, evaluates,
-checkpoints and stops when asked. Around it: resume.py (what a resume may change, and how it loads),
-run_folder.py (what the run writes), monitor.py (what a person watches), signals.py (stopping).
+checkpoints and stops when asked. Around it: resume.py (what a resume may change, new phases), and the run
+layer it shares with fine-tuning (spanbert_ds/run/: the ds_config, ranks, the run folder, checkpoints and
+how they load, the monitor, stop signals).
+
+--init-from reads a Hugging Face folder, which is interop/hf.py's to know; interop sits above training, so
+the command line hands it down (run's `hf`, cli.py).
 """
 
 import math
@@ -21,21 +25,26 @@ from spanbert_ds.data.masking import MASKERS, MaskingConfig
 from spanbert_ds.data.packing import PackedSamples
 from spanbert_ds.data.shards import Shards
 from spanbert_ds.errors import UserError
-from spanbert_ds.interop.hf import config_from_hf, format_report, load_hf_into, save_imported
 from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
-from spanbert_ds.train import checkpoint, preflight, resume, run_folder
-from spanbert_ds.train.args import add_arguments, check_run_args, load_ds_config, overrides_of
-from spanbert_ds.train.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
-                                           start_process_group)
+from spanbert_ds.run import checkpoint, folder, resume
+from spanbert_ds.run.distributed import (fill_rank_environment, initialize_engine, ranks_by_host, said_by_rank_0,
+                                         start_process_group)
+from spanbert_ds.run.ds_config import load_ds_config
+from spanbert_ds.run.monitor import Monitor, StepSums, optimizer_scalars
+from spanbert_ds.run.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
+from spanbert_ds.train import preflight
+from spanbert_ds.train.args import add_arguments, check_run_args, overrides_of
 from spanbert_ds.train.evaluate import BlendedEvaluation, HeldOutEvaluation
-from spanbert_ds.train.monitor import Monitor, StepSums, optimizer_scalars
-from spanbert_ds.train.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
+from spanbert_ds.train.resume import (check_continuable, check_resumable, find_continuation, phase_start,
+                                      run_identity, save_step, source)
 
 __all__ = ["add_arguments", "run", "prepare", "train", "Run"]
 
 
-def run(args):
+def run(args, hf=None):
+    """hf: what reads a Hugging Face folder for --init-from (interop/hf.py, handed down by cli.py): config_from_hf,
+    load_hf_into and format_report."""
     if args.preflight:
         return preflight.run(args)
     # From the very start: a scheduler's stop signal during set-up (which can take minutes when a
@@ -45,12 +54,12 @@ def run(args):
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # before the first collective, so NCCL puts each rank on its own GPU
     try:
-        prepared = prepare(args, world_size, rank)
+        prepared = prepare(args, world_size, rank, hf)
     except UserError:
         said_by_rank_0(rank)
         raise
     try:
-        return train(args, prepared, rank, world_size, stop)
+        return train(args, prepared, rank, world_size, stop, hf)
     finally:  # also after an error: a process group left open aborts the interpreter's exit
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -81,7 +90,7 @@ class Run:
 
     @property
     def phase_start(self):  # the global step before this run folder's first
-        return resume.phase_start(self.continued_from)
+        return phase_start(self.continued_from)
 
 
 def check_init_tokenizer(folder, shards):
@@ -99,8 +108,10 @@ def check_init_tokenizer(folder, shards):
                         f"would mean other words; prepare the corpus with `--tokenizer {folder}`")
 
 
-def prepare(args, world_size, rank):
+def prepare(args, world_size, rank, hf=None):
     check_run_args(args)
+    if args.init_from and hf is None:
+        raise TypeError("--init-from needs the Hugging Face reader (interop/hf.py) handed down: run(args, hf=...)")
     notes = []
     ds_config = load_ds_config(args.deepspeed_config, world_size, args.steps, notes, overrides_of(args))
     blend = parse_data(args.data)  # [(weight, folder)]: one folder, or a blend of several
@@ -111,7 +122,7 @@ def prepare(args, world_size, rank):
             corpus.valid.check_ids()
     shards = corpora[0]  # the tokenizer and special ids of them all
     objective_class = OBJECTIVES[args.objective]
-    base = config_from_hf(args.init_from) if args.init_from and args.model is None else None
+    base = hf.config_from_hf(args.init_from) if args.init_from and args.model is None else None
     if args.init_from:
         check_init_tokenizer(args.init_from, shards)
     model_config = objective_class.configure(
@@ -133,15 +144,15 @@ def prepare(args, world_size, rank):
                      micro_batch=ds_config["train_micro_batch_size_per_gpu"], world_size=world_size, rank=rank,
                      seed=args.seed, interleaved=len(parts) > 1)
     ckpt_root = os.path.join(args.output, "checkpoints")
-    identity = resume.run_identity(args, model_config, corpora, masking_config, [w for w, _ in blend])
+    identity = run_identity(args, model_config, corpora, masking_config, [w for w, _ in blend])
     tag, marker = resume.find_resume_point(args, ckpt_root)
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     if marker:
-        resume.check_resumable(args, tag, marker, identity, objective_class.config_overrides, plan.global_batch, stage)
-    origin, source = resume.find_continuation(args, marker)
-    if source:
-        resume.check_continuable(args, origin, source, identity, objective_class.config_overrides, stage)
-    universal = resume.loads_universal(marker or source, world_size, stage)
+        check_resumable(args, tag, marker, identity, objective_class.config_overrides, plan.global_batch, stage)
+    origin, origin_marker = find_continuation(args, marker)
+    if origin_marker:
+        check_continuable(args, origin, origin_marker, identity, objective_class.config_overrides, stage)
+    universal = resume.loads_universal(marker or origin_marker, world_size, stage)
     if universal:
         ds_config = resume.with_universal_load(ds_config)
     # Evaluation is on by default where the shards hold out text: at every checkpoint. Built last: the first
@@ -160,28 +171,33 @@ def prepare(args, world_size, rank):
     for note in notes if rank == 0 else ():
         print(f"note: {note}", file=sys.stderr)
     return Run(ds_config, shards, objective_class, model_config, masking_config, samples, masker, plan, evaluation,
-               eval_every, ckpt_root, identity, tag, marker, universal, origin, resume.phase_start(origin) + args.steps)
+               eval_every, ckpt_root, identity, tag, marker, universal, origin, phase_start(origin) + args.steps)
 
 
-def train(args, run, rank, world_size, stop):
+def train(args, run, rank, world_size, stop, hf=None):
     hosts = start_process_group(rank, world_size)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every run
     objective = run.objective_class(run.model_config)
     kept = {}  # what --init-from brought that this objective does not train, for the export (BERT's pooler)
     if args.init_from:
-        report = load_hf_into(objective, args.init_from)
+        report = hf.load_hf_into(objective, args.init_from)
         kept = report["kept"]
         if rank == 0:
-            print(f"initialised from {args.init_from}: {format_report(report)}", file=sys.stderr)
-    load_tag = resume.tag_to_load(run, rank)
+            print(f"initialised from {args.init_from}: {hf.format_report(report)}", file=sys.stderr)
+    root, tag = source(run)
+    load_tag = resume.tag_to_load(root, tag, run.load_universal, rank)
     weight_decay = run.ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0)
     engine = initialize_engine(objective, run.ds_config, args.deepspeed_config, rank, weight_decay)
-    folder_lock = run_folder.lock(args.output, rank)
+    folder_lock = folder.lock(args.output, rank)
     if rank == 0:  # only now: a run that DeepSpeed refuses leaves no folder behind
-        run_folder.write(args, run, hosts)
-        save_imported(kept, args.output)
-    start, tokens_seen = resume.load(engine, run, load_tag) if load_tag else (0, 0)
+        folder.write(args.output, run.model_config, describe(args, run, hosts),
+                     [os.path.join(run.shards.path, name) for name in ("tokenizer.json", "meta.json")])  # a blend's first
+        folder.save_imported(kept, args.output)
+    start, tokens_seen = 0, 0
+    if load_tag:
+        client_state = resume.load(engine, root, load_tag, new_phase=not run.resume_tag)
+        start, tokens_seen = client_state["step"], client_state.get("tokens_seen", 0)  # 0: from before it was kept
 
     accumulation = run.plan.accumulation
     first = (start - run.phase_start) * accumulation  # this phase's data order starts at its own 0
@@ -232,7 +248,7 @@ def train(args, run, rank, world_size, stop):
         saved = bad_steps == 0 and (step % args.save_every == 0 or last or stop_requested)
         if saved:
             with monitor.paused():
-                resume.save(engine, run, args, step, world_size, monitor.tokens_seen)
+                save_step(engine, run, args, step, world_size, monitor.tokens_seen)
         if stop_requested and not last:  # at the last step the run is simply done
             what = (f"saved {checkpoint.tag_of(step)}" if saved else
                     "the loss is not finite, so nothing was saved and the latest checkpoint stays")
@@ -252,3 +268,32 @@ def train(args, run, rank, world_size, stop):
     if folder_lock:
         folder_lock.release()
     return exit_code
+
+
+def describe(args, run, hosts):
+    """run_config.json's description of the run: everything resolved. hosts: each rank's host."""
+    return {
+        "args": {k: v for k, v in vars(args).items() if k != "deepspeed_config"},
+        "deepspeed_config_file": args.deepspeed_config,
+        "ds_config": run.ds_config,
+        "objective": args.objective,
+        "packing": run.samples.mode,
+        "data": corpora(run, args.steps),
+        "masking": run.objective_class.masking,
+        "masking_config": run.masking_config.to_dict(),
+        "world_size": len(hosts),
+        "hosts": ranks_by_host(hosts),
+        "gradient_accumulation_steps": run.plan.accumulation,
+        # a new phase (--continue-from): the run, checkpoint and step it started from; its steps follow that one
+        "continued_from": run.continued_from,
+    }
+
+
+def corpora(run, steps):
+    """Per corpus of --data: name, folder, weight, samples, samples an epoch and samples this run of `steps`
+    steps draws (a blend's shares; one folder's epoch is its samples, drawn in a new order each epoch)."""
+    if hasattr(run.samples, "describe"):
+        return run.samples.describe(steps, run.plan.global_batch)
+    n = len(run.samples)
+    return [{"name": os.path.basename(os.path.normpath(str(run.shards.path))), "folder": str(run.shards.path),
+             "weight": 1.0, "samples": n, "samples_per_epoch": n, "samples_in_run": steps * run.plan.global_batch}]

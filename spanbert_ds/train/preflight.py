@@ -18,10 +18,11 @@ import torch.distributed as dist
 from spanbert_ds.data.blend import parse_data
 from spanbert_ds.data.shards import FILES
 from spanbert_ds.errors import UserError
-from spanbert_ds.train.args import add_arguments, load_ds_config, overrides_of  # noqa: F401 (add_arguments: the command's)
-from spanbert_ds.train.distributed import (RANK_SETTINGS, fill_rank_environment, forwarding_hint,
-                                           gather_from_ranks, on_gpus, open_process_group, rank_list,
-                                           rank_settings_report, ranks_by_host)
+from spanbert_ds.run.distributed import (RANK_SETTINGS, fill_rank_environment, forwarding_hint,
+                                         gather_from_ranks, on_gpus, open_process_group, rank_list,
+                                         rank_settings_report, ranks_by_host)
+from spanbert_ds.run.ds_config import load_ds_config
+from spanbert_ds.train.args import add_arguments, overrides_of  # noqa: F401 (add_arguments: the command's)
 
 RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
 SAMPLED_BLOCKS, BLOCK = 16, 1 << 16

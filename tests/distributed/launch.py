@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from spanbert_ds.train.distributed import free_port
+from spanbert_ds.run.distributed import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "train.py")

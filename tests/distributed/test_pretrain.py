@@ -13,7 +13,7 @@ import signal
 
 import pytest
 
-from spanbert_ds.train.checkpoint import complete_checkpoints
+from spanbert_ds.run.checkpoint import complete_checkpoints
 from tests.distributed.launch import kill_once_saved, launch, losses, metrics, start, wait_for
 
 pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
@@ -275,7 +275,7 @@ def test_export_of_a_zero3_run_opens_in_transformers(work, two_rank_runs):
     from transformers import BertForPreTraining
 
     from spanbert_ds.cli import main
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     tmp, _ = work
     hf_dir = str(tmp / "hf3")
@@ -421,7 +421,7 @@ def damage_step6(folder, how):
 def test_a_damaged_checkpoint_is_skipped_with_one_line_and_the_one_before_resumes(work, reference, how):
     """A file gone or cut short since its marker was written, or a marker naming another step: resume and
     export fall back to the checkpoint before, with one warning line, and the losses stay the reference's."""
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     tmp, shards = work
     damaged = str(tmp / f"damaged-{how.replace(' ', '-')}")
@@ -458,7 +458,7 @@ def test_init_from_a_hugging_face_bert_takes_its_shape_and_weights(tmp_path):
 def test_export_of_a_zero0_bf16_run_takes_the_fp32_master_weights(work):
     import torch
 
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     tmp, shards = work
     out = str(tmp / "zero0_bf16")

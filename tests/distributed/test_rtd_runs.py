@@ -12,7 +12,7 @@ import torch
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune.init import load_init, load_into
 from spanbert_ds.finetune.model import TaskModel
-from spanbert_ds.train.run_folder import load_run
+from spanbert_ds.run.folder import load_run
 from tests.distributed.launch import kill_once_saved, launch, losses
 from tests.distributed.test_deberta_runs import deberta_args
 from tests.distributed.test_pretrain import check, ds_config

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from spanbert_ds.train import checkpoint
+from spanbert_ds.run import checkpoint
 from tests.distributed.launch import REPO, environment, kill_once_saved, launch, losses, metrics
 
 pytestmark = pytest.mark.slow  # launches processes: left out by `pytest -m "not slow"`
@@ -108,8 +108,10 @@ def test_phase_2_goes_on_from_phase_1s_steps_tokens_and_optimizer_with_its_own_s
 LOAD_ONLY = r"""
 import argparse, json, os, sys
 import torch, torch.distributed as dist
-from spanbert_ds.train import checkpoint, loop, resume
-from spanbert_ds.train.distributed import fill_rank_environment, initialize_engine, start_process_group
+from spanbert_ds.run import checkpoint, resume
+from spanbert_ds.run.distributed import fill_rank_environment, initialize_engine, start_process_group
+from spanbert_ds.train import loop
+from spanbert_ds.train.resume import source
 
 parser = argparse.ArgumentParser()
 loop.add_arguments(parser)
@@ -119,11 +121,11 @@ run = loop.prepare(args, world_size, rank)
 start_process_group(rank, world_size)
 torch.manual_seed(args.seed)
 objective = run.objective_class(run.model_config)
-tag = resume.tag_to_load(run, rank)
+root, tag = source(run)
+tag = resume.tag_to_load(root, tag, run.load_universal, rank)
 weight_decay = run.ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0)
 engine = initialize_engine(objective, run.ds_config, args.deepspeed_config, rank, weight_decay)
-step, tokens_seen = resume.load(engine, run, tag)
-root = os.path.join(run.continued_from["run"], "checkpoints")
+step = resume.load(engine, root, tag, new_phase=True)["step"]
 saved = checkpoint.fp32_state_dict(root, tag, run.objective_class(run.model_config))
 module = engine.module.state_dict()
 groups = resume._inner_optimizer(engine).param_groups

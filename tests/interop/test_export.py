@@ -8,8 +8,8 @@ import torch
 
 from spanbert_ds.cli import main
 from spanbert_ds.errors import UserError
-from spanbert_ds.train.run_folder import load_run
-from spanbert_ds.train import checkpoint
+from spanbert_ds.run.folder import load_run
+from spanbert_ds.run import checkpoint
 from tests.interop.test_hf import trained, wordpiece
 
 

@@ -132,7 +132,7 @@ def test_pretraining_starts_from_the_v3_folder_on_shards_of_its_spm_model(tmp_pa
     args = parser.parse_args(["--deepspeed_config", str(tmp_path / "ds.json"), "--data", str(v3_shards.path),
                               "--output", str(tmp_path / "run"), "--objective", objective, "--init-from", str(v3),
                               "--max-seq-len", "64", "--steps", "2"])
-    run = loop.prepare(args, 1, 0)
+    run = loop.prepare(args, 1, 0, hf=interop)
     assert (run.model_config.backbone, run.model_config.vocab_size) == ("deberta", SPM_PIECES + 100)
     batch = next(iter(micro_batch_loader(run.samples, run.masker, run.plan, 0, 1, 0)))
     assert batch["input_ids"].max() <= SPM_PIECES and (batch["input_ids"] == SPM_PIECES).any()  # [MASK]

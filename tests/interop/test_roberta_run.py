@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 def test_a_roberta_run_exports_as_roberta_and_starts_a_new_run(tmp_path):
     from spanbert_ds.data.prepare import prepare
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
 
     shards = prepare("python-docs", tmp_path / "shards", tokenizer="bpe", vocab_size=2000)
     config = tmp_path / "ds.json"

@@ -228,7 +228,7 @@ def test_a_deberta_generator_narrower_than_the_tables_it_shares_is_a_user_error(
                                               # export is round-tripped above)
                                               ("debertav3", "deberta-tiny,generator_emd=false")])
 def test_a_trained_run_exports_both_networks_with_equal_outputs(tmp_path, python_docs_shards, objective, model):
-    from spanbert_ds.train.run_folder import load_run
+    from spanbert_ds.run.folder import load_run
     from tests.distributed.launch import launch
     from tests.distributed.test_pretrain import check, ds_config, train_args
 

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from spanbert_ds.train.distributed import free_port
+from spanbert_ds.run.distributed import free_port
 
 # What every cluster of the tests sets: no authentication, no accounting, no cgroups, root.
 COMMON_CONF = """\

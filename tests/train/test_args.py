@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.train.args import load_ds_config
+from spanbert_ds.run.ds_config import load_ds_config
 
 
 def write(tmp_path, config):

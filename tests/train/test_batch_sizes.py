@@ -11,9 +11,11 @@ import types
 import pytest
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.train import args as train_args
-from spanbert_ds.train import checkpoint, loop, preflight
-from spanbert_ds.train.args import load_ds_config, overrides_of
+from spanbert_ds.run import checkpoint
+from spanbert_ds.run import ds_config as ds_config_module
+from spanbert_ds.run.ds_config import load_ds_config
+from spanbert_ds.train import loop, preflight
+from spanbert_ds.train.args import overrides_of
 from tests.distributed.launch import REPO
 
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "ds_configs", "*.json")))
@@ -31,7 +33,7 @@ def write(tmp_path, config):
 
 @pytest.fixture
 def on_a_gpu(monkeypatch):
-    monkeypatch.setattr(train_args, "_cuda", lambda: True)  # zero2_fp16.json is refused on a CPU
+    monkeypatch.setattr(ds_config_module, "_cuda", lambda: True)  # zero2_fp16.json is refused on a CPU
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -191,13 +193,13 @@ def test_a_resume_may_change_micro_batch_lr_and_warmup_but_not_the_global_batch(
 
 def test_lamb_is_refused_in_one_line_where_deepspeed_would_assert(tmp_path, monkeypatch):
     lamb = {**CONFIG, "optimizer": {"type": "Lamb", "params": {"lr": 6e-3}}}
-    monkeypatch.setattr(train_args, "_cuda", lambda: True)
+    monkeypatch.setattr(ds_config_module, "_cuda", lambda: True)
     with pytest.raises(UserError, match="LAMB only under fp16 with dynamic loss scaling"):
         load_ds_config(write(tmp_path, {**lamb, "bf16": {"enabled": True}}), 8, 1000)
     with pytest.raises(UserError, match="LAMB only under fp16 with dynamic loss scaling"):
         load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True, "loss_scale": 128}}), 8, 1000)
     assert load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True}}), 8, 1000)["optimizer"]["type"] == "Lamb"
-    monkeypatch.setattr(train_args, "_cuda", lambda: False)
+    monkeypatch.setattr(ds_config_module, "_cuda", lambda: False)
     with pytest.raises(UserError, match="FusedLamb. is a CUDA kernel"):
         load_ds_config(write(tmp_path, {**lamb, "fp16": {"enabled": True}}), 8, 1000)
 

@@ -17,7 +17,7 @@ import torch
 
 from spanbert_ds.cli import main
 from spanbert_ds.errors import UserError
-from spanbert_ds.train import checkpoint
+from spanbert_ds.run import checkpoint
 from tests.distributed.launch import launch
 from tests.distributed.test_pretrain import ds_config, train_args
 

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.train import distributed
-from spanbert_ds.train.distributed import check_network, fill_rank_environment, first_host, spans_nodes
+from spanbert_ds.run import distributed
+from spanbert_ds.run.distributed import check_network, fill_rank_environment, first_host, spans_nodes
 
 
 @pytest.mark.parametrize("nodelist, first", [

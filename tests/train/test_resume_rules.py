@@ -9,7 +9,9 @@ import os
 import pytest
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.train import checkpoint, loop
+from spanbert_ds.interop import hf  # what cli.py hands down for --init-from
+from spanbert_ds.run import checkpoint
+from spanbert_ds.train import loop
 
 DS_CONFIG = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8,
              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, "zero_optimization": {"stage": 2}}
@@ -141,7 +143,7 @@ def test_a_roberta_checkpoint_whose_marker_recorded_segments_is_still_resumed(ru
 
 def test_init_from_a_folder_that_is_not_a_model_is_refused_before_anything_is_written(run_args, tmp_path):
     with pytest.raises(UserError, match="--init-from .*missing: not a Hugging Face model folder"):
-        loop.prepare(run_args("--init-from", str(tmp_path / "missing")), 1, 0)
+        loop.prepare(run_args("--init-from", str(tmp_path / "missing")), 1, 0, hf=hf)
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -222,7 +224,7 @@ def test_new_phase_mistakes_are_one_line_errors_before_any_work(run_args, tmp_pa
     ]
     for flags, message in cases:
         with pytest.raises(UserError, match=message):
-            loop.prepare(run_args("--output", phase2, *flags), 1, 0)
+            loop.prepare(run_args("--output", phase2, *flags), 1, 0, hf=hf)
     assert not os.path.exists(phase2)
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def signalled(code):
     """Run `code` (which makes a StopRequest named stop, then is sent SIGHUP) in a fresh interpreter."""
-    program = ("import os, signal\nfrom spanbert_ds.train.signals import StopRequest\n" + code +
+    program = ("import os, signal\nfrom spanbert_ds.run.signals import StopRequest\n" + code +
                "\nos.kill(os.getpid(), signal.SIGHUP)\nprint(stop.signal)")
     # SIGHUP as a terminal leaves it, whatever the test runner inherited (under nohup it is ignored, and the
     # trainer keeps an ignored HUP ignored on purpose)

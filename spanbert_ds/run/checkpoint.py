@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.folders import out_of_space, size_mb
-from spanbert_ds.train.distributed import said_by_rank_0
+from spanbert_ds.run.distributed import said_by_rank_0
 
 MARKER = "complete.json"
 UNIVERSAL_SUFFIX = "_universal"
