@@ -223,9 +223,12 @@ def run_cases(device, dtype):
 
     if ARGS.only in (None, "disentangled"):
         from spanbert_ds.model import padding
+        from spanbert_ds.model.attention import ATTENTION_BACKENDS
         from spanbert_ds.model.config import ModelConfig
-        from spanbert_ds.model.deberta import (eager_disentangled, fused_disentangled, fused_disentangled_varlen,
-                                               relative_rows)
+        from spanbert_ds.model.deberta import relative_rows
+
+        eager_disentangled, eager_disentangled_varlen = ATTENTION_BACKENDS["eager"]["deberta"]
+        fused_disentangled, fused_disentangled_varlen = ATTENTION_BACKENDS["fused"]["deberta"]
 
         def flashdeberta():
             """flashdeberta's padded and varlen disentangled attention."""
@@ -305,9 +308,7 @@ def run_cases(device, dtype):
             inputs = (randn(n, h, d), randn(n, h, d), randn(n, h, d), randn(h, 2 * span, d), randn(h, 2 * span, d))
 
             def eager_varlen(q, k, v, k_r, q_r):
-                q, k, v = (padding.heads_padded(x, layout) for x in (q, k, v))
-                y = eager_disentangled(q, k, v, k_r, q_r, relative_packed, layout.mask, 0.0, scale)
-                return padding.heads_unpadded(y, layout).view(n, h, d)
+                return eager_disentangled_varlen(q, k, v, k_r, q_r, relative_packed, layout, 0.0, scale)
 
             def ours_varlen(q, k, v, k_r, q_r):
                 return fused_disentangled_varlen(q, k, v, k_r, q_r, relative_packed, layout, 0.0, scale)

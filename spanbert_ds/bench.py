@@ -24,11 +24,11 @@ import traceback
 import numpy as np
 import torch
 
-from spanbert_ds import kernels
 from spanbert_ds.data.masking import MaskingConfig, SpanMasker
 from spanbert_ds.errors import UserError
-from spanbert_ds.kernels import fastest
-from spanbert_ds.model.config import ATTENTION_BACKEND_NAMES, ModelConfig
+from spanbert_ds.kernels import dispatch, fastest
+from spanbert_ds.model.attention import ATTENTION_BACKENDS
+from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.run.monitor import device_peak_flops
 
@@ -51,7 +51,7 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling, autotuning), at least 1")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="autocast precision (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--backends", default=",".join(("eager", "sdpa", "fused", "auto")),
+    parser.add_argument("--backends", default=",".join(ATTENTION_BACKENDS),
                         help="comma-separated attention backends to time")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when there is one)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the batch and the initial weights")
@@ -92,9 +92,9 @@ def auto_resolves_to(device):
     """
     if device.type != "cuda":
         return "sdpa", f"{device.type} is not a CUDA device"
-    if not kernels.fused_available():
+    if not dispatch.fused_available():
         return "sdpa", "Triton does not import"
-    if not kernels.self_check(device):
+    if not dispatch.self_check(device):
         return "sdpa", "the fused kernels failed their self-check (see the warning above)"
     timed = [(key, choice) for key, choice in fastest.choices().items() if key[0] == "attention"]
     if not timed:
@@ -194,10 +194,10 @@ def resolve(args):
         raise UserError(f"--max-seq-len {args.seq_len}: the model {args.model} takes 8 to "
                         f"{config.max_position_embeddings} tokens per sample; pick a length in that range")
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
-    unknown = [name for name in backends if name not in ATTENTION_BACKEND_NAMES]
+    unknown = [name for name in backends if name not in ATTENTION_BACKENDS]
     if unknown or not backends:
         raise UserError(f"--backends {args.backends!r}: unknown {unknown or 'empty list'}; "
-                        f"use a comma-separated list of {', '.join(ATTENTION_BACKEND_NAMES)}")
+                        f"use a comma-separated list of {', '.join(ATTENTION_BACKENDS)}")
     return config, device, DTYPES[args.dtype], list(dict.fromkeys(backends))
 
 

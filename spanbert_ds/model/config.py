@@ -12,8 +12,8 @@ import typing
 from dataclasses import dataclass
 
 from spanbert_ds.errors import UserError
+from spanbert_ds.model.attention import unknown_backend
 
-ATTENTION_BACKEND_NAMES = ("auto", "eager", "sdpa", "fused")
 BACKBONE_NAMES = ("bert", "deberta")
 CHECKPOINTING_NAMES = ("none", "torch", "deepspeed")
 SHARING_NAMES = ("none", "share", "gdes")  # embedding_sharing of the RTD objectives (model/rtd.py)
@@ -75,7 +75,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     pad_token_id: int = 0
     pre_layernorm: bool = False  # BERT and SpanBERT are post-LN; pre-LN trains more stably when deep
-    attention_backend: str = "auto"  # one of ATTENTION_BACKEND_NAMES
+    attention_backend: str = "auto"  # a key of model/attention.py ATTENTION_BACKENDS
     activation_checkpointing: str = "none"  # recompute each layer in backward: "none", "torch", "deepspeed"
     unpad: bool = True  # run the layers on the real tokens of a padded batch only (model/padding.py)
     # The SBO head's relative-position table p_i: one row per target of a span (the masker's max_span_targets),
@@ -120,11 +120,8 @@ class ModelConfig:
                 f"model config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}; "
                 "pick sizes where hidden_size / num_heads is a whole number (64 is usual)"
             )
-        if self.attention_backend not in ATTENTION_BACKEND_NAMES:
-            raise UserError(
-                f"model config: attention_backend {self.attention_backend!r} is unknown; "
-                f"use one of {', '.join(ATTENTION_BACKEND_NAMES)}"
-            )
+        if unknown_backend(self.attention_backend):
+            raise UserError(f"model config: {unknown_backend(self.attention_backend)}")
         if self.backbone not in BACKBONE_NAMES:
             raise UserError(f"model config: backbone {self.backbone!r} is unknown; use one of {', '.join(BACKBONE_NAMES)}")
         if self.backbone == "deberta" and self.pre_layernorm:

@@ -9,14 +9,11 @@ and projected by each layer's own query and key weights (V2/V3's share_att_key);
 position. Like encoder.py, Q, K and V are one (H, 3H) projection; interop/hf.py maps all names to and
 from transformers' DebertaV2Model, which this matches to 1e-5 on random weights.
 
-Backends: `eager` (the reference: explicit T x T scores and softmax), `sdpa` (the relative terms as a
-T x T additive bias), `fused` (our Triton flash kernel, which gathers the relative terms inside from
-the T x 2 * buckets products q k_r^T and k q_r^T and never stores a T x T matrix; `auto` times it
-against sdpa once per shape class on a GPU where its self-check passed, and takes sdpa elsewhere).
-With `unpad` (the default) the GEMMs and LayerNorms run on the real rows only. Where the fused kernel runs
-(`fused`, and `auto` where the fused kernels may run, as encoder.py decides for BERT) attention takes those
-rows packed, in the kernel's varlen layout, with the relative products made for the real rows only; the
-other backends lay them out again over the longest real sequence of the batch.
+Attention is a backend of model/attention.py (eager, sdpa, fused, auto), as for BERT; its `deberta`
+implementations take the relative table's projections and `rows`, the row each query and key meet at.
+With `unpad` (the default) the GEMMs and LayerNorms run on the real rows only, and attention gets them
+packed: the fused kernel gathers the relative products made for the real rows only, the other backends lay
+the rows out again over the longest real sequence of the batch.
 """
 
 import math
@@ -25,9 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spanbert_ds import kernels
-from spanbert_ds.kernels import fastest
 from spanbert_ds.model import padding
+from spanbert_ds.model.attention import get_attention
 from spanbert_ds.model.encoder import FeedForward, init_weights, recompute_mode, run_layer
 
 
@@ -57,74 +53,6 @@ def relative_rows(length, config, device):
     return (relative_positions(length, config, device) + span).clamp(0, 2 * span - 1)
 
 
-def relative_index(rows):
-    """The row for each distance d = i - j, at d + T - 1 ((2T - 1,) int32): what the fused kernel looks up
-    (the first row and column of `rows` hold every distance)."""
-    return torch.cat([rows[0, 1:].flip(0), rows[:, 0]]).to(torch.int32)  # i - j from -(T - 1) to T - 1
-
-
-def relative_bias(q, k, k_r, q_r, rows, scale):
-    """The c2p + p2c terms as a (B, nh, T, T) tensor: c2p[i, j] = q_i . k_r[rows[i, j]] and p2c[i, j] =
-    k_j . q_r[rows[i, j]] (p2c gathered key-major, at rows^T, then transposed)."""
-    B, nh, T, _ = q.shape
-    c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, rows.expand(B, nh, T, T))
-    p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, rows.T.expand(B, nh, T, T)).transpose(-1, -2)
-    return (c2p + p2c) * scale
-
-
-# The backends, one signature: q, k, v (B, nh, T, hs); k_r, q_r (nh, 2 * buckets, hs); rows (T, T) from
-# relative_rows.
-
-def eager_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
-    """The reference: explicit scores, mask, softmax, dropout, weighted sum."""
-    scores = (q @ k.transpose(-1, -2)) * scale + relative_bias(q, k, k_r, q_r, rows, scale)
-    if mask is not None:
-        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-    return F.dropout(scores.softmax(dim=-1), dropout_p, dropout_p > 0.0) @ v
-
-
-def sdpa_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
-    """PyTorch's SDPA with the relative terms (and the padding) as a T x T additive mask."""
-    bias = relative_bias(q, k, k_r, q_r, rows, scale)
-    if mask is not None:
-        bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-
-
-def fused_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
-    """Our Triton kernel, which gathers c2p and p2c itself from the T x 2 * buckets products: no T x T tensor."""
-    return kernels.fused_disentangled_attention(q, k, v, (q @ k_r.transpose(-1, -2)) * scale,
-                                                (k @ q_r.transpose(-1, -2)) * scale, relative_index(rows), mask,
-                                                dropout_p, scale)
-
-
-def fused_disentangled_varlen(q, k, v, k_r, q_r, rows, layout, dropout_p, scale):
-    """The kernel on packed rows: q, k, v (N, nh, hs) of the Unpadded `layout` (in place of the mask), rows
-    relative_rows of its max_seqlen. c2p and p2c are (N, nh, 2 * buckets): nothing padded, nothing T x T."""
-    c2p = torch.einsum("nhd,hrd->nhr", q, k_r) * scale
-    p2c = torch.einsum("nhd,hrd->nhr", k, q_r) * scale
-    return kernels.fused_disentangled_attention_varlen(q, k, v, c2p, p2c, relative_index(rows), layout.cu_seqlens,
-                                                       layout.max_seqlen, dropout_p, scale)
-
-
-def auto_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale):
-    """On CUDA, the faster of the fused kernel and SDPA for this shape class, timed once per process
-    (kernels/fastest.py), where the fused kernels pass their self-check; SDPA everywhere else."""
-    if not kernels.auto_may_fuse(q):
-        return sdpa_disentangled(q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
-    _, nh, T, hs = q.shape
-    key = ("disentangled", str(q.device), q.dtype, nh, hs, k_r.shape[1], fastest.size_class(T), mask is not None,
-           dropout_p > 0.0)
-    chosen = fastest.fastest(key, lambda: {name: fastest.trial(fn, (q, k, v, k_r, q_r), rows, mask, dropout_p, scale)
-                                           for name, fn in AUTO_CANDIDATES.items()}, q.device)
-    return AUTO_CANDIDATES[chosen](q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
-
-
-AUTO_CANDIDATES = {"fused": fused_disentangled, "sdpa": sdpa_disentangled}  # what `auto` times
-BACKENDS = {"eager": eager_disentangled, "sdpa": sdpa_disentangled, "fused": fused_disentangled,
-            "auto": auto_disentangled}
-
-
 class DisentangledSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -133,8 +61,8 @@ class DisentangledSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.position_dropout = nn.Dropout(config.hidden_dropout)
-        self.backend = config.attention_backend
-        self.attend = BACKENDS[config.attention_backend]
+        # the backend's implementation for each layout, chosen once (model/attention.py)
+        self.attend_padded, self.attend_varlen = get_attention(config.attention_backend, "deberta")
 
     def heads(self, x):
         B, T, C = x.shape
@@ -157,16 +85,10 @@ class DisentangledSelfAttention(nn.Module):
         q_r = self.heads(F.linear(table, w_q, b_q)[None])[0]  # (nh, 2 * span, hs): the same weights (share_att_key)
         k_r = self.heads(F.linear(table, w_k, b_k)[None])[0]
         dropout_p, scale = self.dropout_p if self.training else 0.0, 1.0 / math.sqrt(3 * q.shape[-1])
-        if not unpadded:
-            y = self.attend(q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
-            return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], C))
-        # the varlen kernel takes the packed rows as they are (the choice encoder.py makes for BERT)
-        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
-            return self.out(fused_disentangled_varlen(q, k, v, k_r, q_r, rows, mask, dropout_p, scale).flatten(1))
-        # the padded backends see the rows laid out again over the longest real sequence
-        q, k, v = (padding.heads_padded(t, mask) for t in (q, k, v))
-        y = self.attend(q, k, v, k_r, q_r, rows, mask.mask, dropout_p, scale)
-        return self.out(padding.heads_unpadded(y, mask))
+        if unpadded:
+            return self.out(self.attend_varlen(q, k, v, k_r, q_r, rows, mask, dropout_p, scale).flatten(1))
+        y = self.attend_padded(q, k, v, k_r, q_r, rows, mask, dropout_p, scale)
+        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], C))
 
 
 class DebertaLayer(nn.Module):

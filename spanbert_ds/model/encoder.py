@@ -14,7 +14,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from spanbert_ds import kernels
 from spanbert_ds.model import padding
 from spanbert_ds.model.attention import get_attention
 from spanbert_ds.model.embeddings import Embeddings
@@ -27,32 +26,21 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.backend = config.attention_backend
-        self.attend = get_attention(config.attention_backend)
+        # the backend's implementation for each layout, chosen once (model/attention.py)
+        self.attend_padded, self.attend_varlen = get_attention(config.attention_backend, "bert")
 
     def forward(self, x, mask):
         # x: (B, T, C) with mask the (B, T) key padding mask, or (N, C) real rows with mask their Unpadded layout
-        if isinstance(mask, padding.Unpadded):
-            return self.unpadded(x, mask)
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        v = v.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        y = self.attend(q, k, v, mask, self.dropout_p if self.training else 0.0, None)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
-        return self.out(y)
-
-    def unpadded(self, x, layout):
-        N, C = x.shape
+        C, hs = x.shape[-1], x.shape[-1] // self.num_heads
         dropout_p = self.dropout_p if self.training else 0.0
-        q, k, v = (t.view(N, self.num_heads, C // self.num_heads) for t in self.qkv(x).split(C, dim=1))
-        if self.backend == "fused" or (self.backend == "auto" and kernels.auto_may_fuse(q)):
-            y = kernels.fused_attention_varlen(q, k, v, layout.cu_seqlens, layout.max_seqlen, dropout_p)
-            return self.out(y.reshape(N, C))
-        q, k, v = (padding.heads_padded(t, layout) for t in (q, k, v))
-        y = self.attend(q, k, v, layout.mask, dropout_p, None)
-        return self.out(padding.heads_unpadded(y, layout))
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        if isinstance(mask, padding.Unpadded):
+            q, k, v = (t.view(-1, self.num_heads, hs) for t in (q, k, v))  # (N, nh, hs)
+            return self.out(self.attend_varlen(q, k, v, mask, dropout_p, None).flatten(1))
+        B, T, _ = x.shape
+        q, k, v = (t.view(B, T, self.num_heads, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = self.attend_padded(q, k, v, mask, dropout_p, None)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C): heads side by side again
 
 
 class FeedForward(nn.Module):

@@ -3,9 +3,9 @@
 Blocks of whole sentences leave a fifth to a third of each batch as padding (doc packing of the
 built-in corpus: 78% real at 128 tokens, 68% at 512), and fine-tuning batches more. Between the
 embeddings and the output the encoder then works on (N, H) real rows only: every GEMM, LayerNorm
-and dropout skips the padding. Attention takes the packed rows directly where the varlen kernel
-runs (kernels.fused_attention_varlen); elsewhere each layer lays q, k, v out again as
-(B, heads, T_max, D) over the longest real sequence, which is still shorter than T.
+and dropout skips the padding. Attention takes the packed rows directly where a varlen kernel
+runs (the fused backends of model/attention.py); the others lay q, k, v out again as
+(B, heads, T_max, D) over the longest real sequence, which is still shorter than T (heads_padded).
 """
 
 from dataclasses import dataclass
@@ -76,6 +76,6 @@ def heads_padded(x, layout):
 
 
 def heads_unpadded(y, layout):
-    """(B, heads, max_seqlen, D) -> (N, heads * D): the real rows of an attention output."""
-    y = y.transpose(1, 2).reshape(layout.batch * layout.max_seqlen, -1)
+    """(B, heads, max_seqlen, D) -> (N, heads, D): the real rows of an attention output."""
+    y = y.transpose(1, 2).reshape(layout.batch * layout.max_seqlen, y.shape[1], y.shape[3])
     return _Rows.apply(y, layout.repad_index)

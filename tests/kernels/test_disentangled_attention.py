@@ -1,4 +1,4 @@
-"""DeBERTa's disentangled attention in the Triton flash kernel (kernels.fused_disentangled_attention) against
+"""DeBERTa's disentangled attention in the Triton flash kernel (dispatch.fused_disentangled_attention) against
 explicit T x T scores, on CPU through Triton's interpreter: the kernel in both layouts (padded, and packed
 sequences back to back), its gradients (the relative tables' through atomic adds), dropout, and the deberta
 encoder's fused backend, which attends on the unpadded rows directly, against its eager one."""
@@ -10,12 +10,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from spanbert_ds import kernels
 from spanbert_ds.errors import UserError
-from spanbert_ds.kernels import attention
+from spanbert_ds.kernels import attention, dispatch
 from spanbert_ds.kernels.reference import pad_packed
 from spanbert_ds.model import padding
-from spanbert_ds.model.deberta import relative_index, relative_positions
+from spanbert_ds.model.attention import relative_index
+from spanbert_ds.model.deberta import relative_positions
 from spanbert_ds.model.objectives import OBJECTIVES
 from tests.kernels.test_attention import DEVICE, TOL, _keep_mask
 from tests.model.synthetic import synthetic_batch, tiny_config
@@ -65,7 +65,7 @@ def reference_from_tables(q, k, v, c2p, p2c, rel_pos, mask, scale, keep=None, p=
 def fused(q, k, v, k_r, q_r, rel_pos, mask, scale, p=0.0, seed=None):
     c2p, p2c = (q @ k_r.transpose(-1, -2)) * scale, (k @ q_r.transpose(-1, -2)) * scale
     index = relative_index((rel_pos + SPAN).clamp(0, 2 * SPAN - 1))
-    return kernels.fused_disentangled_attention(q, k, v, c2p, p2c, index, mask, p, scale) \
+    return dispatch.fused_disentangled_attention(q, k, v, c2p, p2c, index, mask, p, scale) \
         if seed is None else attention.flash_disentangled_attention(q, k, v, c2p, p2c, index, mask, p, scale, seed)
 
 
@@ -162,18 +162,18 @@ def test_varlen_dropout_matches_the_padded_kernels_mask():
 def test_shapes_that_do_not_fit_are_one_line():
     (q, k, v, k_r, q_r), rel_pos, mask = inputs(torch.float32)
     with pytest.raises(UserError, match="c2p and p2c must be"):
-        kernels.fused_disentangled_attention(q, k, v, q[..., :4], q[..., :4], torch.zeros(5, dtype=torch.int32), mask)
+        dispatch.fused_disentangled_attention(q, k, v, q[..., :4], q[..., :4], torch.zeros(5, dtype=torch.int32), mask)
     (q, k, v, c2p, p2c), cu = packed_inputs(torch.float32)
     index = torch.zeros(2 * max(LENGTHS) - 1, dtype=torch.int32)
     for bad_c2p, bad_index in ((c2p[:, :1], index), (c2p[None], index), (c2p, index[1:])):
         with pytest.raises(UserError, match=r"c2p and p2c must be \(total_tokens, H, R\)"):
-            kernels.fused_disentangled_attention_varlen(q, k, v, bad_c2p, p2c, bad_index, cu, max(LENGTHS))
+            dispatch.fused_disentangled_attention_varlen(q, k, v, bad_c2p, p2c, bad_index, cu, max(LENGTHS))
 
 
 def spy(monkeypatch, name):
-    """The calls of kernels.<name> from now on (it still runs)."""
-    calls, fn = [], getattr(kernels, name)
-    monkeypatch.setattr(kernels, name, lambda *args, **kwargs: calls.append(name) or fn(*args, **kwargs))
+    """The calls of kernels/dispatch.py's <name> from now on (it still runs)."""
+    calls, fn = [], getattr(dispatch, name)
+    monkeypatch.setattr(dispatch, name, lambda *args, **kwargs: calls.append(name) or fn(*args, **kwargs))
     return calls
 
 
@@ -201,11 +201,11 @@ def test_the_deberta_encoders_fused_backend_matches_eager_with_gradients(monkeyp
 
 @pytest.mark.parametrize("may_fuse", [True, False])
 def test_unpadded_auto_attends_on_the_packed_rows_where_it_may_fuse(monkeypatch, may_fuse):
-    # as encoder.py decides for BERT: no timing, the varlen kernel wherever the fused kernels may run, else
+    # as auto_attention_varlen does for BERT: no timing, the varlen kernel wherever the fused kernels may run, else
     # SDPA on the rows padded again
     from spanbert_ds.model.deberta import DisentangledSelfAttention, relative_rows
 
-    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: may_fuse)
+    monkeypatch.setattr(dispatch, "auto_may_fuse", lambda t: may_fuse)
     torch.manual_seed(0)
     config = tiny_config(backbone="deberta", position_buckets=SPAN, max_relative_positions=32)
     auto = DisentangledSelfAttention(config.replace(attention_backend="auto")).to(DEVICE)
@@ -225,15 +225,15 @@ def test_unpadded_auto_attends_on_the_packed_rows_where_it_may_fuse(monkeypatch,
 @pytest.mark.slow
 def test_auto_times_the_kernel_against_sdpa_once_and_gives_the_same_numbers(monkeypatch):
     from spanbert_ds.kernels import fastest
-    from spanbert_ds.model import deberta
+    from spanbert_ds.model import attention as backends
 
-    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: True)  # what a GPU that passed the self-check says
+    monkeypatch.setattr(dispatch, "auto_may_fuse", lambda t: True)  # what a GPU that passed the self-check says
     monkeypatch.setattr(fastest, "_CHOICES", {})
     (q, k, v, k_r, q_r), rel_pos, mask = inputs(torch.float32)
     scale = 1 / math.sqrt(3 * D)
     rows = (rel_pos + SPAN).clamp(0, 2 * SPAN - 1)
-    out = deberta.auto_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
+    out = backends.auto_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
     (key, (chosen, times)), = fastest.choices().items()
     assert key[0] == "disentangled" and chosen in ("fused", "sdpa") and set(times) == {"fused", "sdpa"}
-    expected = deberta.eager_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
+    expected = backends.eager_disentangled(q, k, v, k_r, q_r, rows, mask, 0.0, scale)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

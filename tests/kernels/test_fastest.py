@@ -8,7 +8,7 @@ import torch
 
 from spanbert_ds import kernels
 from spanbert_ds.errors import UserError
-from spanbert_ds.kernels import fastest, reference
+from spanbert_ds.kernels import dispatch, fastest, reference
 from spanbert_ds.model import attention
 
 
@@ -94,7 +94,7 @@ def test_a_trial_runs_the_backward_whatever_the_grad_mode():
 
 
 def test_auto_attention_chooses_once_for_a_forward_without_grad_and_its_recompute(monkeypatch):
-    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: True)
+    monkeypatch.setattr(dispatch, "auto_may_fuse", lambda t: True)
     picked = []
 
     def pick(key, make_candidates, device):
@@ -130,21 +130,22 @@ def test_auto_attention_runs_what_the_timing_chose(monkeypatch, winner):
     pytest.importorskip("triton")
     if not kernels.interpreting():
         pytest.skip("needs Triton's interpreter to run the fused kernel on the CPU")
-    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: True)  # as on a GPU whose self-check passed
+    monkeypatch.setattr(dispatch, "auto_may_fuse", lambda t: True)  # as on a GPU whose self-check passed
     clock = iter(range(1000))
     # a clock that makes the winner's every run 1 unit long and the other's 5
     monkeypatch.setattr(fastest, "_clock", lambda device: (lambda: next(clock), lambda begin: next(clock) - begin))
-    real = dict(attention.AUTO_CANDIDATES)
-
     def slowed(name):
+        real = attention.ATTENTION_BACKENDS[name]["bert"]
+
         def fn(*args):
             if name != winner:
                 for _ in range(4):
                     next(clock)
-            return real[name](*args)
-        return fn
+            return real.padded(*args)
+        return real._replace(padded=fn)
 
-    monkeypatch.setattr(attention, "AUTO_CANDIDATES", {name: slowed(name) for name in real})
+    for name in attention.AUTO_CANDIDATES:
+        monkeypatch.setitem(attention.ATTENTION_BACKENDS[name], "bert", slowed(name))
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 20, 16, generator=g).requires_grad_() for _ in range(3))
     mask = torch.ones(2, 20, dtype=torch.bool)
@@ -164,7 +165,7 @@ def test_auto_gelu_layernorm_runs_what_the_timing_chose(monkeypatch, winner):
     if not kernels.interpreting():
         pytest.skip("needs Triton's interpreter to run the fused kernel on the CPU")
     monkeypatch.delenv("SPANBERT_DS_KERNELS", raising=False)
-    monkeypatch.setattr(kernels, "auto_may_fuse", lambda t: True)
+    monkeypatch.setattr(dispatch, "auto_may_fuse", lambda t: True)
     asked = []
 
     def pick(key, make_candidates, device):

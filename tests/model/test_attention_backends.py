@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.model.attention import ATTENTION_BACKENDS, auto_attention, eager_attention, sdpa_attention
+from spanbert_ds.model import padding
+from spanbert_ds.model.attention import (ATTENTION_BACKENDS, auto_attention, eager_attention, get_attention,
+                                         sdpa_attention)
+from spanbert_ds.model.config import ModelConfig
+from spanbert_ds.model.deberta import relative_rows
 from spanbert_ds.model.encoder import Encoder
 from tests.model.synthetic import synthetic_batch, tiny_config
 
@@ -18,6 +22,62 @@ def qkv_and_mask(B=3, H=2, T=10, D=16, seed=0):
 
 def test_registry_is_a_plain_dict_of_the_four_backends():
     assert set(ATTENTION_BACKENDS) == {"eager", "sdpa", "fused", "auto"}
+    assert all(set(entry) == {"bert", "deberta"} for entry in ATTENTION_BACKENDS.values())
+
+
+def _needs_fused_kernels(name):
+    if name == "fused":
+        pytest.importorskip("triton")
+        from spanbert_ds.kernels import attention
+        if not (attention._INTERPRET or torch.cuda.is_available()):
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set and there is no GPU")
+
+
+@pytest.mark.parametrize("backbone", ["bert", "deberta"])
+@pytest.mark.parametrize("name", list(ATTENTION_BACKENDS))
+def test_each_backend_gives_the_same_numbers_padded_and_varlen(name, backbone):
+    """The registry's padded implementation on a (B, T) batch with padding, and its varlen one on the packed
+    real rows (longest real sequence 7 of T = 10): the same outputs and gradients at every real row."""
+    _needs_fused_kernels(name)
+    B, H, T, D, buckets = 3, 2, 10, 16, 4
+    lengths = torch.tensor([7, 5, 2])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    layout = padding.unpad(mask)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    config = ModelConfig(backbone="deberta", position_buckets=buckets, max_relative_positions=16)
+    tables = [torch.randn(H, 2 * buckets, D, generator=g) for _ in range(2)]  # DeBERTa's k_r, q_r
+    padded, varlen = get_attention(name, backbone)
+    weights = torch.randn(int(lengths.sum()), H, D, generator=g)  # a loss that weighs every output differently
+    outputs, grads = [], []
+    for packed in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, *(tables if backbone == "deberta" else ()))]
+        q_, k_, v_, *relative = leaves
+        if packed:
+            q_, k_, v_ = (t.transpose(1, 2)[mask] for t in (q_, k_, v_))  # (N, H, D), as the encoders pack them
+        if backbone == "bert":
+            y = varlen(q_, k_, v_, layout, 0.0, None) if packed else padded(q_, k_, v_, mask, 0.0, None)
+        else:
+            rows = relative_rows(layout.max_seqlen if packed else T, config, "cpu")
+            where = layout if packed else mask
+            y = (varlen if packed else padded)(q_, k_, v_, *relative, rows, where, 0.0, 1 / (3 * D) ** 0.5)
+        y = y if packed else y.transpose(1, 2)[mask]
+        (y * weights).sum().backward()
+        outputs.append(y)
+        grads.append([t.grad.transpose(1, 2)[mask] for t in leaves[:3]] + [t.grad for t in leaves[3:]])
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_backend_is_refused_in_one_line_naming_the_registrys_keys():
+    keys = ", ".join(ATTENTION_BACKENDS)
+    with pytest.raises(UserError) as refused:
+        get_attention("flash", "bert")
+    assert str(refused.value) == f"attention_backend 'flash' is unknown; use one of {keys}"
+    with pytest.raises(UserError) as refused:
+        ModelConfig(attention_backend="flash")
+    assert str(refused.value) == f"model config: attention_backend 'flash' is unknown; use one of {keys}"
 
 
 def test_eager_and_sdpa_agree_with_padding():
@@ -56,7 +116,7 @@ def test_fused_on_cpu_is_a_clear_user_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # what a user's machine has
     q, k, v, mask = qkv_and_mask()
     with pytest.raises(UserError, match="attention_backend 'fused' cannot run"):
-        ATTENTION_BACKENDS["fused"](q, k, v, mask)
+        ATTENTION_BACKENDS["fused"]["bert"].padded(q, k, v, mask)
 
 
 @pytest.mark.parametrize("pre_layernorm", [False, True])

@@ -154,17 +154,9 @@ def test_deberta_configs_it_cannot_hold_are_one_line(tmp_path):
         interop.config_from_hf(tmp_path)
 
 
-def test_fine_tuning_a_deberta_encoder_is_refused_in_one_line(tmp_path):
-    from spanbert_ds.finetune.init import load_init
-
-    hf_deberta(tmp_path)
-    (tmp_path / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(V)))
-    with pytest.raises(UserError, match="a deberta encoder; fine-tuning takes BERT-family encoders only"):
-        load_init(str(tmp_path))
-
-
 def test_the_relative_index_the_kernel_reads_is_the_eager_paths_gather_index():
-    from spanbert_ds.model.deberta import relative_index, relative_rows
+    from spanbert_ds.model.attention import relative_index
+    from spanbert_ds.model.deberta import relative_rows
 
     config = tiny_config(backbone="deberta", position_buckets=8, max_relative_positions=64)
     rel_pos = relative_positions(100, config, "cpu")
