@@ -3,10 +3,10 @@ import torch
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.model import padding
-from spanbert_ds.model.attention import (ATTENTION_BACKENDS, auto_attention, eager_attention, get_attention,
-                                         sdpa_attention)
+from spanbert_ds.model.attention import (ATTENTION_BACKENDS, Implementations, auto_attention, eager_attention,
+                                         get_attention, sdpa_attention)
 from spanbert_ds.model.config import ModelConfig
-from spanbert_ds.model.deberta import relative_rows
+from spanbert_ds.model.deberta import DebertaEncoder, relative_rows
 from spanbert_ds.model.encoder import Encoder
 from tests.model.synthetic import synthetic_batch, tiny_config
 
@@ -68,6 +68,36 @@ def test_each_backend_gives_the_same_numbers_padded_and_varlen(name, backbone):
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
     for a, b in zip(grads[1], grads[0]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["bert", "deberta"])
+def test_an_entry_added_to_the_registry_is_all_either_encoder_needs(monkeypatch, backbone):
+    """A backend is one registry entry: the config takes its name, and each encoder runs the entry's padded
+    implementation on a batch without padding and its varlen one on the real rows of a batch with padding
+    (unpad), chosen when the encoder was built: no other list of names, no name looked at in forward."""
+    calls = []
+
+    def counted(layout, fn):
+        return lambda *args: calls.append(layout) or fn(*args)
+
+    eager = ATTENTION_BACKENDS["eager"]
+    monkeypatch.setitem(ATTENTION_BACKENDS, "counted", {name: Implementations(counted("padded", pair.padded),
+                                                                              counted("varlen", pair.varlen))
+                                                        for name, pair in eager.items()})
+    config = tiny_config(backbone=backbone, unpad=True)
+    encoders = {}
+    for name in ("eager", "counted"):
+        torch.manual_seed(0)
+        encoders[name] = (Encoder if backbone == "bert" else DebertaEncoder)(
+            config.replace(attention_backend=name)).eval()
+    batch = synthetic_batch(100, batch_size=3, seq_len=16, masking="token")
+    padded_batch = (batch["input_ids"], batch["attention_mask"])
+    full_batch = (batch["input_ids"], torch.ones_like(batch["attention_mask"]))
+    for inputs, layout in ((padded_batch, "varlen"), (full_batch, "padded")):
+        calls.clear()
+        out = encoders["counted"](*inputs)
+        assert calls == [layout] * config.num_layers
+        torch.testing.assert_close(out, encoders["eager"](*inputs), atol=0, rtol=0)
 
 
 def test_an_unknown_backend_is_refused_in_one_line_naming_the_registrys_keys():
