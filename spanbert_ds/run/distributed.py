@@ -306,7 +306,7 @@ def said_by_rank_0(rank):
 
 
 def initialize_engine(model, ds_config, config_path, rank, weight_decay):
-    """deepspeed.initialize, with a setting DeepSpeed refuses (one our checks in train/args.py do not know of)
+    """deepspeed.initialize, with a setting DeepSpeed refuses (one our checks in run/ds_config.py do not know of)
     said in one line by rank 0 instead of a traceback on every rank."""
     import deepspeed
 

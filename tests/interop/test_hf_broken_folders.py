@@ -14,7 +14,7 @@ import torch
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune import loop
-from spanbert_ds.finetune.init import load_init
+from spanbert_ds.finetune.init import load_init, load_weights, open_init
 from spanbert_ds.interop.hf import config_from_hf, export_hf, load_hf_into
 from spanbert_ds.model.config import PRESETS
 from spanbert_ds.model.objectives import OBJECTIVES
@@ -130,14 +130,16 @@ def test_fine_tuning_checks_the_data_before_it_reads_the_weights(good, tmp_path)
         loop.prepare(finetune_args(folder, tmp_path / "train.tsv"), world_size=1)
 
 
-def test_fine_tuning_checks_a_runs_encoder_kind_before_it_reads_the_weights(tmp_path):
+def test_fine_tuning_opens_a_run_before_it_reads_the_weights(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints" / "step4").mkdir(parents=True)
     (run / "run_config.json").write_text(json.dumps({"objective": "deberta"}))
     PRESETS["deberta-tiny"].to_json(run / "model_config.json")
     (run / "checkpoints" / "step4" / "complete.json").write_text(json.dumps({"step": 4, "zero_stage": 0}))
-    with pytest.raises(UserError, match="a deberta encoder; fine-tuning takes BERT-family encoders only"):
-        load_init(run)
+    init = open_init(run)  # the shape and the checkpoint, checked; run/folder.open_run
+    assert (init.config.backbone, init.state) == ("deberta", None)
+    with pytest.raises(UserError, match="step4 holds no .pt files"):  # the weights, read last
+        load_weights(init)
 
 
 def cli(script, *args):

@@ -148,10 +148,11 @@ def test_pretraining_starts_from_the_v3_folder_on_shards_of_its_spm_model(tmp_pa
     loss.backward()
 
 
-def test_fine_tuning_the_v3_folder_gets_the_backbone_refusal_not_a_tokenizer_one(v3):
-    """Fine-tuning takes BERT-family encoders only for now (issue 24 item 4); the folder's spm.model is a
-    tokenizer it can read, so the one line is the backbone's."""
-    from spanbert_ds.finetune.init import open_init
+def test_fine_tuning_opens_the_v3_folder_with_its_spm_tokenizer(v3):
+    """finetune --init takes the released V3 folder as written: its config (pos_att_type a string), the deberta
+    backbone, and its spm.model as the tokenizer, with every id inside the encoder's table."""
+    from spanbert_ds.finetune.init import open_init, tokenizer_of
 
-    with pytest.raises(UserError, match="a deberta encoder; fine-tuning takes BERT-family encoders only"):
-        open_init(str(v3))
+    init = open_init(str(v3))
+    assert (init.config.backbone, init.state) == ("deberta", None)  # the weights are read last
+    assert tokenizer_of(init).get_vocab_size() == SPM_PIECES + 1
