@@ -1,7 +1,7 @@
 """Fine-tuning: `deepspeed finetune.py --deepspeed_config ds_configs/X.json --task squad|classify|ner
 --init RUN_OR_HF_DIR --train FILE --eval FILE --output DIR`.
 
-run -> prepare -> train -> finish, on the run layer pretraining uses (spanbert_ds/run/): the same engine,
+run -> prepare -> train (run/start.py) -> finish, on the run layer pretraining uses (spanbert_ds/run/): the same engine,
 ZeRO stages and precision (the ds_config), run folder and lock, monitor (TensorBoard, metrics.jsonl,
 progress bar), checkpoints with completion markers, --resume auto on any number of ranks (through the
 universal format) and stop signals, and the same batch plan and dropout seeds (data/loader.py). prepare reads and featurises the data on every
@@ -33,11 +33,11 @@ from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.finetune.sift import SiFT
 from spanbert_ds.finetune.tasks import TASKS
 from spanbert_ds.run import checkpoint, folder, resume
-from spanbert_ds.run.distributed import (fill_rank_environment, initialize_engine, said_by_rank_0,
-                                         start_process_group)
+from spanbert_ds.run.distributed import initialize_engine, start_process_group
 from spanbert_ds.run.ds_config import load_ds_config
 from spanbert_ds.run.monitor import Monitor, StepSums, optimizer_scalars
-from spanbert_ds.run.signals import EXIT_PREEMPTED, StopRequest
+from spanbert_ds.run.signals import EXIT_PREEMPTED
+from spanbert_ds.run.start import start
 
 __all__ = ["add_arguments", "run"]
 
@@ -45,20 +45,8 @@ __all__ = ["add_arguments", "run"]
 def run(args, export_task=None):
     """export_task: writes the fine-tuned model as a Hugging Face folder (interop's export_task_hf, handed down
     by cli.py); None: no export."""
-    stop = StopRequest()
-    rank, world_size, local_rank = fill_rank_environment()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    try:
-        prepared = prepare(args, world_size, rank)
-    except UserError:
-        said_by_rank_0(rank)
-        raise
-    try:
-        return train(args, prepared, rank, world_size, stop, export_task)
-    finally:  # also after an error: a process group left open aborts the interpreter's exit
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return start(lambda world_size, rank: prepare(args, world_size, rank),
+                 lambda prepared, rank, world_size, stop: train(args, prepared, rank, world_size, stop, export_task))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Pretraining: `deepspeed train.py --deepspeed_config ds_configs/X.json --data SHARDS ...`.
 
-run -> prepare -> train. prepare builds and checks the whole run on every rank before the process
-group exists, so a mistake is one line before any work. train creates the engine once and runs
+run -> prepare -> train (run/start.py). prepare builds and checks the whole run on every rank before the
+process group exists, so a mistake is one line before any work. train creates the engine once and runs
 DeepSpeed's short loop (forward, backward, step); after each optimizer step it logs, evaluates,
 checkpoints and stops when asked. Around it: resume.py (what a resume may change, new phases), and the run
 layer it shares with fine-tuning (spanbert_ds/run/: the ds_config, ranks, the run folder, checkpoints and
@@ -28,11 +28,11 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.model.config import ModelConfig, model_config_for
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.run import checkpoint, folder, resume
-from spanbert_ds.run.distributed import (fill_rank_environment, initialize_engine, ranks_by_host, said_by_rank_0,
-                                         start_process_group)
+from spanbert_ds.run.distributed import initialize_engine, ranks_by_host, start_process_group
 from spanbert_ds.run.ds_config import load_ds_config
 from spanbert_ds.run.monitor import Monitor, StepSums, optimizer_scalars
-from spanbert_ds.run.signals import EXIT_DIVERGED, EXIT_PREEMPTED, StopRequest, leave_stop_signals_to_the_trainer
+from spanbert_ds.run.signals import EXIT_DIVERGED, EXIT_PREEMPTED, leave_stop_signals_to_the_trainer
+from spanbert_ds.run.start import start
 from spanbert_ds.train import preflight
 from spanbert_ds.train.args import add_arguments, check_run_args, overrides_of
 from spanbert_ds.train.evaluate import BlendedEvaluation, HeldOutEvaluation
@@ -47,23 +47,8 @@ def run(args, hf=None):
     load_hf_into and format_report."""
     if args.preflight:
         return preflight.run(args)
-    # From the very start: a scheduler's stop signal during set-up (which can take minutes when a
-    # checkpoint is converted or loaded) is honoured at the first step boundary instead of killing the run.
-    stop = StopRequest()
-    rank, world_size, local_rank = fill_rank_environment()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # before the first collective, so NCCL puts each rank on its own GPU
-    try:
-        prepared = prepare(args, world_size, rank, hf)
-    except UserError:
-        said_by_rank_0(rank)
-        raise
-    try:
-        return train(args, prepared, rank, world_size, stop, hf)
-    finally:  # also after an error: a process group left open aborts the interpreter's exit
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
+    return start(lambda world_size, rank: prepare(args, world_size, rank, hf),
+                 lambda prepared, rank, world_size, stop: train(args, prepared, rank, world_size, stop, hf))
 
 
 @dataclass
