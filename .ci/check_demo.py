@@ -1,11 +1,15 @@
 """CI: did `make demo` do what the README promises? An exported model that transformers opens, a training
-loss that fell, and a held-out MLM accuracy above the unigram baseline. One line per failure, exit 1."""
+loss that fell, and a held-out MLM accuracy at least MIN_RATIO times the unigram baseline's. One line per
+failure, exit 1."""
 
 import json
 import os
 import sys
 
 WORKDIR = sys.argv[1] if len(sys.argv) > 1 else "runs/demo"
+# The demo's recipe reaches 2.3 on the held-out split (docs/architecture.md, the demo); the margin
+# covers its run-to-run spread (a freshly trained tokenizer each time). Below this, the recipe has regressed.
+MIN_RATIO = 1.9
 
 
 def main():
@@ -22,9 +26,9 @@ def main():
         held_out = [row for row in rows if "eval_mlm_accuracy" in row]
         if not held_out:
             failures.append(f"{metrics} has no held-out evaluation")
-        elif not held_out[-1]["eval_mlm_accuracy"] > held_out[-1]["eval_mlm_unigram_accuracy"]:
-            failures.append(f"held-out MLM accuracy {held_out[-1]['eval_mlm_accuracy']:.3f} is not above the unigram "
-                            f"baseline's {held_out[-1]['eval_mlm_unigram_accuracy']:.3f}")
+        elif not held_out[-1]["eval_mlm_accuracy"] >= MIN_RATIO * held_out[-1]["eval_mlm_unigram_accuracy"]:
+            failures.append(f"held-out MLM accuracy {held_out[-1]['eval_mlm_accuracy']:.3f} is not {MIN_RATIO} times "
+                            f"the unigram baseline's {held_out[-1]['eval_mlm_unigram_accuracy']:.3f}")
     hf_dir = os.path.join(WORKDIR, "hf")
     for name in ("config.json", "model.safetensors", "sbo_head.safetensors", "vocab.txt", "tokenizer_config.json"):
         if not os.path.isfile(os.path.join(hf_dir, name)):
