@@ -140,15 +140,15 @@ def run_hf(name, files, args, round_index):
 
 def _same_initial_head(model, head, num_labels, seq_len):
     """The head finetune.py starts from (seed 1): drawn by the same code, copied into the HF model."""
-    from spanbert_ds.interop.hf import TASK_HEAD_NAMES, config_from_hf
+    from spanbert_ds.interop.hf import config_from_hf
 
     torch.manual_seed(1)
     ours = TaskModel(config_from_hf(model.name_or_path), head, num_labels)
     hf = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in ours.state_dict().items():
-            if name in TASK_HEAD_NAMES and name.split(".")[0] != "pooler":  # the pooler is the checkpoint's
-                hf[TASK_HEAD_NAMES[name]].copy_(tensor)
+            if name.startswith(("qa_outputs.", "classifier.")):  # BERT's names; the pooler is the checkpoint's
+                hf[name].copy_(tensor)
 
 
 def main():

@@ -32,6 +32,7 @@ import torch
 # sys.path it would find benchmarks/kernels.py instead (and run its argument parser).
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
+from spanbert_ds.model.attention import ATTENTION_BACKENDS  # noqa: E402
 from spanbert_ds.model.config import PRESETS  # noqa: E402
 from spanbert_ds.model.objectives import OBJECTIVES  # noqa: E402
 
@@ -195,7 +196,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--attention-backend", default="auto", choices=["auto", "eager", "sdpa", "fused"])
+    parser.add_argument("--attention-backend", default="auto", choices=list(ATTENTION_BACKENDS))
     parser.add_argument("--engine", default="torch", choices=["torch", "deepspeed"],
                         help="torch: plain AdamW steps; deepspeed: each model in a DeepSpeed engine (ZeRO 1)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],

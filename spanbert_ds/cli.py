@@ -40,7 +40,8 @@ COMMANDS = {
 # command -> the keyword arguments its `run` gets from the layers above it, imported when the command runs
 HANDED_DOWN = {
     "train": lambda: {"hf": importlib.import_module("spanbert_ds.interop.hf")},
-    "finetune": lambda: {"export_task": importlib.import_module("spanbert_ds.interop.task_hf").export_task_hf},
+    "finetune": lambda: {"export_task": importlib.import_module("spanbert_ds.interop.task_hf").export_task_hf,
+                         "hf": importlib.import_module("spanbert_ds.interop.hf")},
 }
 
 

@@ -25,12 +25,8 @@ LAYERS = [
     {"cli", "demo", "bench"},  # commands: they hand down what a lower layer needs from above
 ]
 
-# Imports still upward, in files being changed by others as this test was written, for the lead to empty at
-# integration (issue 24): finetune/init.py reads a Hugging Face folder through interop/hf.py (the fix: the
-# reader handed down from cli.py, as train's --init-from reader is).
-ALLOWED = {
-    ("spanbert_ds.finetune.init", "spanbert_ds.interop.hf"),
-}
+# Imports still upward, for the lead to empty at integration (none left).
+ALLOWED = set()
 
 
 def layer_of(module):

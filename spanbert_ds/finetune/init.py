@@ -31,21 +31,24 @@ class Init:
     read_weights: object = None  # () -> state, for load_weights
 
 
-def load_init(path):
+def load_init(path, hf=None):
     """open_init and load_weights in one."""
-    return load_weights(open_init(path))
+    return load_weights(open_init(path, hf))
 
 
-def open_init(path):
+def open_init(path, hf=None):
     """Where --init starts, checked, without its weights (state None): the shape, the encoder kind, the
     tokenizer's place. Reading the weights is slow (a run's ZeRO shards are consolidated), so fine-tuning
-    checks everything else before load_weights."""
+    checks everything else before load_weights. hf: what reads a Hugging Face folder (interop/hf.py's
+    config_from_hf and load_hf_into), handed down by cli.py: interop sits above fine-tuning."""
     path = os.path.normpath(path)
     if not os.path.isdir(path):
         raise UserError(f"--init {path}: no such folder; pass a pretraining run folder (train.py's --output), one "
                         "of its checkpoints, or a Hugging Face BERT, RoBERTa or DeBERTa V2/V3 folder")
     if os.path.isfile(os.path.join(path, "config.json")):
-        return _from_hf(path)
+        if hf is None:
+            raise TypeError("--init of a Hugging Face folder needs its reader (interop/hf.py) handed down")
+        return _from_hf(path, hf)
     return _from_run(path)
 
 
@@ -65,17 +68,15 @@ def _from_run(path):
     return Init(run.config, None, run.tokenizer_path, run.description, lambda: _task_state(run.read()))
 
 
-def _from_hf(path):
-    from spanbert_ds.interop.hf import config_from_hf, load_hf_into
-
+def _from_hf(path, hf):
     if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
         raise UserError(f"--init {path}: the folder has no tokenizer.json, vocab.txt or spm.model; the encoder needs "
                         "the tokenizer it was trained with")
-    config = config_from_hf(path)
+    config = hf.config_from_hf(path)
 
     def read_weights():
         holder = _EncoderOnly(config)
-        report = load_hf_into(holder, path)  # the encoder loaded; BERT's pooler (nsp_head.pooler.*) kept
+        report = hf.load_hf_into(holder, path)  # the encoder loaded; BERT's pooler (nsp_head.pooler.*) kept
         return _task_state({**{k: v for k, v in holder.state_dict().items() if k in report["loaded"]},
                             **report["kept"]})
 

@@ -42,10 +42,10 @@ from spanbert_ds.run.start import start
 __all__ = ["add_arguments", "run"]
 
 
-def run(args, export_task=None):
+def run(args, export_task=None, hf=None):
     """export_task: writes the fine-tuned model as a Hugging Face folder (interop's export_task_hf, handed down
-    by cli.py); None: no export."""
-    return start(lambda world_size, rank: prepare(args, world_size, rank),
+    by cli.py); None: no export. hf: what reads a Hugging Face --init (interop/hf.py, also handed down)."""
+    return start(lambda world_size, rank: prepare(args, world_size, rank, hf),
                  lambda prepared, rank, world_size, stop: train(args, prepared, rank, world_size, stop, export_task))
 
 
@@ -70,9 +70,9 @@ class FineTuning:
     load_universal: bool  # through DeepSpeed's universal format (another world size or ZeRO stage)
 
 
-def prepare(args, world_size, rank=0):
+def prepare(args, world_size, rank=0, hf=None):
     check_args(args)
-    init = open_init(args.init)  # its shape and encoder kind; the weights are read last, after every other check
+    init = open_init(args.init, hf)  # its shape and encoder kind; the weights are read last, after every other check
     task_class = TASKS[args.task]
     options = dict(doc_stride=args.doc_stride, max_query_len=args.max_query_len, max_answer_len=args.max_answer_len,
                    n_best=args.n_best) if args.task == "squad" else {}
@@ -235,7 +235,10 @@ def _finish(args, run, step, scores, export_task):
         json.dump(results, f, indent=2)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k in ("exact_match", "f1", "accuracy",
                                                                               "macro_f1", "precision", "recall"))
-    model = f"  model: {out} (transformers.{run.task.hf_architecture}.from_pretrained)" if out else ""
+    model = ""
+    if out:  # the backbone's class, as the export wrote it (DebertaV2ForQuestionAnswering for a debertav3 run)
+        with open(os.path.join(out, "config.json")) as f:
+            model = f"  model: {out} (transformers.{json.load(f)['architectures'][0]}.from_pretrained)"
     print(f"done: {step} steps. {summary or 'no --eval given'}. Results: {os.path.join(args.output, 'results.json')}"
           f"{model}", file=sys.stderr)
 

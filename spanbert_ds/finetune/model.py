@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spanbert_ds.model.config import SHARING_NAMES
-from spanbert_ds.model.objectives import ENCODERS
+from spanbert_ds.model.objectives import ENCODERS, decay_groups, encoder_flops
 
 HEADS = ("span", "sequence", "token")
 FAMILIES = ("bert", "roberta", "electra", "deberta")
@@ -138,14 +138,10 @@ class TaskModel(nn.Module):
         return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=IGNORE)
 
     def parameter_groups(self, weight_decay):
-        """No weight decay on biases and LayerNorm weights (BERT's recipe)."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return decay_groups(self, weight_decay)
 
     def training_flops(self, seq_len):
-        """(FLOPs per token, per decoded row) of a training step, as the pretraining objectives count them."""
-        c = self.config
-        embeddings = sum(p.numel() for p in self.encoder.embeddings.parameters())
-        weights = sum(p.numel() for p in self.parameters()) - embeddings
-        return 3 * (2 * weights + 4 * c.num_layers * c.hidden_size * seq_len), 0
+        """(FLOPs per token, per decoded row) of a training step, as the pretraining objectives count them: the
+        encoder's, plus 2 per head weight (forward and backward, x3); a task head decodes no rows."""
+        head = sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.encoder.parameters())
+        return encoder_flops(self.encoder, seq_len) + 3 * 2 * head, 0

@@ -38,7 +38,7 @@ from spanbert_ds.errors import UserError
 from spanbert_ds.folders import give_umask_mode
 from spanbert_ds.interop import rtd_hf
 from spanbert_ds.interop.hf_names import (DEBERTA_LEGACY, EMD_FILE, EMD_NAMES, HF_DERIVED, HF_SHAPE,
-                                          SBO_FILE, SBO_PREFIX, VOCAB_ROWS, bert_config_dict, extra_files,
+                                          SBO_FILE, SBO_PREFIX, VOCAB_ROWS, extra_files,
                                           hf_config_dict, name_pairs, position_offset, rename, roberta_to_bert,
                                           strip_wrapper_prefix, to_hf_state_dict)
 from spanbert_ds.model.config import ModelConfig
@@ -449,38 +449,3 @@ def format_report(report):
         text += f"; ignored {len(report['ignored'])} from the checkpoint ({', '.join(report['ignored'][:4])}"
         text += ", ...)" if len(report["ignored"]) > 4 else ")"
     return text
-
-
-
-# --- fine-tuned models ----------------------------------------------------------------------------
-
-# finetune/model.py's head names -> those of BertForQuestionAnswering, -SequenceClassification and
-# -TokenClassification (the encoder's are HF_NAMES').
-TASK_HEAD_NAMES = {
-    "qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias",
-    "pooler.weight": "bert.pooler.dense.weight", "pooler.bias": "bert.pooler.dense.bias",
-    "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias",
-}
-
-
-def export_task_hf(state, model_config, architecture, labels, tokenizer_source, out_dir):
-    """A fine-tuned model's state dict (finetune/model.py's names) as an HF folder of `architecture`
-    (BertForQuestionAnswering, BertForSequenceClassification or BertForTokenClassification); `labels`: the
-    label names in id order (None for QA). Returns the files written."""
-    state = strip_wrapper_prefix(state)
-    # Task heads keep BERT's format for every encoder (RoBERTa's classification head has another shape).
-    hf, _ = to_hf_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, model_config, roberta=False)
-    hf.pop("cls.predictions.bias", None)
-    for ours, name in TASK_HEAD_NAMES.items():
-        if ours in state:
-            hf[name] = state[ours].detach().to("cpu", torch.float32).contiguous()
-    config = {**bert_config_dict(model_config), "architectures": [architecture]}
-    if labels is not None:
-        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
-        config["label2id"] = {label: i for i, label in enumerate(labels)}
-    os.makedirs(out_dir, exist_ok=True)
-    written = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
-    with open(written[0], "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    _save_file(hf, written[1], metadata={"format": "pt"})
-    return written + write_tokenizer_files(tokenizer_source, out_dir, model_config)

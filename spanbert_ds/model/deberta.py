@@ -139,12 +139,10 @@ class DebertaEncoder(nn.Module):
         self.rel_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.apply(lambda module: init_weights(module, config, self.embeddings))
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """(B, T) ids -> (B, T, H) hidden states; with config.emd, those of the enhanced mask decoder."""
         mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embeddings(input_ids, token_type_ids, mask)
-        if perturb is not None:
-            x = perturb(x)
         rel_table = self.rel_ln(self.rel_embeddings.weight)
         T = input_ids.shape[1]
         positions = torch.arange(T, device=x.device)

@@ -114,13 +114,10 @@ class Encoder(nn.Module):
         self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else None
         self.apply(lambda module: init_weights(module, config, self.embeddings))
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, perturb=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         # input_ids, attention_mask (1 real, 0 pad), token_type_ids: (B, T) -> hidden states (B, T, H).
-        # perturb: a function of the embeddings' output (B, T, H), for adversarial fine-tuning (SiFT)
         mask = attention_mask.bool() if attention_mask is not None else None
         x = self.embeddings(input_ids, token_type_ids)
-        if perturb is not None:
-            x = perturb(x)
         layout = padding.unpad(mask) if mask is not None and self.config.unpad else None
         if layout is not None:
             x, mask = padding.take(x, layout), layout

@@ -71,6 +71,16 @@ def encoder_flops(encoder, seq_len):
     return 3 * (2 * weights + 4 * c.num_layers * c.hidden_size * seq_len)
 
 
+def decay_groups(module, weight_decay):
+    """Optimizer groups of a module's trained parameters: no weight decay on biases and LayerNorm weights
+    (BERT's recipe), for pretraining objectives and fine-tuning's task models alike."""
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def score(part, logits, labels):
     """Summed cross-entropy, correct argmax predictions and count of one part's rows (fp32 logits)."""
     logits = logits.float()
@@ -118,12 +128,7 @@ class Objective(nn.Module):
         return ("loss",) + tuple(f"{part}_loss" for part in cls.parts)
 
     def parameter_groups(self, weight_decay):
-        """Optimizer groups: no weight decay on biases and LayerNorm weights (BERT's recipe)."""
-        decay, no_decay = [], []
-        for param in self.parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 else decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return decay_groups(self, weight_decay)
 
     def training_flops(self, seq_len):
         """(FLOPs per token, FLOPs per decoded row) of a training step, forward and backward (x3).

@@ -54,7 +54,7 @@ def add_arguments(parser):
              "DeBERTa V2/V3 model (model_type bert, roberta or deberta-v2) whose vocabulary is the shards'; "
              "the deberta objectives take a DeBERTa folder, the others a BERT or RoBERTa one")
     arg("--num-workers", type=int, default=2, help="DataLoader workers per rank that mask batches")
-    arg("--attention", default=None, choices=["auto", "eager", "sdpa", "fused"], help="the attention backend")
+    arg("--attention", default=None, choices=attention_backends(), help="the attention backend")
     arg("--max-bad-steps", type=int, default=5, help="stop after this many non-finite losses in a row")
     arg("--preflight", action="store_true",
         help="check, the way the run will start, what it depends on (same data and settings on every rank, a "
@@ -75,6 +75,13 @@ def add_arguments(parser):
         help="warmup steps of the schedule (e.g. 10000) or a fraction of --steps (e.g. 0.01)")
     deepspeed.add_config_arguments(parser)
     return parser
+
+
+def attention_backends():
+    """--attention's choices: the keys of the attention registry (model/attention.py)."""
+    from spanbert_ds.model.attention import ATTENTION_BACKENDS
+
+    return list(ATTENTION_BACKENDS)
 
 
 def objectives_help():

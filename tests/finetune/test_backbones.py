@@ -16,6 +16,7 @@ from spanbert_ds.finetune.init import load_init, load_into
 from spanbert_ds.finetune.model import TaskModel
 from spanbert_ds.finetune.ner import NerTask
 from spanbert_ds.finetune.squad import SquadTask
+from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 from spanbert_ds.interop.task_hf import export_task_hf
 from spanbert_ds.model.objectives import OBJECTIVES
 from spanbert_ds.run import checkpoint
@@ -97,7 +98,7 @@ def test_a_run_of_every_objective_fine_tunes_and_exports_as_its_backbones_class(
     """(spanbert on the deberta backbone: DebertaV2 with segments)"""
     V = tokenizer.get_vocab_size()
     changes = {"backbone": backbone} if backbone else {}
-    init = load_init(run_folder(tmp_path, objective_of(objective_name, V, **changes), tokenizer))
+    init = load_init(run_folder(tmp_path, objective_of(objective_name, V, **changes), tokenizer), hf)
     labels = LABELS[head]
     model = TaskModel(init.config, head, len(labels) if labels else 2)
     new = [name for name in HEAD_NAMES[head] if not (objective_name == "bert" and name.startswith("pooler."))]
@@ -125,7 +126,7 @@ def test_debertav3_fine_tunes_its_discriminator_with_the_merged_tables_and_deber
                                                                                                    tokenizer):
     V = tokenizer.get_vocab_size()
     objective = objective_of("debertav3", V)
-    init = load_init(run_folder(tmp_path / "v3", objective, tokenizer))
+    init = load_init(run_folder(tmp_path / "v3", objective, tokenizer), hf)
     model = TaskModel(init.config, "span")
     load_into(model, init)
     word = objective.encoder.embeddings.word  # E_D = sg(E_G) + E_delta, the table the discriminator read
@@ -133,7 +134,7 @@ def test_debertav3_fine_tunes_its_discriminator_with_the_merged_tables_and_deber
     assert not torch.equal(word.shared_weight, word.weight)
 
     deberta = objective_of("deberta", V)
-    init = load_init(run_folder(tmp_path / "v2", deberta, tokenizer))
+    init = load_init(run_folder(tmp_path / "v2", deberta, tokenizer), hf)
     assert init.config.emd and "encoder.embeddings.position.weight" in init.state
     model = TaskModel(init.config, "sequence", 3)
     load_into(model, init)
@@ -149,7 +150,7 @@ def test_debertav3_fine_tunes_its_discriminator_with_the_merged_tables_and_deber
 def test_only_berts_classification_head_starts_from_the_pretrained_pooler(tmp_path, tokenizer):
     V = tokenizer.get_vocab_size()
     for name, loaded in (("bert", True), ("roberta", False)):
-        init = load_init(run_folder(tmp_path / name, objective_of(name, V), tokenizer))
+        init = load_init(run_folder(tmp_path / name, objective_of(name, V), tokenizer), hf)
         init.state.update({"pooler.weight": torch.ones(128, 128), "pooler.bias": torch.ones(128)})
         model = TaskModel(init.config, "sequence", 3)
         assert ("pooler.weight" in load_into(model, init)) is not loaded  # RobertaClassificationHead's is new
@@ -162,7 +163,7 @@ def test_a_hugging_face_deberta_folder_starts_fine_tuning(tmp_path, tokenizer):
     V = tokenizer.get_vocab_size()
     objective = objective_of("deberta", V)
     export_hf(objective, objective.config, tokenizer, tmp_path / "mlm")  # DebertaV2ForMaskedLM + emd.safetensors
-    init = load_init(str(tmp_path / "mlm"))
+    init = load_init(str(tmp_path / "mlm"), hf)
     assert init.config.backbone == "deberta"
     model = TaskModel(init.config, "token", 4)
     assert load_into(model, init) == HEAD_NAMES["token"]
@@ -188,7 +189,7 @@ def test_a_debertav3_run_fine_tunes_on_squad_and_exports_deberta_v2_for_question
     from spanbert_ds.data.tokenizer import load_tokenizer
 
     V = tokenizer.get_vocab_size()
-    init = load_init(run_folder(tmp_path, objective_of("debertav3", V), tokenizer))
+    init = load_init(run_folder(tmp_path, objective_of("debertav3", V), tokenizer), hf)
     task = SquadTask(load_tokenizer(init.tokenizer_path), 32, doc_stride=8, max_query_len=12)
     words = "hello world this is spanbert the quick brown fox jumps over lazy dog cased words matter here".split()
     contexts = [" ".join(words[i:] + words[:i]) for i in range(8)]

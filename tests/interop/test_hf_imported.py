@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 from spanbert_ds.interop.hf import (IMPORTED_FILE, config_from_hf, export_hf, format_report, load_hf_into,
                                     read_imported, save_imported)
 from spanbert_ds.model.objectives import OBJECTIVES
@@ -77,5 +78,5 @@ def test_train_from_minilm_then_export_keeps_its_pooler(tmp_path, bert_vocab_sha
     classifier = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf", num_labels=3)
     assert torch.equal(classifier.bert.pooler.dense.weight, minilm_pooler[0])
     assert torch.equal(classifier.bert.pooler.dense.bias, minilm_pooler[1])
-    init = load_init(str(run))  # fine-tuning from the run itself starts from the same pooler
+    init = load_init(str(run), hf)  # fine-tuning from the run itself starts from the same pooler
     assert torch.equal(init.state["pooler.weight"], minilm_pooler[0])

@@ -153,6 +153,6 @@ def test_fine_tuning_opens_the_v3_folder_with_its_spm_tokenizer(v3):
     backbone, and its spm.model as the tokenizer, with every id inside the encoder's table."""
     from spanbert_ds.finetune.init import open_init, tokenizer_of
 
-    init = open_init(str(v3))
+    init = open_init(str(v3), interop)
     assert (init.config.backbone, init.state) == ("deberta", None)  # the weights are read last
     assert tokenizer_of(init).get_vocab_size() == SPM_PIECES + 1
