@@ -15,6 +15,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers never looks for a hub: nothing is fetched
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """os.environ as it was before each test. Code under test may fill in variables itself (run/distributed.py's
+    fill_rank_environment sets RANK, MASTER_ADDR ...), where monkeypatch cannot undo them; left behind, a RANK
+    reaches every later launch (sbatch exports the submitter's environment) and its ranks wait on each other."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog.
 It was the best of times, it was the worst of times.
 
