@@ -117,6 +117,14 @@ def give_umask_mode(path):
     os.chmod(path, umask_mode())
 
 
+def save_safetensors(tensors, path, metadata=None):
+    """safetensors' save_file, with the mode every other file of the folder gets (give_umask_mode)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata={"format": "pt"} if metadata is None else metadata)
+    give_umask_mode(path)
+
+
 def temporary_sibling(path):
     """Where a command builds `path` before renaming it into place: PATH.tmp-PID."""
     return f"{os.path.normpath(path)}.tmp-{os.getpid()}"

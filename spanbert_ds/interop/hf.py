@@ -35,7 +35,7 @@ from torch import nn
 
 from spanbert_ds.data.tokenizer import SPECIALS, casing, kind_of, vocab_size
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import give_umask_mode
+from spanbert_ds.folders import save_safetensors
 from spanbert_ds.interop import rtd_hf
 from spanbert_ds.interop.hf_names import (DEBERTA_LEGACY, EMD_FILE, EMD_NAMES, HF_DERIVED, HF_SHAPE,
                                           SBO_FILE, SBO_PREFIX, VOCAB_ROWS, extra_files,
@@ -78,22 +78,14 @@ def export_hf(objective_or_state_dict, model_config, tokenizer_source, out_dir, 
 
     with open(path("config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    _save_file(hf, path("model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(hf, path("model.safetensors"))
     for name, tensors in extras.items():
         if tensors:
-            _save_file(tensors, path(name), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
+            save_safetensors(tensors, path(name), metadata={"format": "pt", "vocab_size": str(model_config.vocab_size)})
     if tokenizer_source is not None:
         for name in write_tokenizer_files(tokenizer_source, out_dir, model_config):
             written.append(name)
     return written
-
-
-def _save_file(tensors, path, metadata):
-    """safetensors' save_file, with the mode every other file of the folder gets (save_file writes 0600)."""
-    from safetensors.torch import save_file
-
-    save_file(tensors, path, metadata=metadata)
-    give_umask_mode(path)
 
 
 # --- tokenizer files ----------------------------------------------------------------------------

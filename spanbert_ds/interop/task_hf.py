@@ -19,8 +19,9 @@ import os
 import torch
 
 from spanbert_ds.finetune.model import encoder_config, family
-from spanbert_ds.folders import give_umask_mode
+from spanbert_ds.folders import save_safetensors
 from spanbert_ds.interop.hf import hf_config_dict, to_hf_state_dict, write_tokenizer_files
+from spanbert_ds.interop.hf_names import strip_wrapper_prefix
 
 TASKS = ("QuestionAnswering", "SequenceClassification", "TokenClassification")
 PREFIXES = {"bert": "Bert", "roberta": "Roberta", "electra": "Electra", "deberta": "DebertaV2"}
@@ -48,8 +49,7 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     the task `architecture` names (task_architecture: BertForQuestionAnswering from a debertav3 run writes
     DebertaV2ForQuestionAnswering); `labels`: the label names in id order (None for QA). Returns the files
     written."""
-    if state and all(k.startswith("module.") for k in state):  # as DeepSpeed / DDP wrap the model
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = strip_wrapper_prefix(state)
     architecture = task_architecture(model_config, architecture)
     kind = family(model_config)
     config = encoder_config(model_config)
@@ -71,10 +71,7 @@ def export_task_hf(state, model_config, architecture, labels, tokenizer_source, 
     written = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
     with open(written[0], "w") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
-    from safetensors.torch import save_file
-
-    save_file(hf, written[1], metadata={"format": "pt"})
-    give_umask_mode(written[1])  # save_file writes 0600
+    save_safetensors(hf, written[1])
     return written + write_tokenizer_files(tokenizer_source, out_dir, config)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 from spanbert_ds.errors import UserError
-from spanbert_ds.folders import FolderLock, give_umask_mode
+from spanbert_ds.folders import FolderLock, save_safetensors
 from spanbert_ds.model.config import ModelConfig
 from spanbert_ds.model.objectives import OBJECTIVES, load_first_names
 from spanbert_ds.model.rtd import merged_state_dict
@@ -69,11 +69,7 @@ def save_imported(kept, run_dir):
     """The tensors --init-from brought that the objective does not train (e.g. BERT's pooler; interop/hf.py's
     load_hf_into `kept`), under our names, for the export and for fine-tuning."""
     if kept:
-        from safetensors.torch import save_file
-
-        path = os.path.join(run_dir, IMPORTED_FILE)
-        save_file(kept, path, metadata={"format": "pt"})
-        give_umask_mode(path)  # save_file writes 0600
+        save_safetensors(kept, os.path.join(run_dir, IMPORTED_FILE))
 
 
 def read_imported(run_dir):
