@@ -19,7 +19,7 @@ from spanbert_ds.finetune.squad import SquadTask
 from spanbert_ds.interop import hf  # what cli.py hands down to read a Hugging Face --init
 from spanbert_ds.interop.task_hf import export_task_hf
 from spanbert_ds.model.objectives import OBJECTIVES
-from spanbert_ds.run import checkpoint
+from tests.interop.test_export import zero0_run
 from tests.interop.test_hf import wordpiece
 from tests.model.synthetic import tiny_config
 
@@ -57,16 +57,7 @@ def objective_of(name, vocab_size, **changes):
 
 def run_folder(tmp_path, objective, tokenizer):
     """A pretraining run folder whose one complete checkpoint (ZeRO-0, fp32) holds `objective`."""
-    run = tmp_path / "run"
-    tag_dir = run / "checkpoints" / "step1"
-    tag_dir.mkdir(parents=True)
-    (run / "tokenizer").mkdir()
-    tokenizer.save(str(run / "tokenizer" / "tokenizer.json"))
-    (run / "run_config.json").write_text(json.dumps({"objective": objective.name}))
-    objective.config.to_json(run / "model_config.json")
-    torch.save({"module": objective.state_dict()}, tag_dir / "mp_rank_00_model_states.pt")
-    (tag_dir / checkpoint.MARKER).write_text(json.dumps({"step": 1, "zero_stage": 0, "world_size": 1}))
-    return str(run)
+    return zero0_run(tmp_path, objective, None, tokenizer, dtype=torch.float32)
 
 
 def inputs(config, vocab_size, pad_token_id):

@@ -23,8 +23,9 @@ def objective(tokenizer):
     return trained("spanbert", tokenizer.get_vocab_size())[0]
 
 
-def zero0_run(tmp_path, objective, optimizer_state, tokenizer):
-    """A run folder whose one checkpoint is a ZeRO-0 save of `objective` in bf16 with `optimizer_state`."""
+def zero0_run(tmp_path, objective, optimizer_state, tokenizer, dtype=torch.bfloat16):
+    """A run folder whose one checkpoint is a ZeRO-0 save of `objective` in `dtype` with `optimizer_state`
+    (None: the checkpoint holds the weights only)."""
     run = tmp_path / "run"
     tag_dir = run / "checkpoints" / "step1"
     tag_dir.mkdir(parents=True)
@@ -32,8 +33,10 @@ def zero0_run(tmp_path, objective, optimizer_state, tokenizer):
     tokenizer.save(str(run / "tokenizer" / "tokenizer.json"))
     (run / "run_config.json").write_text(json.dumps({"objective": objective.name}))
     objective.config.to_json(run / "model_config.json")
-    module = {name: tensor.bfloat16() for name, tensor in objective.state_dict().items()}
-    torch.save({"module": module, "optimizer": optimizer_state}, tag_dir / "mp_rank_00_model_states.pt")
+    saved = {"module": {name: tensor.to(dtype) for name, tensor in objective.state_dict().items()}}
+    if optimizer_state is not None:
+        saved["optimizer"] = optimizer_state
+    torch.save(saved, tag_dir / "mp_rank_00_model_states.pt")
     (tag_dir / checkpoint.MARKER).write_text(json.dumps({"step": 1, "zero_stage": 0, "world_size": 1}))
     return str(run)
 
